@@ -1,0 +1,27 @@
+# Every target builds the virtualenv first; it is reinstalled only when pyproject.toml changes.
+PYTHON ?= $(shell command -v python3.11 >/dev/null 2>&1 && echo python3.11 || echo python3)
+VENV := .venv
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test bench setup
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install -e '.[dev]'
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/soulspot-jobs demo
+
+test: $(STAMP)
+	$(VENV)/bin/python -m pytest
+	$(VENV)/bin/ruff check .
+
+bench: $(STAMP)
+	@set -e; for script in bench/*.py; do \
+		[ -e "$$script" ] || continue; \
+		echo "== $$script"; \
+		$(VENV)/bin/python "$$script"; \
+	done

@@ -1,0 +1,31 @@
+"""Circuit breakers whose state is shared by every process that uses the same backend.
+
+``CircuitBreaker`` guards calls; ``MemoryBackend`` keeps state in this process, ``RedisBackend``
+in Redis for a whole cluster of workers.
+"""
+
+from soulspot_jobs.circuit_breaker.backends import (
+    Backend,
+    MemoryBackend,
+    RedisBackend,
+    backend_from_url,
+)
+from soulspot_jobs.circuit_breaker.breaker import CircuitBreaker, Permit, circuit_breaker
+from soulspot_jobs.circuit_breaker.config import CircuitBreakerConfig
+from soulspot_jobs.circuit_breaker.errors import BackendUnavailableError, CircuitBreakerError
+from soulspot_jobs.circuit_breaker.state import BreakerStats, CircuitState
+
+__all__ = [
+    "Backend",
+    "BackendUnavailableError",
+    "BreakerStats",
+    "CircuitBreaker",
+    "CircuitBreakerConfig",
+    "CircuitBreakerError",
+    "CircuitState",
+    "MemoryBackend",
+    "Permit",
+    "RedisBackend",
+    "backend_from_url",
+    "circuit_breaker",
+]

@@ -1,0 +1,93 @@
+"""The contract between a :class:`~soulspot_jobs.circuit_breaker.CircuitBreaker` and its store.
+
+Each abstract method is one atomic decision on the shared state of the breaker ``name``.
+The two ``*_locally`` hooks let a backend answer the healthy path from process memory; a backend
+that returns ``None`` / ``False`` from them is asked through the atomic methods instead.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from abc import ABC, abstractmethod
+
+from soulspot_jobs.circuit_breaker.config import CircuitBreakerConfig
+from soulspot_jobs.circuit_breaker.state import BreakerStats, Decision, Transition
+
+#: Seconds during which an unreachable store is not asked again after it failed, so that an
+#: outage costs one timeout per interval instead of one per call.
+STORE_RETRY_INTERVAL = 1.0
+
+
+class Backend(ABC):
+    """Stores breaker state and makes every state-changing decision atomically."""
+
+    #: True when every method works on process memory only, so async callers need no thread.
+    in_memory: bool = False
+
+    def __init__(self) -> None:
+        self._outage_lock = threading.Lock()
+        self._in_outage = False
+        self._retry_store_at = 0.0
+
+    def admit_locally(self, name: str, config: CircuitBreakerConfig) -> Decision | None:
+        """Answer "may a call run?" without I/O, or ``None`` when the store must decide."""
+        return None
+
+    def record_success_locally(self, name: str, config: CircuitBreakerConfig) -> bool:
+        """Count a success of an ordinary call without I/O; ``False`` when the store must decide."""
+        return False
+
+    @abstractmethod
+    def admit(self, name: str, config: CircuitBreakerConfig, token: str) -> Decision:
+        """Decide atomically whether a call may run; a TRIAL verdict leases a slot to ``token``."""
+
+    @abstractmethod
+    def record_success(
+        self, name: str, config: CircuitBreakerConfig, token: str | None
+    ) -> Transition | None:
+        """Count a success (of the trial ``token``, if any); return the transition it caused."""
+
+    @abstractmethod
+    def record_failure(
+        self,
+        name: str,
+        config: CircuitBreakerConfig,
+        token: str | None,
+        hold_open: float | None = None,
+    ) -> Transition | None:
+        """Count a failure; with ``hold_open`` the circuit opens for at least that many seconds."""
+
+    @abstractmethod
+    def release(self, name: str, config: CircuitBreakerConfig, token: str) -> None:
+        """Free the trial slot ``token`` without counting an outcome."""
+
+    @abstractmethod
+    def reset(self, name: str, config: CircuitBreakerConfig) -> Transition | None:
+        """Force the circuit CLOSED; totals are kept."""
+
+    @abstractmethod
+    def stats(self, name: str, config: CircuitBreakerConfig) -> BreakerStats:
+        """A monitoring snapshot of the breaker ``name``."""
+
+    def close(self) -> None:  # noqa: B027 - most backends hold nothing to release
+        """Release connections and background threads; the backend is unusable afterwards."""
+
+    def begin_outage(self) -> bool:
+        """Note that the store failed; True only for the first failure of an episode."""
+        with self._outage_lock:
+            first, self._in_outage = not self._in_outage, True
+            self._retry_store_at = time.monotonic() + STORE_RETRY_INTERVAL
+        return first
+
+    def store_suspended(self) -> bool:
+        """True while an outage is on and the store was tried less than a retry interval ago."""
+        return self._in_outage and time.monotonic() < self._retry_store_at
+
+    def end_outage(self) -> bool:
+        """Note that the store answered; True only when this ends an episode of failures."""
+        if not self._in_outage:
+            return False
+        with self._outage_lock:
+            ended, self._in_outage = self._in_outage, False
+        return ended

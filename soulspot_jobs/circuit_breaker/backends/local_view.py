@@ -1,0 +1,128 @@
+"""Each process's local view of the breakers it uses, and the thread that keeps it fresh.
+
+The view lets :class:`~.redis.RedisBackend` answer the healthy path (CLOSED, or OPEN with time
+left) without a Redis round trip. It is kept fresh by pub/sub: every Lua script that changes what
+a view shows publishes the new view on one channel. A periodic refresh reads every used breaker
+again (catching anything pub/sub could not deliver) and flushes the counts of locally answered
+calls. The view is trusted only while the subscription is live and the last refresh is recent;
+otherwise every decision goes to Redis.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+import weakref
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import redis
+import structlog
+
+from soulspot_jobs.circuit_breaker.state import CircuitState
+
+if TYPE_CHECKING:
+    from soulspot_jobs.circuit_breaker.backends.redis import RedisBackend
+
+log = structlog.get_logger("soulspot_jobs.circuit_breaker")
+
+#: Longest pause, in seconds, between two attempts to re-subscribe after Redis failed.
+MAX_RECONNECT_BACKOFF = 5.0
+
+
+@dataclass(slots=True)
+class LocalView:
+    """What this process knows of one breaker, and the counts it has not yet flushed."""
+
+    state: CircuitState
+    failure_count: int
+    last_failure_at: float
+    open_until: float
+    version: int
+    #: In HALF_OPEN with every slot taken: refuse locally until this backend-clock time.
+    busy_until: float = 0.0
+    requests: int = 0
+    successes: int = 0
+    rejections: int = 0
+
+    def update(
+        self,
+        state: CircuitState,
+        failure_count: int,
+        last_failure_at: float,
+        open_until: float,
+        version: int,
+    ) -> None:
+        """Take a newer version of the shared state; older or equal versions are ignored."""
+        if version <= self.version:
+            return
+        self.state = state
+        self.failure_count = failure_count
+        self.last_failure_at = last_failure_at
+        self.open_until = open_until
+        self.version = version
+        self.busy_until = 0.0
+
+    def take_counts(self) -> tuple[int, int, int]:
+        """Return and zero the unflushed (requests, successes, rejections)."""
+        counts = (self.requests, self.successes, self.rejections)
+        self.requests = self.successes = self.rejections = 0
+        return counts
+
+
+class ViewWatcher(threading.Thread):
+    """Daemon thread: subscribes to view changes and refreshes the views every ``interval``."""
+
+    def __init__(self, backend: RedisBackend, interval: float) -> None:
+        super().__init__(name="soulspot-breaker-view", daemon=True)
+        self._backend_ref: Callable[[], RedisBackend | None] = weakref.ref(backend)
+        self._interval = interval
+        self._stopping = threading.Event()
+        #: Set while subscribed and refreshed; cleared as soon as Redis fails.
+        self.live = threading.Event()
+
+    def stop(self) -> None:
+        self._stopping.set()
+        self.live.clear()
+
+    def run(self) -> None:
+        backoff = 0.05
+        while not self._stopping.is_set():
+            backend = self._backend_ref()
+            if backend is None:
+                return
+            try:
+                self._watch(backend)
+                backoff = 0.05
+            except redis.RedisError as exc:
+                self.live.clear()
+                backend.note_watcher_error(exc)
+            del backend
+            self._stopping.wait(backoff)
+            backoff = min(backoff * 2, MAX_RECONNECT_BACKOFF)
+
+    def _watch(self, backend: RedisBackend) -> None:
+        pubsub = backend.client.pubsub()
+        try:
+            pubsub.subscribe(backend.channel)
+            while pubsub.get_message(timeout=self._interval) is None:
+                if self._stopping.is_set():
+                    return
+            backend.refresh()
+            self.live.set()
+            next_refresh = time.monotonic() + self._interval
+            while not self._stopping.is_set():
+                message = pubsub.get_message(
+                    ignore_subscribe_messages=True,
+                    timeout=max(next_refresh - time.monotonic(), 0.0),
+                )
+                if message is not None and message["type"] == "message":
+                    backend.apply_event(json.loads(message["data"]))
+                if time.monotonic() >= next_refresh:
+                    backend.refresh()
+                    next_refresh = time.monotonic() + self._interval
+        finally:
+            self.live.clear()
+            pubsub.close()

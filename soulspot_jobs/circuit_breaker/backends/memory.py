@@ -1,0 +1,97 @@
+"""Breaker state in process memory, behind one lock: for single-process use and for tests."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+
+from soulspot_jobs.circuit_breaker import policy
+from soulspot_jobs.circuit_breaker.backends.base import Backend
+from soulspot_jobs.circuit_breaker.config import CircuitBreakerConfig
+from soulspot_jobs.circuit_breaker.state import (
+    ADMITTED_LOCALLY,
+    BreakerRecord,
+    BreakerStats,
+    CircuitState,
+    Decision,
+    Transition,
+    Verdict,
+)
+
+
+class MemoryBackend(Backend):
+    """Process-local, thread-safe breaker state.
+
+    The lock is held only while a decision is made, never while the guarded function runs, so
+    threads calling a CLOSED breaker run in parallel.
+    """
+
+    in_memory = True
+
+    def __init__(self, *, clock: Callable[[], float] = time.time) -> None:
+        super().__init__()
+        #: Seconds since the epoch; injectable so that tests can move time.
+        self.clock = clock
+        self._lock = threading.Lock()
+        self._records: dict[str, BreakerRecord] = {}
+
+    def _record(self, name: str) -> BreakerRecord:
+        record = self._records.get(name)
+        if record is None:
+            record = self._records.setdefault(name, BreakerRecord())
+        return record
+
+    def admit_locally(self, name: str, config: CircuitBreakerConfig) -> Decision | None:
+        with self._lock:
+            record = self._record(name)
+            if record.state is CircuitState.CLOSED:
+                record.total_requests += 1
+                return ADMITTED_LOCALLY
+            now = self.clock()
+            if record.state is CircuitState.OPEN and now < record.open_until:
+                record.total_requests += 1
+                record.total_rejections += 1
+                return Decision(Verdict.REJECTED, CircuitState.OPEN, record.open_until - now)
+        return None
+
+    def record_success_locally(self, name: str, config: CircuitBreakerConfig) -> bool:
+        with self._lock:
+            record = self._record(name)
+            if record.state is CircuitState.CLOSED and not record.failure_count:
+                record.total_successes += 1
+                return True
+        return False
+
+    def admit(self, name: str, config: CircuitBreakerConfig, token: str) -> Decision:
+        with self._lock:
+            return policy.admit(self._record(name), config, self.clock(), token)
+
+    def record_success(
+        self, name: str, config: CircuitBreakerConfig, token: str | None
+    ) -> Transition | None:
+        with self._lock:
+            return policy.record_success(self._record(name), config, self.clock(), token)
+
+    def record_failure(
+        self,
+        name: str,
+        config: CircuitBreakerConfig,
+        token: str | None,
+        hold_open: float | None = None,
+    ) -> Transition | None:
+        with self._lock:
+            record = self._record(name)
+            return policy.record_failure(record, config, self.clock(), token, hold_open)
+
+    def release(self, name: str, config: CircuitBreakerConfig, token: str) -> None:
+        with self._lock:
+            policy.release(self._record(name), self.clock(), token)
+
+    def reset(self, name: str, config: CircuitBreakerConfig) -> Transition | None:
+        with self._lock:
+            return policy.reset(self._record(name), self.clock())
+
+    def stats(self, name: str, config: CircuitBreakerConfig) -> BreakerStats:
+        with self._lock:
+            return policy.stats(self._record(name), name, self.clock())

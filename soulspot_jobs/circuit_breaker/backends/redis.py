@@ -1,0 +1,433 @@
+"""Breaker state in Redis: one hash per breaker, one atomic Lua script per decision.
+
+Every process sharing the Redis server sees one breaker per name. Decisions that change shared
+state (a failure, a success while failures are pending, a HALF_OPEN trial, a reset) are one
+EVALSHA each, timed by the Redis server's clock so that hosts with skewed clocks agree. The
+healthy path (CLOSED, or OPEN with time left) is answered from a local view kept fresh by
+pub/sub (see :mod:`.local_view`), so it costs no round trip.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+import time
+import weakref
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import redis
+
+from soulspot_jobs.circuit_breaker import policy
+from soulspot_jobs.circuit_breaker.backends.base import Backend
+from soulspot_jobs.circuit_breaker.backends.local_view import LocalView, ViewWatcher
+from soulspot_jobs.circuit_breaker.backends.scripts import register_scripts
+from soulspot_jobs.circuit_breaker.config import CircuitBreakerConfig
+from soulspot_jobs.circuit_breaker.errors import BackendUnavailableError
+from soulspot_jobs.circuit_breaker.state import (
+    ADMITTED_LOCALLY,
+    BreakerRecord,
+    BreakerStats,
+    CircuitState,
+    Decision,
+    Transition,
+    Verdict,
+)
+
+#: Default prefix of the breaker hashes (``<prefix>:<name>``) and the pub/sub channel.
+DEFAULT_PREFIX = "soulspot:breaker"
+#: Seconds between two refreshes of the local views (and flushes of local counts).
+DEFAULT_REFRESH_INTERVAL = 1.0
+#: A view older than this many refresh intervals is not trusted (the watcher is stuck).
+STALE_AFTER_INTERVALS = 3
+#: Socket timeouts, in seconds, of clients made by :meth:`RedisBackend.from_url`.
+SOCKET_TIMEOUT = 2.0
+
+#: Any valid config: the snapshot script reads no thresholds.
+_SNAPSHOT_CONFIG = CircuitBreakerConfig()
+_VERDICTS = {v.value: v for v in Verdict}
+_STATES = {s.value: s for s in CircuitState}
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+class RedisBackend(Backend):
+    """Cluster-wide breaker state in Redis 6.2+ or Valkey.
+
+    ``clock`` replaces the Redis server clock (tests move time with it); ``local_view=False``
+    sends every decision to Redis (no pub/sub, no background thread).
+    """
+
+    def __init__(
+        self,
+        client: redis.Redis,
+        *,
+        prefix: str = DEFAULT_PREFIX,
+        clock: Callable[[], float] | None = None,
+        local_view: bool = True,
+        refresh_interval: float = DEFAULT_REFRESH_INTERVAL,
+    ) -> None:
+        super().__init__()
+        self.client = client
+        self.prefix = prefix
+        self.channel = f"{prefix}:events"
+        self.refresh_interval = refresh_interval
+        self._clock = clock
+        self._use_local_view = local_view
+        self._stale_after = refresh_interval * STALE_AFTER_INTERVALS
+        self._scripts = register_scripts(client)
+        self._views: dict[str, LocalView] = {}
+        #: Guards the views' counters and the watcher's start.
+        self._lock = threading.Lock()
+        self._watcher: ViewWatcher | None = None
+        self._refreshed_at = float("-inf")
+        #: Redis server time minus ``time.monotonic()``, from the latest reply.
+        self._offset = time.time() - time.monotonic()
+        self._closed = False
+        _forget_after_fork(self)
+
+    @classmethod
+    def from_url(cls, url: str, **options: Any) -> RedisBackend:
+        """A backend on a new client for ``url`` (``redis://``, ``rediss://``, ``unix://``)."""
+        client = redis.Redis.from_url(
+            url, socket_timeout=SOCKET_TIMEOUT, socket_connect_timeout=SOCKET_TIMEOUT
+        )
+        return cls(client, **options)
+
+    def key(self, name: str) -> str:
+        """The Redis key of the breaker ``name``."""
+        return f"{self.prefix}:{name}"
+
+    # -- the healthy path, answered from the local view ------------------------------------
+
+    def admit_locally(self, name: str, config: CircuitBreakerConfig) -> Decision | None:
+        view = self._views.get(name)
+        if view is None:
+            return None
+        mono = time.monotonic()
+        if mono - self._refreshed_at > self._stale_after or not self._watcher_live():
+            return None
+        state = view.state
+        if state is CircuitState.CLOSED:
+            with self._lock:
+                view.requests += 1
+            return ADMITTED_LOCALLY
+        now = self._clock() if self._clock else mono + self._offset
+        if state is CircuitState.OPEN:
+            until = view.open_until
+        elif state is CircuitState.HALF_OPEN:
+            until = view.busy_until
+        else:
+            return None
+        if now >= until:
+            return None
+        with self._lock:
+            view.requests += 1
+            view.rejections += 1
+        return Decision(Verdict.REJECTED, state, until - now, local=True)
+
+    def record_success_locally(self, name: str, config: CircuitBreakerConfig) -> bool:
+        view = self._views.get(name)
+        if view is None or view.state is not CircuitState.CLOSED:
+            return False
+        mono = time.monotonic()
+        if mono - self._refreshed_at > self._stale_after or not self._watcher_live():
+            return False
+        if view.failure_count:
+            now = self._clock() if self._clock else mono + self._offset
+            if now - view.last_failure_at <= config.reset_timeout:
+                return False
+        with self._lock:
+            view.successes += 1
+        return True
+
+    # -- atomic decisions, one Lua script each ---------------------------------------------
+
+    def admit(self, name: str, config: CircuitBreakerConfig, token: str) -> Decision:
+        reply = self._run("admit", name, config, token)
+        verdict, retry_after, transition, state = _decision_parts(reply)
+        if verdict is Verdict.REJECTED and state is CircuitState.HALF_OPEN:
+            view = self._views.get(name)
+            if view is not None:
+                view.busy_until = float(reply[5]) + retry_after
+        return Decision(
+            verdict,
+            state,
+            retry_after=retry_after,
+            token=token if verdict is Verdict.TRIAL else None,
+            transition=transition,
+        )
+
+    def record_success(
+        self, name: str, config: CircuitBreakerConfig, token: str | None
+    ) -> Transition | None:
+        return _transition(self._run("record_success", name, config, token))
+
+    def record_failure(
+        self,
+        name: str,
+        config: CircuitBreakerConfig,
+        token: str | None,
+        hold_open: float | None = None,
+    ) -> Transition | None:
+        return _transition(self._run("record_failure", name, config, token, hold_open))
+
+    def release(self, name: str, config: CircuitBreakerConfig, token: str) -> None:
+        self._run("release", name, config, token)
+
+    def reset(self, name: str, config: CircuitBreakerConfig) -> Transition | None:
+        return _transition(self._run("reset", name, config, None))
+
+    def stats(self, name: str, config: CircuitBreakerConfig) -> BreakerStats:
+        now_text, flat = self._call("snapshot", name, config, None, None)
+        record = _record_from_hash(flat)
+        view = self._views.get(name)
+        if view is not None:
+            record.total_requests += view.requests
+            record.total_successes += view.successes
+            record.total_rejections += view.rejections
+        return policy.stats(record, name, float(now_text))
+
+    def close(self) -> None:
+        self._closed = True
+        if self._watcher is not None:
+            self._watcher.stop()
+            self._watcher.join(timeout=self.refresh_interval + SOCKET_TIMEOUT)
+            self._watcher = None
+        with contextlib.suppress(redis.RedisError):
+            self._flush_counts()
+
+    # -- used by the view watcher -----------------------------------------------------------
+
+    def refresh(self) -> None:
+        """Re-read every breaker this process uses and flush local counts, in one round trip."""
+        names = list(self._views)
+        pipe = self.client.pipeline(transaction=False)
+        for name in names:
+            self._scripts["snapshot"](
+                keys=[self.key(name)],
+                args=self._args(name, _SNAPSHOT_CONFIG, None, None),
+                client=pipe,
+            )
+        flushed = self._queue_counts(pipe)
+        try:
+            replies = pipe.execute()
+        except redis.RedisError:
+            self._restore_counts(flushed)
+            raise
+        for name, (now_text, flat) in zip(names, replies, strict=False):
+            self._offset = float(now_text) - time.monotonic()
+            record = _record_from_hash(flat)
+            self._views[name].update(
+                record.state,
+                record.failure_count,
+                record.last_failure_at,
+                record.open_until,
+                record.version,
+            )
+        self._refreshed_at = time.monotonic()
+
+    def apply_event(self, event: Sequence[str]) -> None:
+        """Apply a view change published by a Lua script: ``[name, now, state, ..., version]``."""
+        name, _now, state, failure_count, last_failure_at, open_until, version = event
+        view = self._views.get(name)
+        if view is not None:
+            view.update(
+                _STATES[state],
+                int(float(failure_count)),
+                float(last_failure_at),
+                float(open_until),
+                int(version),
+            )
+
+    def note_watcher_error(self, exc: redis.RedisError) -> None:
+        """The watcher lost Redis: decisions go to Redis (and its error policy) until it is back."""
+        self._refreshed_at = float("-inf")
+
+    # -- internals --------------------------------------------------------------------------
+
+    def _watcher_live(self) -> bool:
+        watcher = self._watcher
+        return watcher is not None and watcher.live.is_set()
+
+    def _ensure_watcher(self) -> None:
+        if not self._use_local_view or self._watcher is not None or self._closed:
+            return
+        with self._lock:
+            if self._watcher is None:
+                self._watcher = ViewWatcher(self, self.refresh_interval)
+                self._watcher.start()
+
+    def _args(
+        self,
+        name: str,
+        config: CircuitBreakerConfig,
+        token: str | None,
+        hold_open: float | None,
+    ) -> list[str | int | float]:
+        return [
+            repr(self._clock()) if self._clock else "",
+            self.channel if self._use_local_view else "",
+            name,
+            token or "",
+            config.failure_threshold,
+            config.success_threshold,
+            repr(config.timeout),
+            repr(config.reset_timeout),
+            config.half_open_max_calls,
+            repr(config.trial_lease),
+            repr(config.half_open_retry_after),
+            repr(config.timeout_multiplier),
+            "" if config.max_timeout is None else repr(config.max_timeout),
+            "" if hold_open is None else repr(hold_open),
+        ]
+
+    def _call(
+        self,
+        operation: str,
+        name: str,
+        config: CircuitBreakerConfig,
+        token: str | None,
+        hold_open: float | None,
+    ) -> list[Any]:
+        """Run one script; Redis errors become :class:`BackendUnavailableError` here, only here."""
+        try:
+            return self._scripts[operation](
+                keys=[self.key(name)], args=self._args(name, config, token, hold_open)
+            )
+        except redis.RedisError as exc:
+            raise BackendUnavailableError(f"Redis failed during {operation}: {exc}") from exc
+
+    def _run(
+        self,
+        operation: str,
+        name: str,
+        config: CircuitBreakerConfig,
+        token: str | None,
+        hold_open: float | None = None,
+    ) -> list[Any]:
+        """Run a decision script and take the view it returns into the local view."""
+        reply = self._call(operation, name, config, token, hold_open)
+        self._offset = float(reply[5]) - time.monotonic()
+        state, failure_count, last_failure_at, open_until, version = _view_parts(reply)
+        view = self._views.get(name)
+        if view is None:
+            with self._lock:
+                view = self._views.setdefault(
+                    name, LocalView(state, failure_count, last_failure_at, open_until, version)
+                )
+        view.update(state, failure_count, last_failure_at, open_until, version)
+        self._ensure_watcher()
+        return reply
+
+    def _queue_counts(self, pipe: redis.client.Pipeline) -> dict[str, tuple[int, int, int]]:
+        flushed = {}
+        with self._lock:
+            for name, view in self._views.items():
+                counts = view.take_counts()
+                if any(counts):
+                    flushed[name] = counts
+        for name, (requests, successes, rejections) in flushed.items():
+            key = self.key(name)
+            for field, amount in (
+                ("total_requests", requests),
+                ("total_successes", successes),
+                ("total_rejections", rejections),
+            ):
+                if amount:
+                    pipe.hincrby(key, field, amount)
+        return flushed
+
+    def _restore_counts(self, flushed: dict[str, tuple[int, int, int]]) -> None:
+        with self._lock:
+            for name, (requests, successes, rejections) in flushed.items():
+                view = self._views[name]
+                view.requests += requests
+                view.successes += successes
+                view.rejections += rejections
+
+    def _flush_counts(self) -> None:
+        pipe = self.client.pipeline(transaction=False)
+        flushed = self._queue_counts(pipe)
+        if flushed:
+            try:
+                pipe.execute()
+            except redis.RedisError:
+                self._restore_counts(flushed)
+                raise
+
+    def _after_fork(self) -> None:
+        """In a forked child: no watcher thread exists, and the parent's counts are not ours."""
+        self._watcher = None
+        self._views = {}
+        self._refreshed_at = float("-inf")
+        self._lock = threading.Lock()
+
+
+def _forget_after_fork(backend: RedisBackend) -> None:
+    ref = weakref.ref(backend)
+
+    def after_fork_in_child() -> None:
+        alive = ref()
+        if alive is not None:
+            alive._after_fork()
+
+    os.register_at_fork(after_in_child=after_fork_in_child)
+
+
+def _view_parts(reply: list[Any]) -> tuple[CircuitState, int, float, float, int]:
+    return (
+        _STATES[_text(reply[6])],
+        int(float(reply[7])),
+        float(reply[8]),
+        float(reply[9]),
+        int(reply[10]),
+    )
+
+
+def _transition(reply: list[Any]) -> Transition | None:
+    from_state = _text(reply[2])
+    if not from_state:
+        return None
+    return Transition(_STATES[from_state], _STATES[_text(reply[3])], float(reply[4]))
+
+
+def _decision_parts(
+    reply: list[Any],
+) -> tuple[Verdict, float, Transition | None, CircuitState]:
+    state = _STATES[_text(reply[6])]
+    return _VERDICTS[_text(reply[0])], float(reply[1]), _transition(reply), state
+
+
+def _record_from_hash(flat: list[Any]) -> BreakerRecord:
+    """Build a :class:`BreakerRecord` from a breaker hash as HGETALL returns it."""
+    record = BreakerRecord()
+    for field, value in zip(flat[::2], flat[1::2], strict=True):
+        field, value = _text(field), _text(value)
+        if field.startswith("trial:"):
+            record.trials[field[6:]] = float(value)
+        elif field == "state":
+            record.state = _STATES[value]
+        elif field in _FLOAT_FIELDS:
+            setattr(record, field, float(value))
+        elif field in _INT_FIELDS:
+            setattr(record, field, int(float(value)))
+    return record
+
+
+_FLOAT_FIELDS = frozenset({"last_failure_at", "open_until", "last_state_change"})
+_INT_FIELDS = frozenset(
+    {
+        "failure_count",
+        "reopens",
+        "trial_successes",
+        "version",
+        "total_requests",
+        "total_successes",
+        "total_failures",
+        "total_rejections",
+    }
+)

@@ -1,0 +1,374 @@
+"""The :class:`CircuitBreaker` facade: guards calls, classifies outcomes, logs transitions.
+
+All decisions are delegated to a backend (:mod:`.backends`), which makes each one atomically; the
+facade adds what callers see: :class:`CircuitBreakerError` on refusal, the design's log lines,
+sync and async call forms, and the store-error policy (fail open or closed).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import inspect
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any, ParamSpec, TypeVar
+
+import structlog
+
+from soulspot_jobs.circuit_breaker.backends.base import Backend
+from soulspot_jobs.circuit_breaker.backends.memory import MemoryBackend
+from soulspot_jobs.circuit_breaker.config import CircuitBreakerConfig
+from soulspot_jobs.circuit_breaker.errors import BackendUnavailableError, CircuitBreakerError
+from soulspot_jobs.circuit_breaker.state import (
+    BreakerStats,
+    CircuitState,
+    Decision,
+    Transition,
+    Verdict,
+)
+
+log = structlog.get_logger("soulspot_jobs.circuit_breaker")
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+#: ``retry_after`` (seconds) of calls refused because the store is unreachable and the breaker
+#: fails closed (``on_backend_error="reject"``).
+STORE_RETRY_AFTER = 5.0
+
+
+class Permit:
+    """Permission for one call, returned by :meth:`CircuitBreaker.acquire_sync`.
+
+    Report the call's outcome with exactly one of ``record_success*``, ``record_failure*``,
+    ``release*`` or ``record_outcome*``; later reports of the same permit are ignored.
+    """
+
+    __slots__ = ("token", "local", "done")
+
+    def __init__(self, token: str | None, local: bool) -> None:
+        #: The HALF_OPEN trial slot this call holds, if it is a trial.
+        self.token = token
+        #: Admitted from the local view; its success may be counted without a round trip.
+        self.local = local
+        self.done = False
+
+    @property
+    def is_trial(self) -> bool:
+        return self.token is not None
+
+
+class CircuitBreaker:
+    """One service's circuit breaker; every instance with the same name and store shares state.
+
+    Exceptions count as service failures when ``is_failure(exc)`` is true; by default, instances
+    of ``failure_exceptions`` that are not instances of ``exclude``. A :class:`CircuitBreakerError`
+    raised inside the guarded call (another service's breaker) never counts. Calls that end in a
+    non-failure exception count nothing and give their HALF_OPEN trial slot back.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        config: CircuitBreakerConfig | None = None,
+        *,
+        backend: Backend | None = None,
+        failure_exceptions: tuple[type[BaseException], ...] = (Exception,),
+        exclude: tuple[type[BaseException], ...] = (),
+        is_failure: Callable[[BaseException], bool] | None = None,
+    ) -> None:
+        self.name = name
+        self.config = config if config is not None else CircuitBreakerConfig()
+        self.backend = backend if backend is not None else MemoryBackend()
+        self._failure_exceptions = failure_exceptions
+        self._exclude = (CircuitBreakerError, *exclude)
+        self._is_failure = is_failure
+
+    def __repr__(self) -> str:
+        return f"CircuitBreaker({self.name!r}, backend={type(self.backend).__name__})"
+
+    # -- monitoring -------------------------------------------------------------------------
+
+    @property
+    def stats(self) -> BreakerStats:
+        """A snapshot of this breaker's state and totals (one round trip on Redis)."""
+        return self.backend.stats(self.name, self.config)
+
+    @property
+    def state(self) -> CircuitState:
+        """The effective state now (one round trip on Redis)."""
+        return self.stats.state
+
+    def is_failure(self, exc: BaseException) -> bool:
+        """Whether ``exc`` counts as a failure of this breaker's service."""
+        if isinstance(exc, self._exclude):
+            return False
+        if self._is_failure is not None:
+            return self._is_failure(exc)
+        return isinstance(exc, self._failure_exceptions)
+
+    # -- the two-step form, synchronous ------------------------------------------------------
+
+    def acquire_sync(self) -> Permit:
+        """Ask before a call; raises :class:`CircuitBreakerError` when the call must not run."""
+        decision = self.backend.admit_locally(self.name, self.config)
+        if decision is None:
+            decision = self._admit_remotely()
+        return self._permit(decision)
+
+    def record_success_sync(self, permit: Permit) -> None:
+        """Report that the call admitted by ``permit`` succeeded."""
+        if permit.done:
+            return
+        permit.done = True
+        if permit.local and self.backend.record_success_locally(self.name, self.config):
+            return
+        self._report(self.backend.record_success, permit.token)
+
+    def record_failure_sync(self, permit: Permit, *, hold_open: float | None = None) -> None:
+        """Report that the call failed; ``hold_open`` keeps the circuit OPEN that many seconds."""
+        if permit.done:
+            return
+        permit.done = True
+        self._report(self.backend.record_failure, permit.token, hold_open)
+
+    def release_sync(self, permit: Permit) -> None:
+        """Report that the call ended without an outcome that counts (or never ran)."""
+        if permit.done:
+            return
+        permit.done = True
+        if permit.token is not None:
+            self._report(self.backend.release, permit.token)
+
+    def record_outcome_sync(self, permit: Permit, exc: BaseException | None) -> None:
+        """Report the call's outcome: success when ``exc`` is None, else per :meth:`is_failure`."""
+        if exc is None:
+            self.record_success_sync(permit)
+        elif self.is_failure(exc):
+            self.record_failure_sync(permit)
+        else:
+            self.release_sync(permit)
+
+    def reset_sync(self) -> None:
+        """Force the circuit CLOSED; totals are kept."""
+        transition = self._ask(self.backend.reset, self.name, self.config)
+        if transition is not None:
+            log.info(
+                f"Circuit breaker {self.name} was reset to CLOSED state.",
+                event_name="circuit_breaker.reset",
+                circuit_breaker=self.name,
+                state=CircuitState.CLOSED.value,
+            )
+
+    def call_sync(self, fn: Callable[P, R], /, *args: P.args, **kwargs: P.kwargs) -> R:
+        """Run ``fn(*args, **kwargs)`` behind the breaker, from a worker thread."""
+        permit = self._acquire_logged()
+        try:
+            result = fn(*args, **kwargs)
+        except BaseException as exc:
+            self.record_outcome_sync(permit, exc)
+            raise
+        self.record_success_sync(permit)
+        return result
+
+    # -- the same, for coroutines ------------------------------------------------------------
+
+    async def acquire(self) -> Permit:
+        """Async :meth:`acquire_sync`; round trips run in a thread, never on the event loop."""
+        decision = self.backend.admit_locally(self.name, self.config)
+        if decision is None:
+            decision = await self._off_loop(self._admit_remotely)
+        return self._permit(decision)
+
+    async def record_success(self, permit: Permit) -> None:
+        """Async :meth:`record_success_sync`."""
+        local = permit.local and not permit.done
+        if local and self.backend.record_success_locally(self.name, self.config):
+            permit.done = True
+            return
+        await self._off_loop(self.record_success_sync, permit)
+
+    async def record_failure(self, permit: Permit, *, hold_open: float | None = None) -> None:
+        """Async :meth:`record_failure_sync`."""
+        await self._off_loop(
+            functools.partial(self.record_failure_sync, hold_open=hold_open), permit
+        )
+
+    async def release(self, permit: Permit) -> None:
+        """Async :meth:`release_sync`."""
+        if permit.token is None:
+            permit.done = True
+            return
+        await self._off_loop(self.release_sync, permit)
+
+    async def record_outcome(self, permit: Permit, exc: BaseException | None) -> None:
+        """Async :meth:`record_outcome_sync`."""
+        if exc is None:
+            await self.record_success(permit)
+        elif self.is_failure(exc):
+            await self.record_failure(permit)
+        else:
+            await self.release(permit)
+
+    async def reset(self) -> None:
+        """Force the circuit CLOSED; totals are kept."""
+        await self._off_loop(self.reset_sync)
+
+    async def call(
+        self, fn: Callable[P, Awaitable[R] | R], /, *args: P.args, **kwargs: P.kwargs
+    ) -> R:
+        """Run ``fn`` behind the breaker, awaiting it when it returns an awaitable."""
+        try:
+            permit = await self.acquire()
+        except CircuitBreakerError as exc:
+            self._log_blocked(exc)
+            raise
+        try:
+            result = fn(*args, **kwargs)
+            if inspect.isawaitable(result):
+                result = await result
+        except BaseException as exc:
+            await self.record_outcome(permit, exc)
+            raise
+        await self.record_success(permit)
+        return result  # type: ignore[return-value]
+
+    # -- internals ---------------------------------------------------------------------------
+
+    async def _off_loop(self, fn: Callable[..., R], *args: Any) -> R:
+        if self.backend.in_memory:
+            return fn(*args)
+        return await asyncio.to_thread(fn, *args)
+
+    def _acquire_logged(self) -> Permit:
+        try:
+            return self.acquire_sync()
+        except CircuitBreakerError as exc:
+            self._log_blocked(exc)
+            raise
+
+    def _admit_remotely(self) -> Decision:
+        try:
+            return self._ask(self.backend.admit, self.name, self.config, uuid.uuid4().hex)
+        except BackendUnavailableError:
+            if self.config.on_backend_error == "reject":
+                return Decision(Verdict.REJECTED, CircuitState.OPEN, STORE_RETRY_AFTER)
+            return Decision(Verdict.ADMITTED, CircuitState.CLOSED)
+
+    def _permit(self, decision: Decision) -> Permit:
+        if decision.transition is not None:
+            self._log_transition(decision.transition)
+        if decision.verdict is Verdict.REJECTED:
+            raise CircuitBreakerError(self.name, decision.retry_after, decision.state)
+        return Permit(decision.token, decision.local)
+
+    def _report(self, operation: Callable[..., Transition | None], *args: Any) -> None:
+        """Run an outcome report; a store failure is logged once per episode, never raised."""
+        try:
+            transition = self._ask(operation, self.name, self.config, *args)
+        except BackendUnavailableError:
+            return
+        if transition is not None:
+            self._log_transition(transition)
+
+    def _ask(self, operation: Callable[..., R], *args: Any) -> R:
+        """Run a backend decision, logging the start and end of store outages once each.
+
+        While an outage is on, the store is tried once per ``STORE_RETRY_INTERVAL``; calls in
+        between fail at once, so a dead store costs no timeout per call.
+        """
+        if self.backend.store_suspended():
+            raise BackendUnavailableError("the store failed moments ago; not asking it yet")
+        try:
+            result = operation(*args)
+        except BackendUnavailableError as exc:
+            if self.backend.begin_outage():
+                if self.config.on_backend_error == "allow":
+                    policy = "admitting calls (fail open)"
+                else:
+                    policy = "refusing calls (fail closed)"
+                log.error(
+                    f"Circuit breaker {self.name} cannot reach its store; {policy}.",
+                    event_name="circuit_breaker.store_unavailable",
+                    circuit_breaker=self.name,
+                    state="unknown",
+                    error=str(exc),
+                )
+            raise
+        if self.backend.end_outage():
+            log.info(
+                f"Circuit breaker {self.name} reached its store again.",
+                event_name="circuit_breaker.store_available",
+                circuit_breaker=self.name,
+                state="unknown",
+            )
+        return result
+
+    def _log_blocked(self, exc: CircuitBreakerError) -> None:
+        log.warning(
+            str(exc),
+            event_name="circuit_breaker.blocked",
+            circuit_breaker=self.name,
+            state=exc.state.value,
+            retry_after=round(exc.retry_after, 3),
+        )
+
+    def _log_transition(self, transition: Transition) -> None:
+        to_state = transition.to_state
+        fields = {"circuit_breaker": self.name, "state": to_state.value}
+        if to_state is CircuitState.OPEN:
+            log.warning(
+                f"Circuit breaker {self.name} transitioned to OPEN state. "
+                f"Blocking requests for {transition.open_for:.1f} seconds.",
+                event_name="circuit_breaker.opened",
+                from_state=transition.from_state.value,
+                retry_after=round(transition.open_for, 3),
+                **fields,
+            )
+        elif to_state is CircuitState.HALF_OPEN:
+            log.info(
+                f"Circuit breaker {self.name} transitioned to HALF_OPEN state. "
+                "Testing service recovery.",
+                event_name="circuit_breaker.half_open",
+                **fields,
+            )
+        else:
+            log.info(
+                f"Circuit breaker {self.name} transitioned to CLOSED state. Service recovered.",
+                event_name="circuit_breaker.closed",
+                **fields,
+            )
+
+
+def circuit_breaker(
+    name: str,
+    config: CircuitBreakerConfig | None = None,
+    *,
+    backend: Backend | None = None,
+    **options: Any,
+) -> Callable[[Callable[P, R]], Callable[P, R]]:
+    """Decorate a sync or async function so that every call goes through the breaker ``name``.
+
+    The breaker is available as the wrapper's ``circuit_breaker`` attribute.
+    """
+    breaker = CircuitBreaker(name, config, backend=backend, **options)
+
+    def decorate(fn: Callable[P, R]) -> Callable[P, R]:
+        if inspect.iscoroutinefunction(fn):
+
+            @functools.wraps(fn)
+            async def async_wrapper(*args: P.args, **kwargs: P.kwargs) -> Any:
+                return await breaker.call(fn, *args, **kwargs)
+
+            async_wrapper.circuit_breaker = breaker  # type: ignore[attr-defined]
+            return async_wrapper  # type: ignore[return-value]
+
+        @functools.wraps(fn)
+        def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+            return breaker.call_sync(fn, *args, **kwargs)
+
+        wrapper.circuit_breaker = breaker  # type: ignore[attr-defined]
+        return wrapper
+
+    return decorate

@@ -1,0 +1,172 @@
+-- Shared prelude of every breaker script; the backend prepends it to each operation's file.
+--
+-- Key layout: one hash per breaker, KEYS[1] = "<prefix>:<name>", fields
+--   state            "closed" | "open" | "half_open" (absent = "closed")
+--   failure_count    consecutive failures counted towards failure_threshold
+--   last_failure_at  server time (seconds, float) of the last counted failure
+--   open_until       server time at which an OPEN circuit starts admitting trials
+--   reopens          failed trials in a row since the circuit last closed
+--   trial_successes  successful trials in the current HALF_OPEN period
+--   last_state_change, version (bumped by every change a local view must see)
+--   total_requests, total_successes, total_failures, total_rejections
+--   trial:<token>    lease end of one HALF_OPEN trial slot
+--
+-- ARGV (same for every script):
+--   [1] now: seconds as a float, or "" for the Redis server clock (TIME)
+--   [2] pub/sub channel on which view changes are published, or "" for none
+--   [3] breaker name (published with the change)
+--   [4] trial token, or ""
+--   [5] failure_threshold  [6] success_threshold  [7] timeout  [8] reset_timeout
+--   [9] half_open_max_calls  [10] trial_lease  [11] half_open_retry_after
+--   [12] timeout_multiplier  [13] max_timeout or ""  [14] hold_open seconds or ""
+--
+-- Every script returns {verdict, retry_after, from_state, to_state, open_for, now,
+--   state, failure_count, last_failure_at, open_until, version}, numbers as strings.
+
+local key = KEYS[1]
+local channel, name, token = ARGV[2], ARGV[3], ARGV[4]
+local cfg = {
+  failure_threshold = tonumber(ARGV[5]),
+  success_threshold = tonumber(ARGV[6]),
+  timeout = tonumber(ARGV[7]),
+  reset_timeout = tonumber(ARGV[8]),
+  half_open_max_calls = tonumber(ARGV[9]),
+  trial_lease = tonumber(ARGV[10]),
+  half_open_retry_after = tonumber(ARGV[11]),
+  timeout_multiplier = tonumber(ARGV[12]),
+  max_timeout = tonumber(ARGV[13]),
+  hold_open = tonumber(ARGV[14]),
+}
+local MIN_RETRY_AFTER = 0.001
+
+local now = tonumber(ARGV[1])
+if not now then
+  local t = redis.call('TIME')
+  now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+end
+
+local function num(x)
+  return string.format('%.17g', x)
+end
+
+-- The hash as HGETALL returned it (the snapshot script hands it back unchanged).
+local raw_fields = redis.call('HGETALL', key)
+
+local function load_record()
+  local flat = raw_fields
+  local rec = {
+    state = 'closed', failure_count = 0, last_failure_at = 0, open_until = 0, reopens = 0,
+    trial_successes = 0, last_state_change = 0, version = 0, trials = {},
+  }
+  for i = 1, #flat, 2 do
+    local field, value = flat[i], flat[i + 1]
+    if string.sub(field, 1, 6) == 'trial:' then
+      rec.trials[string.sub(field, 7)] = tonumber(value)
+    elseif field == 'state' then
+      rec.state = value
+    else
+      rec[field] = tonumber(value)
+    end
+  end
+  return rec
+end
+
+local rec = load_record()
+local dirty = {}
+local changed = false
+local transition = {'', '', 0}
+
+local function set(field, value)
+  rec[field] = value
+  dirty[field] = true
+  changed = true
+end
+
+local function count(total)
+  redis.call('HINCRBY', key, total, 1)
+end
+
+local function positive(seconds)
+  if seconds < MIN_RETRY_AFTER then return MIN_RETRY_AFTER end
+  return seconds
+end
+
+local function trial_count()
+  local n, first_end = 0, nil
+  for _, lease in pairs(rec.trials) do
+    n = n + 1
+    if not first_end or lease < first_end then first_end = lease end
+  end
+  return n, first_end
+end
+
+local function drop_trial(t)
+  redis.call('HDEL', key, 'trial:' .. t)
+  rec.trials[t] = nil
+  changed = true
+end
+
+local function expire_trials()
+  for t, lease in pairs(rec.trials) do
+    if lease <= now then drop_trial(t) end
+  end
+end
+
+-- Removes the caller's slot; true when it held a live one (so its outcome counts).
+local function end_trial()
+  expire_trials()
+  if token == '' or not rec.trials[token] then return false end
+  drop_trial(token)
+  return true
+end
+
+local function move(state, open_for)
+  transition = {rec.state, state, open_for or 0}
+  set('state', state)
+  set('last_state_change', now)
+  set('trial_successes', 0)
+  for t, _ in pairs(rec.trials) do drop_trial(t) end
+end
+
+local function open_duration(reopens)
+  local duration = cfg.timeout * (cfg.timeout_multiplier ^ reopens)
+  if cfg.max_timeout and duration > cfg.max_timeout then duration = cfg.max_timeout end
+  return duration
+end
+
+local function open(reopens)
+  local duration = open_duration(reopens)
+  set('reopens', reopens)
+  set('open_until', now + duration)
+  move('open', duration)
+end
+
+local function close()
+  set('failure_count', 0)
+  set('reopens', 0)
+  move('closed')
+end
+
+-- Writes the changed fields, bumps the version, publishes the new view, returns the reply.
+local function finish(verdict, retry_after)
+  if changed then
+    local args = {}
+    for field, _ in pairs(dirty) do
+      args[#args + 1] = field
+      if field == 'state' then args[#args + 1] = rec.state else args[#args + 1] = num(rec[field]) end
+    end
+    if #args > 0 then redis.call('HSET', key, unpack(args)) end
+    rec.version = redis.call('HINCRBY', key, 'version', 1)
+  end
+  local view = {
+    rec.state, num(rec.failure_count), num(rec.last_failure_at), num(rec.open_until),
+    tostring(rec.version),
+  }
+  if changed and channel ~= '' then
+    redis.call('PUBLISH', channel, cjson.encode({name, num(now), view[1], view[2], view[3], view[4], view[5]}))
+  end
+  return {
+    verdict, num(retry_after or 0), transition[1], transition[2], num(transition[3]), num(now),
+    view[1], view[2], view[3], view[4], view[5],
+  }
+end

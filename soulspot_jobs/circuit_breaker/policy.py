@@ -1,0 +1,199 @@
+"""The circuit-breaker state machine as pure functions: record, time and config in, decision out.
+
+No I/O and no locking happen here. :class:`~.backends.memory.MemoryBackend` applies these functions
+under a lock; the Redis backend's Lua scripts implement the same rules atomically on the server,
+and the property tests hold both to one reference model. Every function that changes the record
+bumps ``record.version``.
+"""
+
+from __future__ import annotations
+
+from soulspot_jobs.circuit_breaker.config import CircuitBreakerConfig
+from soulspot_jobs.circuit_breaker.state import (
+    BreakerRecord,
+    BreakerStats,
+    CircuitState,
+    Decision,
+    Transition,
+    Verdict,
+)
+
+CLOSED, OPEN, HALF_OPEN = CircuitState.CLOSED, CircuitState.OPEN, CircuitState.HALF_OPEN
+
+#: Smallest ``retry_after`` ever given, in seconds, so that a refusal never says "retry now".
+MIN_RETRY_AFTER = 0.001
+
+
+def effective_state(record: BreakerRecord, now: float) -> CircuitState:
+    """The state a caller sees at ``now``: OPEN becomes HALF_OPEN once its period is over."""
+    if record.state is OPEN and now >= record.open_until:
+        return HALF_OPEN
+    return record.state
+
+
+def pending_failures(record: BreakerRecord, config: CircuitBreakerConfig, now: float) -> int:
+    """Failures that still count towards opening at ``now`` (they lapse after ``reset_timeout``)."""
+    if record.failure_count and now - record.last_failure_at > config.reset_timeout:
+        return 0
+    return record.failure_count
+
+
+def admit(record: BreakerRecord, config: CircuitBreakerConfig, now: float, token: str) -> Decision:
+    """Decide whether a call may run now; in HALF_OPEN, take a trial slot leased to ``token``."""
+    record.total_requests += 1
+    transition = None
+    if record.state is OPEN:
+        if now < record.open_until:
+            record.total_rejections += 1
+            return Decision(Verdict.REJECTED, OPEN, retry_after=_positive(record.open_until - now))
+        transition = _move(record, HALF_OPEN, now)
+    if record.state is HALF_OPEN:
+        _expire_trials(record, now)
+        if len(record.trials) < config.half_open_max_calls:
+            record.trials[token] = now + config.trial_lease
+            record.version += 1
+            return Decision(Verdict.TRIAL, HALF_OPEN, token=token, transition=transition)
+        record.total_rejections += 1
+        first_free = min(record.trials.values()) - now
+        retry_after = _positive(min(config.half_open_retry_after, first_free))
+        return Decision(Verdict.REJECTED, HALF_OPEN, retry_after=retry_after, transition=transition)
+    return Decision(Verdict.ADMITTED, CLOSED)
+
+
+def record_success(
+    record: BreakerRecord, config: CircuitBreakerConfig, now: float, token: str | None
+) -> Transition | None:
+    """Count a success: it clears pending failures in CLOSED and counts as a trial in HALF_OPEN."""
+    record.total_successes += 1
+    if record.state is CLOSED:
+        if record.failure_count:
+            record.failure_count = 0
+            record.version += 1
+        return None
+    if record.state is HALF_OPEN and _end_trial(record, now, token):
+        record.trial_successes += 1
+        if record.trial_successes >= config.success_threshold:
+            return _close(record, now)
+    return None
+
+
+def record_failure(
+    record: BreakerRecord,
+    config: CircuitBreakerConfig,
+    now: float,
+    token: str | None,
+    hold_open: float | None = None,
+) -> Transition | None:
+    """Count a failure; open the circuit at the threshold or when a trial fails.
+
+    ``hold_open`` (seconds) is the service's own "retry after": the circuit opens at once and stays
+    OPEN at least that long, whatever the failure count.
+    """
+    record.total_failures += 1
+    if hold_open is not None:
+        return _hold_open(record, config, now, hold_open)
+    if record.state is CLOSED:
+        record.failure_count = pending_failures(record, config, now) + 1
+        record.last_failure_at = now
+        record.version += 1
+        if record.failure_count >= config.failure_threshold:
+            return _open(record, config, now, reopens=0)
+        return None
+    if record.state is HALF_OPEN and _end_trial(record, now, token):
+        return _open(record, config, now, reopens=record.reopens + 1)
+    return None
+
+
+def release(record: BreakerRecord, now: float, token: str | None) -> None:
+    """Give a trial slot back without counting an outcome (excluded error, skipped call)."""
+    if record.state is HALF_OPEN:
+        _end_trial(record, now, token)
+
+
+def reset(record: BreakerRecord, now: float) -> Transition | None:
+    """Force the circuit CLOSED with no pending failures; totals are kept."""
+    if record.state is CLOSED and not record.failure_count:
+        return None
+    return _close(record, now)
+
+
+def stats(record: BreakerRecord, name: str, now: float) -> BreakerStats:
+    """A monitoring snapshot of ``record`` as seen at ``now``."""
+    state = effective_state(record, now)
+    live_trials = sum(1 for lease in record.trials.values() if lease > now)
+    return BreakerStats(
+        name=name,
+        state=state,
+        total_requests=record.total_requests,
+        total_failures=record.total_failures,
+        total_successes=record.total_successes,
+        total_rejections=record.total_rejections,
+        failure_count=record.failure_count,
+        last_state_change=record.last_state_change,
+        retry_after=_positive(record.open_until - now) if state is OPEN else None,
+        trials_in_flight=live_trials if state is HALF_OPEN else 0,
+        reopens=record.reopens,
+    )
+
+
+def _positive(seconds: float) -> float:
+    return max(seconds, MIN_RETRY_AFTER)
+
+
+def _move(
+    record: BreakerRecord, state: CircuitState, now: float, open_for: float = 0.0
+) -> Transition:
+    transition = Transition(record.state, state, open_for)
+    record.state = state
+    record.last_state_change = now
+    record.trial_successes = 0
+    record.trials.clear()
+    record.version += 1
+    return transition
+
+
+def _open(
+    record: BreakerRecord, config: CircuitBreakerConfig, now: float, reopens: int
+) -> Transition:
+    duration = config.open_duration(reopens)
+    record.reopens = reopens
+    record.open_until = now + duration
+    return _move(record, OPEN, now, duration)
+
+
+def _hold_open(
+    record: BreakerRecord, config: CircuitBreakerConfig, now: float, hold_open: float
+) -> Transition | None:
+    until = now + hold_open
+    if record.state is OPEN and record.open_until >= until:
+        return None
+    if record.state is OPEN:
+        record.open_until = until
+        record.version += 1
+        return None
+    record.open_until = until
+    return _move(record, OPEN, now, hold_open)
+
+
+def _close(record: BreakerRecord, now: float) -> Transition:
+    record.failure_count = 0
+    record.reopens = 0
+    return _move(record, CLOSED, now)
+
+
+def _expire_trials(record: BreakerRecord, now: float) -> None:
+    expired = [token for token, lease in record.trials.items() if lease <= now]
+    for token in expired:
+        del record.trials[token]
+    if expired:
+        record.version += 1
+
+
+def _end_trial(record: BreakerRecord, now: float, token: str | None) -> bool:
+    """Remove ``token``'s slot; True when it held a live one (so its outcome counts)."""
+    _expire_trials(record, now)
+    if token is None or token not in record.trials:
+        return False
+    del record.trials[token]
+    record.version += 1
+    return True

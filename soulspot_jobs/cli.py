@@ -1,0 +1,63 @@
+"""The ``soulspot-jobs`` command line."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import typer
+
+from soulspot_jobs.logging import configure_logging
+from soulspot_jobs.settings import Settings, SettingsError, load_settings
+
+#: Exit status of a command refused because of an invalid setting.
+EXIT_BAD_SETTINGS = 2
+
+app = typer.Typer(
+    name="soulspot-jobs",
+    help="Background jobs for SoulSpot Bridge behind cluster-wide circuit breakers.",
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+
+
+def _settings_or_exit() -> Settings:
+    """Load the settings; on an invalid one print ``error: ...`` on stderr and exit with 2."""
+    try:
+        return load_settings()
+    except SettingsError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(EXIT_BAD_SETTINGS) from None
+
+
+@app.command()
+def demo() -> None:
+    """Run the demo against REDIS_URL, or against an embedded redis-server when it is unset."""
+    from soulspot_jobs import demo as scenario
+
+    settings = _settings_or_exit()
+    configure_logging(settings)
+    raise typer.Exit(scenario.run(settings))
+
+
+@app.command("settings")
+def show_settings() -> None:
+    """Print the effective settings as JSON, with the Redis password hidden."""
+    settings = _settings_or_exit()
+    values = settings.model_dump(mode="json")
+    values["redis_url"] = settings.redis_url_redacted
+    typer.echo(json.dumps(values, indent=2))
+
+
+def main() -> None:
+    """Console-script entry point."""
+    try:
+        app()
+    except SettingsError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(EXIT_BAD_SETTINGS)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,125 @@
+"""The one place structlog and the standard library's logging are configured.
+
+Both structlog loggers and stdlib loggers (Dramatiq's, redis-py's) go through the same processor
+chain and the same root handler on stderr, so every line has the same shape: JSON objects with
+``level``, ``message`` and ``timestamp`` in production, coloured console lines on a terminal.
+Secrets are redacted before rendering.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import sys
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any, TextIO
+
+import structlog
+from structlog.typing import EventDict, Processor, WrappedLogger
+
+if TYPE_CHECKING:
+    from soulspot_jobs.settings import Settings
+
+#: What replaces the value of a field whose name says it holds a secret.
+REDACTED = "[REDACTED]"
+#: Field names whose values are never logged (matched anywhere in the name, case-insensitively).
+SECRET_KEY = re.compile(r"passw(?:or)?d|secret|token|api_?key|authorization", re.IGNORECASE)
+#: The password part of ``scheme://user:password@host``; user may be empty (``redis://:pw@h``).
+_URL_PASSWORD = re.compile(
+    r"(?P<head>[A-Za-z][A-Za-z0-9+.\-]*://[^:/?#@\s]*:)(?P<password>[^\s/?#]*)@"
+)
+#: Marks the root handler this module installed, so reconfiguring replaces it instead of adding.
+_HANDLER_MARK = "_soulspot_jobs_handler"
+
+
+def redact_url(text: str) -> str:
+    """``text`` with the password of every ``scheme://user:password@host`` replaced by ``***``."""
+    return _URL_PASSWORD.sub(r"\g<head>***@", text)
+
+
+def redact(value: Any) -> Any:
+    """A copy of ``value`` fit for logs: secret-named mapping keys hidden, URL passwords masked.
+
+    Mappings, lists and tuples are walked recursively; other values are returned unchanged.
+    """
+    if isinstance(value, str):
+        return redact_url(value)
+    if isinstance(value, Mapping):
+        return {
+            key: REDACTED if isinstance(key, str) and SECRET_KEY.search(key) else redact(item)
+            for key, item in value.items()
+        }
+    if isinstance(value, list | tuple):
+        return type(value)(redact(item) for item in value)
+    return value
+
+
+def redact_secrets(_logger: WrappedLogger, _method: str, event_dict: EventDict) -> EventDict:
+    """structlog processor applying :func:`redact` to every field of the event."""
+    return redact(event_dict)
+
+
+def _upper_case_level(_logger: WrappedLogger, _method: str, event_dict: EventDict) -> EventDict:
+    """Render ``level`` as ``WARNING`` rather than ``warning``, as the documented JSON shows."""
+    level = event_dict.get("level")
+    if isinstance(level, str):
+        event_dict["level"] = level.upper()
+    return event_dict
+
+
+def _renderer_chain(log_format: str, stream: TextIO) -> list[Processor]:
+    """The processors that turn an event dict into the final line for ``log_format``."""
+    if log_format == "auto":
+        log_format = "console" if stream.isatty() else "json"
+    if log_format == "console":
+        return [structlog.dev.ConsoleRenderer(colors=stream.isatty())]
+    return [
+        _upper_case_level,
+        structlog.processors.format_exc_info,
+        structlog.processors.EventRenamer("message", "event_name"),
+        structlog.processors.JSONRenderer(),
+    ]
+
+
+def configure_logging(settings: Settings, *, stream: TextIO | None = None) -> None:
+    """Route structlog and stdlib logging to one handler on ``stream`` (default: stderr).
+
+    Idempotent: calling it again replaces the handler it installed before and leaves other
+    handlers (pytest's, for instance) alone. Loggers are not cached on first use, so
+    ``structlog.testing.capture_logs`` keeps working after this call.
+    """
+    stream = stream if stream is not None else sys.stderr
+    shared: list[Processor] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.stdlib.add_log_level,
+        structlog.stdlib.add_logger_name,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        redact_secrets,
+    ]
+    structlog.configure(
+        processors=[
+            structlog.stdlib.filter_by_level,
+            structlog.stdlib.PositionalArgumentsFormatter(),
+            *shared,
+            structlog.stdlib.ProcessorFormatter.wrap_for_formatter,
+        ],
+        logger_factory=structlog.stdlib.LoggerFactory(),
+        wrapper_class=structlog.stdlib.BoundLogger,
+        cache_logger_on_first_use=False,
+    )
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(
+        structlog.stdlib.ProcessorFormatter(
+            foreign_pre_chain=[structlog.stdlib.ExtraAdder(), *shared],
+            processors=[
+                structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+                *_renderer_chain(settings.log_format, stream),
+            ],
+        )
+    )
+    setattr(handler, _HANDLER_MARK, True)
+    root = logging.getLogger()
+    for old in [h for h in root.handlers if getattr(h, _HANDLER_MARK, False)]:
+        root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(settings.log_level)

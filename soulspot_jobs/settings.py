@@ -1,0 +1,196 @@
+"""Settings read from the environment and from ``.env``, validated once by :func:`load_settings`.
+
+Nothing here is read at import time: build a :class:`Settings` (through :func:`load_settings`)
+where the program starts and pass it on explicitly.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import SettingsError as _SourceError
+
+from soulspot_jobs.circuit_breaker.config import BackendErrorPolicy, CircuitBreakerConfig
+from soulspot_jobs.errors import ConfigurationError
+from soulspot_jobs.logging import redact_url
+
+#: Log level names accepted in ``LOG_LEVEL`` (any case).
+LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
+#: Prefix of every circuit breaker environment variable.
+CIRCUIT_BREAKER_ENV_PREFIX = "CIRCUIT_BREAKER_"
+#: Services with their own overrides, by breaker name; the value is the settings field name.
+SERVICES = {
+    "slskd-api": "slskd_api",
+    "spotify-api": "spotify_api",
+    "musicbrainz-api": "musicbrainz_api",
+}
+
+
+class SettingsError(ConfigurationError):
+    """A setting read from the environment or ``.env`` has a value that cannot be used."""
+
+
+class CircuitBreakerOverrides(BaseModel):
+    """Per-service values replacing the defaults; unset fields keep the defaults."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    failure_threshold: int | None = Field(None, gt=0)
+    success_threshold: int | None = Field(None, gt=0)
+    timeout: float | None = Field(None, gt=0)
+    reset_timeout: float | None = Field(None, gt=0)
+    half_open_max_calls: int | None = Field(None, gt=0)
+    trial_lease: float | None = Field(None, gt=0)
+    half_open_retry_after: float | None = Field(None, gt=0)
+    timeout_multiplier: float | None = Field(None, ge=1.0)
+    max_timeout: float | None = Field(None, gt=0)
+    on_backend_error: BackendErrorPolicy | None = None
+
+
+class CircuitBreakerSettings(BaseSettings):
+    """Circuit breaker defaults (``CIRCUIT_BREAKER_*``) and per-service overrides.
+
+    Same fields, defaults and bounds as :class:`CircuitBreakerConfig`, parsed leniently because
+    environment values are strings. A service's overrides are read from
+    ``CIRCUIT_BREAKER_SLSKD_API__TIMEOUT=30`` or ``CIRCUIT_BREAKER_SLSKD_API='{"timeout": 30}'``.
+    Seconds are floats; ``max_timeout`` accepts ``none``.
+    """
+
+    model_config = SettingsConfigDict(
+        env_prefix=CIRCUIT_BREAKER_ENV_PREFIX,
+        env_nested_delimiter="__",
+        env_file=".env",
+        env_ignore_empty=True,
+        env_parse_none_str="none",
+        extra="ignore",
+    )
+
+    failure_threshold: int = Field(5, gt=0)
+    success_threshold: int = Field(2, gt=0)
+    timeout: float = Field(60.0, gt=0)
+    reset_timeout: float = Field(300.0, gt=0)
+    half_open_max_calls: int = Field(1, gt=0)
+    trial_lease: float = Field(60.0, gt=0)
+    half_open_retry_after: float = Field(1.0, gt=0)
+    timeout_multiplier: float = Field(1.0, ge=1.0)
+    max_timeout: float | None = Field(None, gt=0)
+    on_backend_error: BackendErrorPolicy = "allow"
+
+    slskd_api: CircuitBreakerOverrides = Field(default_factory=CircuitBreakerOverrides)
+    spotify_api: CircuitBreakerOverrides = Field(default_factory=CircuitBreakerOverrides)
+    musicbrainz_api: CircuitBreakerOverrides = Field(default_factory=CircuitBreakerOverrides)
+
+    def config_for(self, service: str) -> CircuitBreakerConfig:
+        """The breaker config of ``service`` (``"slskd-api"``): its overrides on the defaults.
+
+        An unknown service gets the defaults. Raises :class:`ConfigurationError` when the merged
+        values contradict each other (``max_timeout`` below ``timeout``).
+        """
+        values = self.model_dump(exclude=set(SERVICES.values()))
+        field = SERVICES.get(service)
+        if field is not None:
+            overrides: CircuitBreakerOverrides = getattr(self, field)
+            values.update(overrides.model_dump(exclude_unset=True, exclude_none=True))
+        return CircuitBreakerConfig(**values)
+
+
+class ObservabilitySettings(BaseModel):
+    """Settings of the cross-cutting concerns; for now the circuit breakers."""
+
+    circuit_breaker: CircuitBreakerSettings = Field(default_factory=CircuitBreakerSettings)
+
+
+class Settings(BaseSettings):
+    """Everything soulspot-jobs reads from the environment (and ``.env`` in the cwd)."""
+
+    model_config = SettingsConfigDict(
+        env_file=".env", env_ignore_empty=True, extra="ignore", populate_by_name=True
+    )
+
+    #: Redis holding the breakers' state and Dramatiq's queues; ``None`` starts an embedded one.
+    redis_url: str | None = Field(None, validation_alias="REDIS_URL")
+    #: Prefix of every Redis key soulspot-jobs writes.
+    key_prefix: str = Field("soulspot", min_length=1, validation_alias="SOULSPOT_KEY_PREFIX")
+    log_level: LogLevel = "INFO"
+    #: ``auto`` renders for a console when stderr is a terminal, JSON otherwise.
+    log_format: Literal["auto", "json", "console"] = "auto"
+    observability: ObservabilitySettings = Field(default_factory=ObservabilitySettings)
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _level_name_in_upper_case(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            value = value.strip().upper()
+            return "WARNING" if value == "WARN" else value
+        return value
+
+    @property
+    def redis_url_redacted(self) -> str | None:
+        """``redis_url`` with its password replaced by ``***``, fit for logs and output."""
+        return redact_url(self.redis_url) if self.redis_url is not None else None
+
+
+#: Environment variable of each top-level field whose name is not simply its upper-case name.
+_ENV_ALIASES = {"redis_url": "REDIS_URL", "key_prefix": "SOULSPOT_KEY_PREFIX"}
+
+
+def _env_var(model: str, loc: tuple[str | int, ...]) -> str:
+    """Environment variable behind the field at ``loc`` of the model named ``model``."""
+    parts = [str(part) for part in loc]
+    if model == Settings.__name__:
+        if parts[:2] == ["observability", "circuit_breaker"]:
+            parts = parts[2:]
+        elif parts:
+            return _ENV_ALIASES.get(parts[0], parts[0].upper())
+        else:
+            return "(settings)"
+    return CIRCUIT_BREAKER_ENV_PREFIX + "__".join(part.upper() for part in parts)
+
+
+def _describe(exc: ValidationError) -> str:
+    """One line: ``invalid setting CIRCUIT_BREAKER_TIMEOUT='x': Input should be ...``."""
+    problems = [
+        f"{_env_var(exc.title, error['loc'])}={error.get('input')!r}: {error['msg']}"
+        for error in exc.errors()
+    ]
+    return "invalid setting " + "; ".join(problems)
+
+
+def _describe_source_error(exc: _SourceError) -> str:
+    """One line for a value that could not even be parsed (bad JSON in a nested setting)."""
+    match = re.search(r'field "(\w+)"', str(exc))
+    field = match.group(1) if match else ""
+    if field in CircuitBreakerSettings.model_fields:
+        name = CIRCUIT_BREAKER_ENV_PREFIX + field.upper()
+    else:
+        name = _ENV_ALIASES.get(field, field.upper())
+    value = os.environ.get(name)
+    shown = f"{name}={value!r}" if value is not None else name
+    return f"invalid setting {shown}: {exc.__cause__ or exc}".replace("\n", " ")
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Build :class:`Settings` from ``overrides``, the environment and ``.env``, and check it.
+
+    Every invalid value, including those of the circuit breaker settings and of per-service
+    overrides, becomes one :class:`SettingsError` whose one-line message names the environment
+    variable and its value.
+    """
+    try:
+        settings = Settings(**overrides)
+    except ValidationError as exc:
+        raise SettingsError(_describe(exc)) from None
+    except _SourceError as exc:
+        raise SettingsError(_describe_source_error(exc)) from None
+    breakers = settings.observability.circuit_breaker
+    for service in ("", *SERVICES):
+        try:
+            breakers.config_for(service)
+        except ConfigurationError as exc:
+            scope = f" of {service}" if service else ""
+            raise SettingsError(f"invalid circuit breaker settings{scope}: {exc}") from None
+    return settings
