@@ -45,7 +45,7 @@ def admit(record: BreakerRecord, config: CircuitBreakerConfig, now: float, token
     if record.state is OPEN:
         if now < record.open_until:
             record.total_rejections += 1
-            return Decision(Verdict.REJECTED, OPEN, retry_after=_positive(record.open_until - now))
+            return Decision(Verdict.REJECTED, OPEN, retry_after=positive(record.open_until - now))
         transition = _move(record, HALF_OPEN, now)
     if record.state is HALF_OPEN:
         _expire_trials(record, now)
@@ -55,7 +55,7 @@ def admit(record: BreakerRecord, config: CircuitBreakerConfig, now: float, token
             return Decision(Verdict.TRIAL, HALF_OPEN, token=token, transition=transition)
         record.total_rejections += 1
         first_free = min(record.trials.values()) - now
-        retry_after = _positive(min(config.half_open_retry_after, first_free))
+        retry_after = positive(min(config.half_open_retry_after, first_free))
         return Decision(Verdict.REJECTED, HALF_OPEN, retry_after=retry_after, transition=transition)
     return Decision(Verdict.ADMITTED, CLOSED)
 
@@ -117,7 +117,9 @@ def reset(record: BreakerRecord, now: float) -> Transition | None:
     return _close(record, now)
 
 
-def stats(record: BreakerRecord, name: str, now: float) -> BreakerStats:
+def stats(
+    record: BreakerRecord, config: CircuitBreakerConfig, name: str, now: float
+) -> BreakerStats:
     """A monitoring snapshot of ``record`` as seen at ``now``."""
     state = effective_state(record, now)
     live_trials = sum(1 for lease in record.trials.values() if lease > now)
@@ -128,15 +130,18 @@ def stats(record: BreakerRecord, name: str, now: float) -> BreakerStats:
         total_failures=record.total_failures,
         total_successes=record.total_successes,
         total_rejections=record.total_rejections,
-        failure_count=record.failure_count,
+        failure_count=(
+            pending_failures(record, config, now) if state is CLOSED else record.failure_count
+        ),
         last_state_change=record.last_state_change,
-        retry_after=_positive(record.open_until - now) if state is OPEN else None,
+        retry_after=positive(record.open_until - now) if state is OPEN else None,
         trials_in_flight=live_trials if state is HALF_OPEN else 0,
         reopens=record.reopens,
     )
 
 
-def _positive(seconds: float) -> float:
+def positive(seconds: float) -> float:
+    """``seconds``, but never below :data:`MIN_RETRY_AFTER`."""
     return max(seconds, MIN_RETRY_AFTER)
 
 

@@ -30,6 +30,10 @@ log = structlog.get_logger("soulspot_jobs.circuit_breaker")
 
 #: Longest pause, in seconds, between two attempts to re-subscribe after Redis failed.
 MAX_RECONNECT_BACKOFF = 5.0
+#: Longest the watcher blocks waiting for a message, in seconds: bounds how long stopping takes.
+MAX_WAIT = 0.1
+#: Refresh intervals to wait for a subscription's confirmation before reconnecting.
+STALE_FACTOR = 3
 
 
 @dataclass(slots=True)
@@ -107,16 +111,19 @@ class ViewWatcher(threading.Thread):
         pubsub = backend.client.pubsub()
         try:
             pubsub.subscribe(backend.channel)
-            while pubsub.get_message(timeout=self._interval) is None:
+            subscribed_by = time.monotonic() + self._interval * STALE_FACTOR
+            while pubsub.get_message(timeout=MAX_WAIT) is None:
                 if self._stopping.is_set():
                     return
+                if time.monotonic() > subscribed_by:
+                    raise redis.TimeoutError("no confirmation of the subscription")
             backend.refresh()
             self.live.set()
             next_refresh = time.monotonic() + self._interval
             while not self._stopping.is_set():
                 message = pubsub.get_message(
                     ignore_subscribe_messages=True,
-                    timeout=max(next_refresh - time.monotonic(), 0.0),
+                    timeout=min(max(next_refresh - time.monotonic(), 0.0), MAX_WAIT),
                 )
                 if message is not None and message["type"] == "message":
                     backend.apply_event(json.loads(message["data"]))

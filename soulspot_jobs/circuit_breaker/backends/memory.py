@@ -52,7 +52,8 @@ class MemoryBackend(Backend):
             if record.state is CircuitState.OPEN and now < record.open_until:
                 record.total_requests += 1
                 record.total_rejections += 1
-                return Decision(Verdict.REJECTED, CircuitState.OPEN, record.open_until - now)
+                retry_after = policy.positive(record.open_until - now)
+                return Decision(Verdict.REJECTED, CircuitState.OPEN, retry_after)
         return None
 
     def record_success_locally(self, name: str, config: CircuitBreakerConfig) -> bool:
@@ -94,4 +95,4 @@ class MemoryBackend(Backend):
 
     def stats(self, name: str, config: CircuitBreakerConfig) -> BreakerStats:
         with self._lock:
-            return policy.stats(self._record(name), name, self.clock())
+            return policy.stats(self._record(name), config, name, self.clock())

@@ -82,6 +82,8 @@ class RedisBackend(Backend):
         self._views: dict[str, LocalView] = {}
         #: Guards the views' counters and the watcher's start.
         self._lock = threading.Lock()
+        #: Held while local counts are on their way to Redis, so ``stats`` never misses them.
+        self._flush_lock = threading.Lock()
         self._watcher: ViewWatcher | None = None
         self._refreshed_at = float("-inf")
         #: Redis server time minus ``time.monotonic()``, from the latest reply.
@@ -127,7 +129,7 @@ class RedisBackend(Backend):
         with self._lock:
             view.requests += 1
             view.rejections += 1
-        return Decision(Verdict.REJECTED, state, until - now, local=True)
+        return Decision(Verdict.REJECTED, state, policy.positive(until - now), local=True)
 
     def record_success_locally(self, name: str, config: CircuitBreakerConfig) -> bool:
         view = self._views.get(name)
@@ -182,14 +184,15 @@ class RedisBackend(Backend):
         return _transition(self._run("reset", name, config, None))
 
     def stats(self, name: str, config: CircuitBreakerConfig) -> BreakerStats:
-        now_text, flat = self._call("snapshot", name, config, None, None)
-        record = _record_from_hash(flat)
-        view = self._views.get(name)
-        if view is not None:
-            record.total_requests += view.requests
-            record.total_successes += view.successes
-            record.total_rejections += view.rejections
-        return policy.stats(record, name, float(now_text))
+        with self._flush_lock:  # no flush may move local counts to Redis in between
+            now_text, flat = self._call("snapshot", name, config, None, None)
+            record = _record_from_hash(flat)
+            view = self._views.get(name)
+            if view is not None:
+                record.total_requests += view.requests
+                record.total_successes += view.successes
+                record.total_rejections += view.rejections
+        return policy.stats(record, config, name, float(now_text))
 
     def close(self) -> None:
         self._closed = True
@@ -212,12 +215,13 @@ class RedisBackend(Backend):
                 args=self._args(name, _SNAPSHOT_CONFIG, None, None),
                 client=pipe,
             )
-        flushed = self._queue_counts(pipe)
-        try:
-            replies = pipe.execute()
-        except redis.RedisError:
-            self._restore_counts(flushed)
-            raise
+        with self._flush_lock:
+            flushed = self._queue_counts(pipe)
+            try:
+                replies = pipe.execute()
+            except redis.RedisError:
+                self._restore_counts(flushed)
+                raise
         for name, (now_text, flat) in zip(names, replies, strict=False):
             self._offset = float(now_text) - time.monotonic()
             record = _record_from_hash(flat)
@@ -270,7 +274,7 @@ class RedisBackend(Backend):
     ) -> list[str | int | float]:
         return [
             repr(self._clock()) if self._clock else "",
-            self.channel if self._use_local_view else "",
+            self.channel,
             name,
             token or "",
             config.failure_threshold,
@@ -351,13 +355,14 @@ class RedisBackend(Backend):
 
     def _flush_counts(self) -> None:
         pipe = self.client.pipeline(transaction=False)
-        flushed = self._queue_counts(pipe)
-        if flushed:
-            try:
-                pipe.execute()
-            except redis.RedisError:
-                self._restore_counts(flushed)
-                raise
+        with self._flush_lock:
+            flushed = self._queue_counts(pipe)
+            if flushed:
+                try:
+                    pipe.execute()
+                except redis.RedisError:
+                    self._restore_counts(flushed)
+                    raise
 
     def _after_fork(self) -> None:
         """In a forked child: no watcher thread exists, and the parent's counts are not ours."""
@@ -365,6 +370,7 @@ class RedisBackend(Backend):
         self._views = {}
         self._refreshed_at = float("-inf")
         self._lock = threading.Lock()
+        self._flush_lock = threading.Lock()
 
 
 def _forget_after_fork(backend: RedisBackend) -> None:

@@ -1,0 +1,129 @@
+"""The deferred-jobs index, on both implementations: what is listed, counted and forgotten."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+import redis
+
+from soulspot_jobs.deferred import (
+    DeferredIndex,
+    DeferredJob,
+    MemoryDeferredIndex,
+    RedisDeferredIndex,
+)
+
+#: Key prefix of the Redis index in these tests.
+PREFIX = "test:deferred"
+
+
+@pytest.fixture(params=["memory", "redis"], ids=["memory", "redis"])
+def index(request: pytest.FixtureRequest) -> Iterator[DeferredIndex]:
+    """Each test runs once on the in-memory index and once on the Redis index."""
+    if request.param == "memory":
+        yield MemoryDeferredIndex()
+    else:
+        client: redis.Redis = request.getfixturevalue("redis_client")
+        yield RedisDeferredIndex(client, prefix=PREFIX)
+
+
+def _job(message_id: str, *, service: str = "slskd-api", eta: int = 1_000, **fields) -> DeferredJob:
+    values = {
+        "actor": "download",
+        "queue": "default",
+        "deferrals": 1,
+        "first_deferred_at": 500,
+        "reason": "Circuit breaker slskd-api is OPEN, blocking request. Retry after 1.0 seconds.",
+        **fields,
+    }
+    return DeferredJob(message_id=message_id, service=service, eta=eta, **values)
+
+
+def test_an_empty_index_lists_and_counts_nothing(index: DeferredIndex) -> None:
+    # Given a new index / When it is read / Then it holds nothing
+    assert index.jobs() == []
+    assert index.jobs("slskd-api") == []
+    assert index.counts() == {}
+
+
+def test_a_recorded_job_is_listed_exactly_as_recorded(index: DeferredIndex) -> None:
+    # Given a deferred job
+    job = _job("m1")
+    # When it is recorded
+    index.add(job)
+    # Then it is listed, field for field, under its service and overall
+    assert index.jobs() == [job]
+    assert index.jobs("slskd-api") == [job]
+    assert index.counts() == {"slskd-api": 1}
+
+
+def test_recording_a_message_again_updates_its_entry_instead_of_adding_one(
+    index: DeferredIndex,
+) -> None:
+    # Given a message deferred once
+    index.add(_job("m1", eta=1_000, deferrals=1))
+    # When it is deferred a second time
+    again = _job("m1", eta=3_000, deferrals=2)
+    index.add(again)
+    # Then the index holds one entry, the latest one
+    assert index.jobs() == [again]
+    assert index.counts() == {"slskd-api": 1}
+
+
+def test_jobs_are_listed_earliest_eta_first_and_filtered_by_service(
+    index: DeferredIndex,
+) -> None:
+    # Given jobs of two services, recorded out of eta order
+    late = _job("late", eta=9_000)
+    early = _job("early", service="spotify-api", eta=1_000)
+    middle = _job("middle", eta=5_000)
+    for job in (late, early, middle):
+        index.add(job)
+    # When they are listed / Then earliest eta comes first, and a service sees only its own
+    assert index.jobs() == [early, middle, late]
+    assert index.jobs("slskd-api") == [middle, late]
+    assert index.jobs("spotify-api") == [early]
+    assert index.jobs("musicbrainz-api") == []
+    assert index.counts() == {"slskd-api": 2, "spotify-api": 1}
+
+
+def test_a_removed_job_is_forgotten_and_an_emptied_service_is_not_counted(
+    index: DeferredIndex,
+) -> None:
+    # Given one job of each of two services
+    index.add(_job("m1"))
+    index.add(_job("m2", service="spotify-api"))
+    # When the slskd-api job is removed, twice, and an unknown one too
+    index.remove("slskd-api", "m1")
+    index.remove("slskd-api", "m1")
+    index.remove("musicbrainz-api", "nope")
+    # Then only the spotify-api job is left, and slskd-api is not counted with zero
+    assert index.jobs() == [_job("m2", service="spotify-api")]
+    assert index.counts() == {"spotify-api": 1}
+
+
+def test_removing_with_the_wrong_service_keeps_the_job(index: DeferredIndex) -> None:
+    # Given a job deferred by slskd-api
+    index.add(_job("m1"))
+    # When another service's entry of the same id is removed
+    index.remove("spotify-api", "m1")
+    # Then the slskd-api job is still there
+    assert index.counts() == {"slskd-api": 1}
+
+
+def test_the_redis_index_keeps_one_hash_per_service_shared_by_every_client(
+    redis_client: redis.Redis, redis_url: str
+) -> None:
+    # Given a Redis index written through one client
+    RedisDeferredIndex(redis_client, prefix=PREFIX).add(_job("m1"))
+    # When another client (another worker process) reads the same prefix
+    other = redis.Redis.from_url(redis_url)
+    try:
+        seen = RedisDeferredIndex(other, prefix=PREFIX)
+        # Then it sees the job, kept in the hash <prefix>:<service> keyed by message id
+        assert seen.jobs() == [_job("m1")]
+        assert redis_client.hkeys(f"{PREFIX}:slskd-api") == [b"m1"]
+        assert seen.key("slskd-api") == f"{PREFIX}:slskd-api"
+    finally:
+        other.close()
