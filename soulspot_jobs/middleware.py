@@ -33,6 +33,7 @@ from soulspot_jobs.circuit_breaker import (
     MemoryBackend,
     Permit,
     RedisBackend,
+    holding,
 )
 from soulspot_jobs.deferred import (
     DeferredIndex,
@@ -40,6 +41,7 @@ from soulspot_jobs.deferred import (
     MemoryDeferredIndex,
     RedisDeferredIndex,
 )
+from soulspot_jobs.errors import RetryLater, is_service_failure
 from soulspot_jobs.settings import Settings, load_settings
 
 log = structlog.get_logger("soulspot_jobs.middleware")
@@ -80,6 +82,9 @@ class CircuitBreakerMiddleware(Middleware):
         else process memory.
       settings: breaker configs per service; default: :func:`load_settings`.
       breakers: ready-made breakers by service name (custom failure classification).
+      is_failure: which exceptions escaping an actor count against its service's breaker, for
+        the breakers built here; default :func:`~soulspot_jobs.errors.is_service_failure`
+        (the service's own failures, never the job's own errors or bugs).
       index: the deferred-jobs index; default: in the backend's Redis, else in memory.
       max_deferral: default deferral budget in milliseconds (actor option ``max_deferral``).
       jitter_ratio, max_jitter: jitter added to each delay: uniform in
@@ -93,6 +98,7 @@ class CircuitBreakerMiddleware(Middleware):
         settings: Settings | None = None,
         breakers: Mapping[str, CircuitBreaker] | None = None,
         index: DeferredIndex | None = None,
+        is_failure: Callable[[BaseException], bool] = is_service_failure,
         max_deferral: int = DEFAULT_MAX_DEFERRAL,
         jitter_ratio: float = DEFAULT_JITTER_RATIO,
         max_jitter: float = DEFAULT_MAX_JITTER,
@@ -110,6 +116,7 @@ class CircuitBreakerMiddleware(Middleware):
             else:
                 index = MemoryDeferredIndex()
         self.index = index
+        self.is_failure = is_failure
         self.max_deferral = max_deferral
         self.jitter_ratio = jitter_ratio
         self.max_jitter = max_jitter
@@ -131,7 +138,9 @@ class CircuitBreakerMiddleware(Middleware):
                 breaker = self._breakers.get(service)
                 if breaker is None:
                     config = self.settings.observability.circuit_breaker.config_for(service)
-                    breaker = CircuitBreaker(service, config, backend=self.backend)
+                    breaker = CircuitBreaker(
+                        service, config, backend=self.backend, is_failure=self.is_failure
+                    )
                     self._breakers[service] = breaker
         return breaker
 
@@ -153,7 +162,7 @@ class CircuitBreakerMiddleware(Middleware):
 
     def before_process_message(self, broker: dramatiq.Broker, message: Any) -> None:
         local = self._local
-        local.message, local.permit, local.deferring = message, None, False
+        local.message, local.permit, local.service, local.deferring = message, None, None, False
         options = message.options
         if options.get(DEAD_LETTER_REASON):
             self._dead_letter_now(message)
@@ -165,6 +174,7 @@ class CircuitBreakerMiddleware(Middleware):
                 local.permit = self.breaker(service).acquire_sync()
             except CircuitBreakerError as exc:
                 self._defer(broker, message, exc)
+            local.service = service
         if options.get(DEFERRALS):
             self.index.remove(options[DEFERRED_BY], message.message_id)
 
@@ -207,9 +217,13 @@ class CircuitBreakerMiddleware(Middleware):
     def _deferring(self, broker: dramatiq.Broker, fn: Callable[..., Any]) -> Callable[..., Any]:
         @functools.wraps(fn)
         def run_or_defer(*args: Any, **kwargs: Any) -> Any:
+            service = getattr(self._local, "service", None)
             try:
-                return fn(*args, **kwargs)
-            except CircuitBreakerError as exc:
+                if service is None:
+                    return fn(*args, **kwargs)
+                with holding(service):  # the message holds this breaker's permit already
+                    return fn(*args, **kwargs)
+            except (CircuitBreakerError, RetryLater) as exc:
                 message = getattr(self._local, "message", None)
                 if message is None:
                     raise
@@ -218,15 +232,24 @@ class CircuitBreakerMiddleware(Middleware):
         run_or_defer._defers_on_breaker_error = True  # type: ignore[attr-defined]
         return run_or_defer
 
-    def _defer(self, broker: dramatiq.Broker, message: Any, refusal: CircuitBreakerError) -> None:
-        """Re-enqueue ``message`` after the breaker's ``retry_after``; always raises SkipMessage."""
+    def _defer(
+        self, broker: dramatiq.Broker, message: Any, refusal: CircuitBreakerError | RetryLater
+    ) -> None:
+        """Re-enqueue ``message`` after the refusal's ``retry_after``; always raises SkipMessage.
+
+        ``refusal`` is a breaker's (OPEN or HALF_OPEN and busy) or the job's own
+        :class:`RetryLater` (back-pressure, a busy shared rate limit).
+        """
         now = _now_ms()
         options = message.options
         deferrals = options.get(DEFERRALS, 0) + 1
         first_deferred_at = options.get(FIRST_DEFERRED_AT) or now
         actor = broker.get_actor(message.actor_name)
         budget = options.get("max_deferral") or actor.options.get("max_deferral", self.max_deferral)
-        service = refusal.service_name
+        if isinstance(refusal, CircuitBreakerError):
+            service, state = refusal.service_name, refusal.state.value
+        else:
+            service, state = refusal.service, "closed"
         if now - first_deferred_at >= budget:
             reason = (
                 f"deferred {deferrals - 1} times over {(now - first_deferred_at) / 1000:.1f} s "
@@ -252,7 +275,7 @@ class CircuitBreakerMiddleware(Middleware):
             str(refusal),
             event_name="job.deferred",
             circuit_breaker=service,
-            state=refusal.state.value,
+            state=state,
             retry_after=round(refusal.retry_after, 3),
             delay=round(delay / 1000, 3),
             message_id=message.message_id,

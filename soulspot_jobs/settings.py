@@ -10,7 +10,7 @@ import os
 import re
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from pydantic_settings import SettingsError as _SourceError
 
@@ -98,6 +98,63 @@ class CircuitBreakerSettings(BaseSettings):
         return CircuitBreakerConfig(**values)
 
 
+def _env_config(prefix: str) -> SettingsConfigDict:
+    return SettingsConfigDict(
+        env_prefix=prefix, env_file=".env", env_ignore_empty=True, extra="ignore"
+    )
+
+
+class SlskdSettings(BaseSettings):
+    """The slskd daemon's REST API (``SLSKD_*``)."""
+
+    model_config = _env_config("SLSKD_")
+
+    url: str = "http://127.0.0.1:5030"
+    api_key: SecretStr = SecretStr("")
+    #: Seconds to wait for one HTTP request.
+    timeout: float = Field(10.0, gt=0)
+    #: Seconds slskd searches the Soulseek network for one query.
+    search_timeout: float = Field(15.0, gt=0)
+    #: Seconds between two looks at a running search (the job re-enqueues itself meanwhile).
+    search_poll_interval: float = Field(1.0, gt=0)
+    #: Seconds between two looks at a download in progress.
+    download_poll_interval: float = Field(2.0, gt=0)
+    #: Candidates tried, best first, before a track's download is recorded as failed.
+    max_candidates: int = Field(3, gt=0)
+
+
+class MusicBrainzSettings(BaseSettings):
+    """The MusicBrainz web service (``MUSICBRAINZ_*``)."""
+
+    model_config = _env_config("MUSICBRAINZ_")
+
+    url: str = "https://musicbrainz.org"
+    app_name: str = Field("soulspot-jobs", min_length=1)
+    app_version: str = Field("0.1.0", min_length=1)
+    #: How MusicBrainz can reach whoever runs this instance (a URL or an e-mail address).
+    contact: str = Field("soulspot-jobs@localhost", min_length=1)
+    timeout: float = Field(10.0, gt=0)
+    #: Seconds between two requests, across all workers (MusicBrainz allows 1 per second).
+    min_interval: float = Field(1.0, gt=0)
+
+    @property
+    def user_agent(self) -> str:
+        """``app/version ( contact )``, as MusicBrainz asks every client to send."""
+        return f"{self.app_name}/{self.app_version} ( {self.contact} )"
+
+
+class SpotifySettings(BaseSettings):
+    """The Spotify Web API with client-credentials auth (``SPOTIFY_*``)."""
+
+    model_config = _env_config("SPOTIFY_")
+
+    api_url: str = "https://api.spotify.com"
+    accounts_url: str = "https://accounts.spotify.com"
+    client_id: str = ""
+    client_secret: SecretStr = SecretStr("")
+    timeout: float = Field(10.0, gt=0)
+
+
 class ObservabilitySettings(BaseModel):
     """Settings of the cross-cutting concerns; for now the circuit breakers."""
 
@@ -119,6 +176,9 @@ class Settings(BaseSettings):
     #: ``auto`` renders for a console when stderr is a terminal, JSON otherwise.
     log_format: Literal["auto", "json", "console"] = "auto"
     observability: ObservabilitySettings = Field(default_factory=ObservabilitySettings)
+    slskd: SlskdSettings = Field(default_factory=SlskdSettings)
+    musicbrainz: MusicBrainzSettings = Field(default_factory=MusicBrainzSettings)
+    spotify: SpotifySettings = Field(default_factory=SpotifySettings)
 
     @field_validator("log_level", mode="before")
     @classmethod
@@ -138,17 +198,35 @@ class Settings(BaseSettings):
 _ENV_ALIASES = {"redis_url": "REDIS_URL", "key_prefix": "SOULSPOT_KEY_PREFIX"}
 
 
+#: Settings groups read from their own environment prefix, by model name.
+_GROUPS: dict[str, type[BaseSettings]] = {
+    group.__name__: group
+    for group in (CircuitBreakerSettings, SlskdSettings, MusicBrainzSettings, SpotifySettings)
+}
+#: Where each group sits in :class:`Settings`.
+_GROUP_PATHS = {
+    ("observability", "circuit_breaker"): CircuitBreakerSettings,
+    ("slskd",): SlskdSettings,
+    ("musicbrainz",): MusicBrainzSettings,
+    ("spotify",): SpotifySettings,
+}
+
+
 def _env_var(model: str, loc: tuple[str | int, ...]) -> str:
     """Environment variable behind the field at ``loc`` of the model named ``model``."""
     parts = [str(part) for part in loc]
+    group = _GROUPS.get(model)
     if model == Settings.__name__:
-        if parts[:2] == ["observability", "circuit_breaker"]:
-            parts = parts[2:]
-        elif parts:
-            return _ENV_ALIASES.get(parts[0], parts[0].upper())
+        for path, path_group in _GROUP_PATHS.items():
+            if tuple(parts[: len(path)]) == path:
+                group, parts = path_group, parts[len(path) :]
+                break
         else:
-            return "(settings)"
-    return CIRCUIT_BREAKER_ENV_PREFIX + "__".join(part.upper() for part in parts)
+            if not parts:
+                return "(settings)"
+            return _ENV_ALIASES.get(parts[0], parts[0].upper())
+    prefix = group.model_config.get("env_prefix", "") if group else ""
+    return prefix + "__".join(part.upper() for part in parts)
 
 
 def _describe(exc: ValidationError) -> str:

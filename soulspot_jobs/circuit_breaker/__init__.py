@@ -10,7 +10,12 @@ from soulspot_jobs.circuit_breaker.backends import (
     RedisBackend,
     backend_from_url,
 )
-from soulspot_jobs.circuit_breaker.breaker import CircuitBreaker, Permit, circuit_breaker
+from soulspot_jobs.circuit_breaker.breaker import (
+    CircuitBreaker,
+    Permit,
+    circuit_breaker,
+    holding,
+)
 from soulspot_jobs.circuit_breaker.config import CircuitBreakerConfig
 from soulspot_jobs.circuit_breaker.errors import BackendUnavailableError, CircuitBreakerError
 from soulspot_jobs.circuit_breaker.state import BreakerStats, CircuitState
@@ -28,4 +33,5 @@ __all__ = [
     "RedisBackend",
     "backend_from_url",
     "circuit_breaker",
+    "holding",
 ]

@@ -11,7 +11,9 @@ import asyncio
 import functools
 import inspect
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import Any, ParamSpec, TypeVar
 
 import structlog
@@ -27,6 +29,7 @@ from soulspot_jobs.circuit_breaker.state import (
     Transition,
     Verdict,
 )
+from soulspot_jobs.errors import ServiceUnavailableError
 
 log = structlog.get_logger("soulspot_jobs.circuit_breaker")
 
@@ -36,6 +39,22 @@ R = TypeVar("R")
 #: ``retry_after`` (seconds) of calls refused because the store is unreachable and the breaker
 #: fails closed (``on_backend_error="reject"``).
 STORE_RETRY_AFTER = 5.0
+
+#: Names of the breakers whose permit the caller's context already holds. The Dramatiq
+#: middleware holds the actor's own service for the whole message, so a client guarded by the
+#: same breaker inside the actor neither takes a second permit nor counts its outcome twice.
+_held: ContextVar[frozenset[str]] = ContextVar("soulspot_held_breakers", default=frozenset())
+
+
+@contextmanager
+def holding(name: str) -> Iterator[None]:
+    """Within this block, calls guarded by breakers named ``name`` run unguarded: the caller
+    holds a permit of that breaker and reports the outcome itself."""
+    token = _held.set(_held.get() | {name})
+    try:
+        yield
+    finally:
+        _held.reset(token)
 
 
 class Permit:
@@ -142,11 +161,15 @@ class CircuitBreaker:
             self._report(self.backend.release, permit.token)
 
     def record_outcome_sync(self, permit: Permit, exc: BaseException | None) -> None:
-        """Report the call's outcome: success when ``exc`` is None, else per :meth:`is_failure`."""
+        """Report the call's outcome: success when ``exc`` is None, else per :meth:`is_failure`.
+
+        A :class:`ServiceUnavailableError` carrying the service's ``Retry-After`` keeps the
+        circuit OPEN at least that long.
+        """
         if exc is None:
             self.record_success_sync(permit)
         elif self.is_failure(exc):
-            self.record_failure_sync(permit)
+            self.record_failure_sync(permit, hold_open=_service_retry_after(exc))
         else:
             self.release_sync(permit)
 
@@ -163,6 +186,8 @@ class CircuitBreaker:
 
     def call_sync(self, fn: Callable[P, R], /, *args: P.args, **kwargs: P.kwargs) -> R:
         """Run ``fn(*args, **kwargs)`` behind the breaker, from a worker thread."""
+        if self.name in _held.get():
+            return fn(*args, **kwargs)
         permit = self._acquire_logged()
         try:
             result = fn(*args, **kwargs)
@@ -207,7 +232,7 @@ class CircuitBreaker:
         if exc is None:
             await self.record_success(permit)
         elif self.is_failure(exc):
-            await self.record_failure(permit)
+            await self.record_failure(permit, hold_open=_service_retry_after(exc))
         else:
             await self.release(permit)
 
@@ -219,6 +244,9 @@ class CircuitBreaker:
         self, fn: Callable[P, Awaitable[R] | R], /, *args: P.args, **kwargs: P.kwargs
     ) -> R:
         """Run ``fn`` behind the breaker, awaiting it when it returns an awaitable."""
+        if self.name in _held.get():
+            result = fn(*args, **kwargs)
+            return await result if inspect.isawaitable(result) else result  # type: ignore[return-value]
         try:
             permit = await self.acquire()
         except CircuitBreakerError as exc:
@@ -339,6 +367,13 @@ class CircuitBreaker:
                 event_name="circuit_breaker.closed",
                 **fields,
             )
+
+
+def _service_retry_after(exc: BaseException) -> float | None:
+    """The service's own ``Retry-After`` carried by ``exc``, if any."""
+    if isinstance(exc, ServiceUnavailableError) and exc.retry_after:
+        return exc.retry_after
+    return None
 
 
 def circuit_breaker(

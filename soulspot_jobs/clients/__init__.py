@@ -1,0 +1,1 @@
+"""HTTP clients of the upstream services, and their circuit-breaker wrappers."""
