@@ -62,6 +62,9 @@ DEFERRED_BY = "circuit_breaker_service"
 #: Set on a message on its way to the dead-letter queue: why it is there.
 DEAD_LETTER_REASON = "circuit_breaker_dead_letter_reason"
 
+#: Seconds a message waits after its service failed under it while the breaker stayed CLOSED.
+SERVICE_FAILURE_BACKOFF = 1.0
+
 #: Exceptions that end a call without saying anything about the service's health.
 NOT_SERVICE_FAILURES = (dramatiq.Retry, RateLimitExceeded)
 
@@ -86,6 +89,8 @@ class CircuitBreakerMiddleware(Middleware):
         the breakers built here; default :func:`~soulspot_jobs.errors.is_service_failure`
         (the service's own failures, never the job's own errors or bugs).
       index: the deferred-jobs index; default: in the backend's Redis, else in memory.
+      on_defer: called with ``(message, deferred_job)`` after each deferral (job records use it
+        to show a job as deferred); it must not raise.
       max_deferral: default deferral budget in milliseconds (actor option ``max_deferral``).
       jitter_ratio, max_jitter: jitter added to each delay: uniform in
         ``[0, min(max_jitter, jitter_ratio * retry_after)]`` seconds, never negative.
@@ -99,6 +104,7 @@ class CircuitBreakerMiddleware(Middleware):
         breakers: Mapping[str, CircuitBreaker] | None = None,
         index: DeferredIndex | None = None,
         is_failure: Callable[[BaseException], bool] = is_service_failure,
+        on_defer: Callable[[Any, DeferredJob], None] | None = None,
         max_deferral: int = DEFAULT_MAX_DEFERRAL,
         jitter_ratio: float = DEFAULT_JITTER_RATIO,
         max_jitter: float = DEFAULT_MAX_JITTER,
@@ -117,6 +123,7 @@ class CircuitBreakerMiddleware(Middleware):
                 index = MemoryDeferredIndex()
         self.index = index
         self.is_failure = is_failure
+        self.on_defer = on_defer
         self.max_deferral = max_deferral
         self.jitter_ratio = jitter_ratio
         self.max_jitter = max_jitter
@@ -228,9 +235,36 @@ class CircuitBreakerMiddleware(Middleware):
                 if message is None:
                     raise
                 self._defer(broker, message, exc)
+            except Exception as exc:
+                message = getattr(self._local, "message", None)
+                judge = self.breaker(service).is_failure if service else self.is_failure
+                if message is None or not judge(exc):
+                    raise
+                self._defer(broker, message, self._after_service_failure(service, exc))
 
         run_or_defer._defers_on_breaker_error = True  # type: ignore[attr-defined]
         return run_or_defer
+
+    def _after_service_failure(self, service: str | None, exc: Exception) -> RetryLater:
+        """Count a service failure under a message, and say when the message should try again.
+
+        Outages must not burn retries: a failure of the actor's own service is recorded on its
+        breaker and the message is deferred (until the breaker's timeout when this failure opened
+        it, else briefly). A failure of another service (its client's guard counted it already)
+        only defers the message.
+        """
+        failed_service = getattr(exc, "service", None) or service or "unknown"
+        retry_after = getattr(exc, "retry_after", None) or SERVICE_FAILURE_BACKOFF
+        permit = self._take_permit()
+        if permit is not None and service is not None:
+            breaker = self.breaker(service)
+            if failed_service == service:
+                transition = breaker.record_outcome_sync(permit, exc)
+                if transition is not None and transition.open_for:
+                    retry_after = max(retry_after, transition.open_for)
+            else:
+                breaker.release_sync(permit)
+        return RetryLater(failed_service, retry_after, f"service failure: {exc}")
 
     def _defer(
         self, broker: dramatiq.Broker, message: Any, refusal: CircuitBreakerError | RetryLater
@@ -259,18 +293,19 @@ class CircuitBreakerMiddleware(Middleware):
         delay = min(self._delay_ms(refusal.retry_after), MAX_DELAY)
         history = {DEFERRALS: deferrals, FIRST_DEFERRED_AT: first_deferred_at, DEFERRED_BY: service}
         broker.enqueue(message.copy(options=history), delay=delay)
-        self.index.add(
-            DeferredJob(
-                message_id=message.message_id,
-                actor=message.actor_name,
-                queue=message.queue_name,
-                service=service,
-                eta=now + delay,
-                deferrals=deferrals,
-                first_deferred_at=first_deferred_at,
-                reason=str(refusal),
-            )
+        deferred = DeferredJob(
+            message_id=message.message_id,
+            actor=message.actor_name,
+            queue=message.queue_name,
+            service=service,
+            eta=now + delay,
+            deferrals=deferrals,
+            first_deferred_at=first_deferred_at,
+            reason=str(refusal),
         )
+        self.index.add(deferred)
+        if self.on_defer is not None:
+            self.on_defer(message, deferred)
         log.warning(
             str(refusal),
             event_name="job.deferred",

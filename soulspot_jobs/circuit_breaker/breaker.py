@@ -145,12 +145,17 @@ class CircuitBreaker:
             return
         self._report(self.backend.record_success, permit.token)
 
-    def record_failure_sync(self, permit: Permit, *, hold_open: float | None = None) -> None:
-        """Report that the call failed; ``hold_open`` keeps the circuit OPEN that many seconds."""
+    def record_failure_sync(
+        self, permit: Permit, *, hold_open: float | None = None
+    ) -> Transition | None:
+        """Report that the call failed; ``hold_open`` keeps the circuit OPEN that many seconds.
+
+        Returns the transition the failure caused (to OPEN, with its duration), if any.
+        """
         if permit.done:
-            return
+            return None
         permit.done = True
-        self._report(self.backend.record_failure, permit.token, hold_open)
+        return self._report(self.backend.record_failure, permit.token, hold_open)
 
     def release_sync(self, permit: Permit) -> None:
         """Report that the call ended without an outcome that counts (or never ran)."""
@@ -160,18 +165,19 @@ class CircuitBreaker:
         if permit.token is not None:
             self._report(self.backend.release, permit.token)
 
-    def record_outcome_sync(self, permit: Permit, exc: BaseException | None) -> None:
+    def record_outcome_sync(self, permit: Permit, exc: BaseException | None) -> Transition | None:
         """Report the call's outcome: success when ``exc`` is None, else per :meth:`is_failure`.
 
         A :class:`ServiceUnavailableError` carrying the service's ``Retry-After`` keeps the
-        circuit OPEN at least that long.
+        circuit OPEN at least that long. Returns the transition a failure caused, if any.
         """
         if exc is None:
             self.record_success_sync(permit)
         elif self.is_failure(exc):
-            self.record_failure_sync(permit, hold_open=_service_retry_after(exc))
+            return self.record_failure_sync(permit, hold_open=_service_retry_after(exc))
         else:
             self.release_sync(permit)
+        return None
 
     def reset_sync(self) -> None:
         """Force the circuit CLOSED; totals are kept."""
@@ -291,14 +297,15 @@ class CircuitBreaker:
             raise CircuitBreakerError(self.name, decision.retry_after, decision.state)
         return Permit(decision.token, decision.local)
 
-    def _report(self, operation: Callable[..., Transition | None], *args: Any) -> None:
+    def _report(self, operation: Callable[..., Transition | None], *args: Any) -> Transition | None:
         """Run an outcome report; a store failure is logged once per episode, never raised."""
         try:
             transition = self._ask(operation, self.name, self.config, *args)
         except BackendUnavailableError:
-            return
+            return None
         if transition is not None:
             self._log_transition(transition)
+        return transition
 
     def _ask(self, operation: Callable[..., R], *args: Any) -> R:
         """Run a backend decision, logging the start and end of store outages once each.

@@ -42,7 +42,7 @@ class GuardedClient:
 
     def __getattr__(self, name: str) -> Any:
         attribute = getattr(self.client, name)
-        if name.startswith("_") or not callable(attribute):
+        if name.startswith("_") or name == "close" or not callable(attribute):
             return attribute
         return self._guard(attribute)
 

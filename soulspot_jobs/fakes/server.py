@@ -132,6 +132,8 @@ class FakeServer:
         self.faults = Faults(self._refuse_for)
         #: Every request received (method, path), in order; for tests and the demo.
         self.requests: list[tuple[str, str]] = []
+        #: When each of ``requests`` arrived (``time.monotonic()``), same order.
+        self.request_times: list[float] = []
 
     # -- routes ----------------------------------------------------------------------------
 
@@ -144,6 +146,7 @@ class FakeServer:
         if request.path.startswith(FAULTS_PATH):
             return self._control(request)
         self.requests.append((request.method, request.path))
+        self.request_times.append(time.monotonic())
         faulted = self.faults.intercept()
         if faulted is not None:
             return faulted
@@ -183,8 +186,7 @@ class FakeServer:
         with self._lock:
             if self._httpd is not None or self._stopped:
                 return
-            httpd = ThreadingHTTPServer(("127.0.0.1", self._port), _handler_for(self))
-            httpd.daemon_threads = True
+            httpd = _Server(("127.0.0.1", self._port), _handler_for(self))
             self._port = httpd.server_address[1]
             self._httpd = httpd
             self._thread = threading.Thread(
@@ -228,6 +230,12 @@ class FakeServer:
         except (KeyError, TypeError, ValueError) as exc:
             return Response(400, {"error": f"bad fault options: {exc}"})
         return Response(204)
+
+
+class _Server(ThreadingHTTPServer):
+    #: Listen backlog: a burst of concurrent workers must not wait for a SYN retry.
+    request_queue_size = 128
+    daemon_threads = True
 
 
 def _handler_for(server: FakeServer) -> type[BaseHTTPRequestHandler]:

@@ -1,0 +1,38 @@
+"""``import_playlist`` (service ``spotify-api``): one download job per track of a playlist."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import dramatiq
+
+from soulspot_jobs.actors.runtime import Runtime
+from soulspot_jobs.actors.steps import job_step
+from soulspot_jobs.jobs import JobState
+
+SERVICE = "spotify-api"
+MAX_RETRIES = 3
+
+
+def declare(
+    broker: dramatiq.Broker, runtime: Runtime, enqueue_download: Callable[..., str]
+) -> None:
+    """Declare ``import_playlist`` on ``broker``; it creates jobs with ``enqueue_download``."""
+    store = runtime.store
+
+    @dramatiq.actor(broker=broker, service=SERVICE, max_retries=MAX_RETRIES)
+    @job_step(store, JobState.SEARCHING, SERVICE, max_retries=MAX_RETRIES)
+    def import_playlist(job_id: str) -> None:
+        playlist_id = store.get(job_id).details["playlist_id"]
+        tracks = runtime.spotify.get_playlist_tracks(playlist_id)
+        job_ids = [
+            enqueue_download(
+                track.query,
+                isrc=track.isrc,
+                duration_ms=track.duration_ms,
+                spotify_id=track.id,
+                playlist_job_id=job_id,
+            )
+            for track in tracks
+        ]
+        store.update(job_id, state=JobState.DONE, details={"tracks": len(tracks), "jobs": job_ids})

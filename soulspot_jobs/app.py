@@ -1,0 +1,98 @@
+"""``SoulspotJobs``: the broker, its middleware, the actors and the API to enqueue jobs.
+
+    jobs = SoulspotJobs(load_settings())
+    job_id = jobs.enqueue_download("Daft Punk - Around the World")
+    jobs.job(job_id).state   # queued, searching, downloading, enriching, done, failed, deferred
+
+Worker processes load :mod:`soulspot_jobs.worker`, which builds one of these from the settings.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import dramatiq
+from dramatiq.middleware import CurrentMessage
+
+from soulspot_jobs.actors import downloads, metadata, playlists
+from soulspot_jobs.actors.runtime import Runtime
+from soulspot_jobs.broker import build_broker
+from soulspot_jobs.deferred import DeferredJob
+from soulspot_jobs.jobs import Job, JobState
+from soulspot_jobs.middleware import CircuitBreakerMiddleware
+from soulspot_jobs.settings import Settings
+
+#: The actors whose messages carry a job id as their only argument.
+JOB_ACTORS = frozenset({"search_track", "poll_download", "enrich_metadata", "import_playlist"})
+
+
+class SoulspotJobs:
+    """Everything a producer or a worker process needs, built from one :class:`Settings`."""
+
+    def __init__(self, settings: Settings, *, url: str | None = None, **middleware: Any) -> None:
+        self.settings = settings
+        self.broker = build_broker(settings, url=url, on_defer=self._on_defer, **middleware)
+        self.broker.add_middleware(CurrentMessage())
+        self.middleware = next(
+            m for m in self.broker.middleware if isinstance(m, CircuitBreakerMiddleware)
+        )
+        self.runtime = Runtime(settings, self.broker.client, self.middleware)
+        self.store = self.runtime.store
+        downloads.declare(self.broker, self.runtime)
+        metadata.declare(self.broker, self.runtime)
+        playlists.declare(self.broker, self.runtime, self.enqueue_download)
+
+    def actor(self, name: str) -> dramatiq.Actor:
+        return self.broker.get_actor(name)
+
+    def enqueue_download(self, query: str, **details: Any) -> str:
+        """Search slskd for ``query`` ("Artist - Title"), download the best file, enrich it."""
+        artist, _, title = query.partition(" - ")
+        if not title:
+            artist, title = "", query
+        job = self.store.create(
+            "download", query=query, artist=artist.strip(), title=title.strip(), **details
+        )
+        self.actor("search_track").send(job.id)
+        return job.id
+
+    def enqueue_playlist(self, playlist_id: str) -> str:
+        """Import a Spotify playlist: one download job per track."""
+        job = self.store.create("playlist", playlist_id=playlist_id)
+        self.actor("import_playlist").send(job.id)
+        return job.id
+
+    def enqueue_enrichment(
+        self,
+        artist: str | None = None,
+        title: str | None = None,
+        *,
+        isrc: str | None = None,
+        mbid: str | None = None,
+        duration_ms: int | None = None,
+    ) -> str:
+        """Look a recording up on MusicBrainz by ``mbid``, ``isrc``, or ``artist`` and ``title``."""
+        job = self.store.create(
+            "enrichment", artist=artist, title=title, isrc=isrc, mbid=mbid, duration_ms=duration_ms
+        )
+        self.actor("enrich_metadata").send(job.id)
+        return job.id
+
+    def job(self, job_id: str) -> Job | None:
+        return self.store.get(job_id)
+
+    def close(self) -> None:
+        """Close the clients, the breakers' backend (its view watcher) and the broker."""
+        self.runtime.close()
+        self.middleware.backend.close()
+        self.broker.close()
+
+    def _on_defer(self, message: Any, deferred: DeferredJob) -> None:
+        if message.actor_name in JOB_ACTORS and message.args:
+            self.store.update(
+                message.args[0],
+                state=JobState.DEFERRED,
+                service=deferred.service,
+                deferred_until=deferred.eta,
+                last_error=deferred.reason,
+            )

@@ -1,0 +1,237 @@
+"""Client of the MusicBrainz web service (ws/2): recording search, mbid and ISRC lookups.
+
+MusicBrainz asks every client for a meaningful ``User-Agent`` and at most one request per
+second per source IP; beyond that it answers 503. Every request here therefore sends
+``settings.user_agent`` and first waits on a shared rate limiter (a
+:class:`~soulspot_jobs.rate_limit.RedisRateLimiter` across all workers, see
+:func:`shared_rate_limiter`). A 503 is a :class:`ServiceUnavailableError` (rate limit or
+overload; its ``Retry-After``, when sent, travels with it), so it counts against the breaker.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any, TypeVar
+from urllib.parse import quote
+
+import redis
+
+from soulspot_jobs.clients.guarded import GuardedClient
+from soulspot_jobs.clients.http import UpstreamHttp
+from soulspot_jobs.errors import (
+    ConfigurationError,
+    ServiceUnavailableError,
+    UpstreamRequestError,
+)
+from soulspot_jobs.rate_limit import RateLimiter, RedisRateLimiter
+from soulspot_jobs.settings import MusicBrainzSettings
+
+#: The breaker's (and the rate limit's) service name.
+SERVICE = "musicbrainz-api"
+#: Redis key of the rate limit every worker shares for MusicBrainz.
+RATE_LIMIT_KEY = "soulspot:rate-limit:musicbrainz-api"
+#: Longest a request waits for its rate-limit slot, in seconds, before ``RetryLater``.
+DEFAULT_MAX_WAIT = 5.0
+#: What every lookup includes: artist credits, releases, ISRCs.
+LOOKUP_INC = "artists releases isrcs"
+#: Largest page MusicBrainz serves for a search.
+MAX_SEARCH_LIMIT = 100
+
+T = TypeVar("T")
+
+#: Lucene query-syntax characters. ``&&`` and ``||`` are escaped one character at a time, so a
+#: lone ``&`` or ``|`` is escaped too (harmless: Lucene reads ``\&`` as ``&``).
+LUCENE_SPECIALS = frozenset('+-&|!(){}[]^"~*?:\\/')
+_LUCENE_SPECIAL = re.compile(r'([+\-&|!(){}\[\]^"~*?:\\/])')
+
+
+def escape_lucene(text: str) -> str:
+    """``text`` with a backslash before each Lucene special character, to search it verbatim."""
+    return _LUCENE_SPECIAL.sub(r"\\\1", text)
+
+
+@dataclass(frozen=True)
+class Release:
+    """One release (album, single, compilation...) a recording appears on."""
+
+    id: str
+    title: str
+    #: "Official", "Promotion", "Bootleg", ... or None when MusicBrainz does not know.
+    status: str | None
+    #: ``YYYY``, ``YYYY-MM`` or ``YYYY-MM-DD``, or None.
+    date: str | None
+    country: str | None
+    #: The release group's primary type: "Album", "Single", "EP", ... or None.
+    primary_type: str | None
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Release:
+        group = data.get("release-group") or {}
+        return cls(
+            id=data["id"],
+            title=data["title"],
+            status=data.get("status") or None,
+            date=data.get("date") or None,
+            country=data.get("country") or None,
+            primary_type=group.get("primary-type") or None,
+        )
+
+
+@dataclass(frozen=True)
+class Recording:
+    """One MusicBrainz recording, from a search or a lookup."""
+
+    id: str
+    #: Search relevance 0-100; None for a lookup (by mbid or ISRC), which has no score.
+    score: int | None
+    title: str
+    #: Length in milliseconds, or None when MusicBrainz does not know it.
+    length_ms: int | None
+    #: The credited names joined with their join phrases, e.g. "Artist A feat. Artist B".
+    artist_credit: str
+    artist_ids: tuple[str, ...]
+    first_release_date: str | None
+    isrcs: tuple[str, ...]
+    releases: tuple[Release, ...]
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Recording:
+        credits = data.get("artist-credit") or ()
+        score = data.get("score")
+        length = data.get("length")
+        return cls(
+            id=data["id"],
+            score=None if score is None else int(score),
+            title=data["title"],
+            length_ms=None if length is None else int(length),
+            artist_credit="".join(c["name"] + (c.get("joinphrase") or "") for c in credits),
+            artist_ids=tuple(c["artist"]["id"] for c in credits),
+            first_release_date=data.get("first-release-date") or None,
+            isrcs=tuple(data.get("isrcs") or ()),
+            releases=tuple(Release.from_json(r) for r in data.get("releases") or ()),
+        )
+
+
+def best_match(
+    recordings: Iterable[Recording], *, duration_ms: int | None = None, min_score: int = 80
+) -> Recording | None:
+    """The recording that most likely is the track, or None when none is good enough.
+
+    The rule: only recordings scoring at least ``min_score`` are candidates (a looked-up
+    recording, which has no score, counts as 100: it was found by identifier). The highest
+    score wins. Among equal scores, the length closest to ``duration_ms`` wins, an unknown
+    length losing to any known one; without ``duration_ms``, or on a tie, MusicBrainz's own
+    order decides (the first one wins).
+    """
+
+    def key(indexed: tuple[int, Recording]) -> tuple[int, float, int]:
+        index, recording = indexed
+        distance = 0.0
+        if duration_ms is not None:
+            length = recording.length_ms
+            distance = math.inf if length is None else abs(length - duration_ms)
+        return (-_score(recording), distance, index)
+
+    candidates = [(i, r) for i, r in enumerate(recordings) if _score(r) >= min_score]
+    if not candidates:
+        return None
+    return min(candidates, key=key)[1]
+
+
+def _score(recording: Recording) -> int:
+    return 100 if recording.score is None else recording.score
+
+
+class MusicBrainzClient:
+    """Synchronous ws/2 client; each request waits for its rate-limit slot first.
+
+    Without a ``limiter`` nothing spaces the requests: MusicBrainz will answer 503 to a burst.
+    ``max_wait`` (seconds) bounds the wait for a slot; beyond it the limiter raises
+    :class:`~soulspot_jobs.errors.RetryLater` and the job is deferred.
+    """
+
+    def __init__(
+        self,
+        settings: MusicBrainzSettings,
+        *,
+        limiter: RateLimiter | None = None,
+        max_wait: float = DEFAULT_MAX_WAIT,
+    ) -> None:
+        self._limiter = limiter
+        self._max_wait = max_wait
+        self._http = UpstreamHttp(
+            SERVICE,
+            settings.url,
+            timeout=settings.timeout,
+            headers={"User-Agent": settings.user_agent},
+        )
+
+    def search_recordings(self, artist: str, title: str, *, limit: int = 10) -> list[Recording]:
+        """Recordings matching ``artist`` and ``title``, best first (``limit``: 1 to 100)."""
+        if not 1 <= limit <= MAX_SEARCH_LIMIT:
+            raise ConfigurationError(f"limit must be 1 to {MAX_SEARCH_LIMIT}, got {limit}")
+        if not artist.strip() or not title.strip():
+            raise UpstreamRequestError(SERVICE, "a search needs a non-empty artist and title")
+        query = f'artist:"{escape_lucene(artist)}" AND recording:"{escape_lucene(title)}"'
+        data = self._get("/ws/2/recording", query=query, limit=limit)
+        return _parse(data, _recordings)
+
+    def get_recording(self, mbid: str) -> Recording:
+        """The recording ``mbid``, with its artists, releases and ISRCs.
+
+        Raises :class:`~soulspot_jobs.errors.NotFoundError` when MusicBrainz has no such id.
+        """
+        data = self._get(f"/ws/2/recording/{quote(mbid, safe='')}", inc=LOOKUP_INC)
+        return _parse(data, Recording.from_json)
+
+    def lookup_isrc(self, isrc: str) -> list[Recording]:
+        """The recordings carrying ``isrc`` (usually one).
+
+        Raises :class:`~soulspot_jobs.errors.NotFoundError` when no recording has it.
+        """
+        data = self._get(f"/ws/2/isrc/{quote(isrc, safe='')}", inc=LOOKUP_INC)
+        return _parse(data, _recordings)
+
+    def close(self) -> None:
+        self._http.close()
+
+    def _get(self, path: str, **params: Any) -> Any:
+        if self._limiter is not None:
+            self._limiter.acquire(max_wait=self._max_wait)
+        response = self._http.request("GET", path, params={**params, "fmt": "json"})
+        try:
+            return response.json()
+        except ValueError as exc:
+            raise ServiceUnavailableError(
+                SERVICE, f"GET {path} answered {response.status_code} without JSON"
+            ) from exc
+
+
+def _recordings(data: Mapping[str, Any]) -> list[Recording]:
+    return [Recording.from_json(r) for r in data["recordings"]]
+
+
+def _parse(data: Any, parse: Callable[[Any], T]) -> T:
+    """``parse(data)``; an answer of an unexpected shape is the service's failure."""
+    try:
+        return parse(data)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ServiceUnavailableError(
+            SERVICE, f"unexpected answer: {type(exc).__name__}: {exc}"
+        ) from exc
+
+
+def shared_rate_limiter(
+    client: redis.Redis, settings: MusicBrainzSettings, *, key: str = RATE_LIMIT_KEY
+) -> RedisRateLimiter:
+    """The limiter all workers share for MusicBrainz: a request per ``settings.min_interval``."""
+    return RedisRateLimiter(client, key, settings.min_interval, service=SERVICE)
+
+
+class CircuitBreakerMusicBrainzClient(GuardedClient):
+    """A :class:`MusicBrainzClient` whose every call goes through the MusicBrainz breaker."""
+
+    service = SERVICE

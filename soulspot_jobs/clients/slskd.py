@@ -1,0 +1,430 @@
+"""Client of the slskd daemon's REST API (v0): searches, their responses, and downloads.
+
+slskd answers 429 when it cannot take one more operation of a kind right now (one search start
+at a time, two enqueue requests at a time). That is back-pressure, not an outage: those two
+calls raise :class:`RetryLater` instead of :class:`ServiceUnavailableError`, so the job is
+deferred and the ``slskd-api`` circuit breaker counts nothing.
+
+:func:`choose_best` ranks the files peers offer for one track; see its docstring for the rules.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import quote
+
+import httpx
+
+from soulspot_jobs.clients.guarded import GuardedClient
+from soulspot_jobs.clients.http import UpstreamHttp
+from soulspot_jobs.errors import RetryLater, ServiceUnavailableError, UpstreamRequestError
+from soulspot_jobs.settings import SlskdSettings
+
+__all__ = [
+    "AUDIO_EXTENSIONS",
+    "LOSSLESS_EXTENSIONS",
+    "SERVICE",
+    "Candidate",
+    "CircuitBreakerSlskdClient",
+    "PeerResponse",
+    "Search",
+    "SharedFile",
+    "SlskdClient",
+    "Transfer",
+    "choose_best",
+]
+
+#: The circuit breaker's name and the ``service`` of every error raised here.
+SERVICE = "slskd-api"
+#: Peer responses after which slskd ends a search.
+RESPONSE_LIMIT = 100
+#: Files (over all responses) after which slskd ends a search.
+FILE_LIMIT = 10_000
+#: Seconds to wait before trying again when a 429 came without ``Retry-After``.
+DEFAULT_RETRY_AFTER = 1.0
+
+#: File extensions (lower case, no dot) that hold audio a track can be made of.
+AUDIO_EXTENSIONS = frozenset(
+    {"flac", "mp3", "m4a", "aac", "ogg", "oga", "opus", "wav", "alac", "ape", "aiff", "aif", "wv"}
+)
+#: Extensions whose audio is lossless whatever their metadata says.
+LOSSLESS_EXTENSIONS = frozenset({"flac", "wav", "alac", "ape", "aiff", "aif", "wv"})
+
+_WAITING_FLAGS = frozenset({"Requested", "Queued"})
+_ACTIVE_FLAGS = frozenset({"Initializing", "InProgress"})
+
+
+def _flags(state: str) -> frozenset[str]:
+    """The flags of a comma-joined slskd state: ``"Queued, Remotely"`` -> {Queued, Remotely}."""
+    return frozenset(part.strip() for part in state.split(",") if part.strip())
+
+
+@dataclass(frozen=True)
+class Search:
+    """One search as slskd reports it (without its responses)."""
+
+    id: str
+    search_text: str
+    #: Comma-joined flags: ``"InProgress"``, ``"Completed, TimedOut"``, ...
+    state: str
+    is_complete: bool
+    response_count: int
+    file_count: int
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Search:
+        state = str(data.get("state") or "")
+        return cls(
+            id=str(data["id"]),
+            search_text=str(data.get("searchText") or ""),
+            state=state,
+            is_complete=bool(data.get("isComplete", "Completed" in _flags(state))),
+            response_count=int(data.get("responseCount") or 0),
+            file_count=int(data.get("fileCount") or 0),
+        )
+
+
+@dataclass(frozen=True)
+class SharedFile:
+    """One file a peer shares; numeric metadata is ``None`` when the peer did not send it."""
+
+    #: The peer's full path, Windows style (``@@share\\Music\\Artist\\Album\\01 - Title.flac``).
+    filename: str
+    #: Bytes.
+    size: int
+    #: Lower case, without the dot; taken from the file name when slskd sends none.
+    extension: str
+    #: kbit/s.
+    bit_rate: int | None
+    #: Bits per sample (lossless files).
+    bit_depth: int | None
+    #: Samples per second (Hz).
+    sample_rate: int | None
+    #: Seconds.
+    length: int | None
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> SharedFile:
+        filename = str(data["filename"])
+        return cls(
+            filename=filename,
+            size=int(data.get("size") or 0),
+            extension=_extension(data.get("extension"), filename),
+            bit_rate=_optional_int(data.get("bitRate")),
+            bit_depth=_optional_int(data.get("bitDepth")),
+            sample_rate=_optional_int(data.get("sampleRate")),
+            length=_optional_int(data.get("length")),
+        )
+
+
+@dataclass(frozen=True)
+class PeerResponse:
+    """What one peer answered to a search: its unlocked files and how busy it is."""
+
+    username: str
+    has_free_upload_slot: bool
+    #: Uploads waiting before ours at this peer.
+    queue_length: int
+    #: Bytes per second the peer reports it uploads at.
+    upload_speed: int
+    files: tuple[SharedFile, ...]
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> PeerResponse:
+        return cls(
+            username=str(data["username"]),
+            has_free_upload_slot=bool(data.get("hasFreeUploadSlot", False)),
+            queue_length=int(data.get("queueLength") or 0),
+            upload_speed=int(data.get("uploadSpeed") or 0),
+            files=tuple(SharedFile.from_json(item) for item in data.get("files") or ()),
+        )
+
+
+@dataclass(frozen=True)
+class Transfer:
+    """One download as slskd reports it; ``state`` is comma-joined flags."""
+
+    id: str
+    username: str
+    filename: str
+    #: Bytes.
+    size: int
+    state: str
+    bytes_transferred: int
+    #: 0 to 100.
+    percent_complete: float
+    #: slskd's reason when the transfer failed, else ``None``.
+    exception: str | None
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Transfer:
+        return cls(
+            id=str(data["id"]),
+            username=str(data.get("username") or ""),
+            filename=str(data.get("filename") or ""),
+            size=int(data.get("size") or 0),
+            state=str(data.get("state") or ""),
+            bytes_transferred=int(data.get("bytesTransferred") or 0),
+            percent_complete=float(data.get("percentComplete") or 0.0),
+            exception=data.get("exception") or None,
+        )
+
+    @property
+    def done(self) -> bool:
+        """The transfer ended, one way or the other."""
+        return "Completed" in _flags(self.state)
+
+    @property
+    def succeeded(self) -> bool:
+        """``"Completed, Succeeded"``: the file is on disk."""
+        flags = _flags(self.state)
+        return "Completed" in flags and "Succeeded" in flags
+
+    @property
+    def failed(self) -> bool:
+        """Completed without success: cancelled, timed out, errored, rejected or aborted."""
+        return self.done and not self.succeeded
+
+    @property
+    def waiting(self) -> bool:
+        """Requested or queued (locally or at the peer), not yet started."""
+        return not self.done and bool(_flags(self.state) & _WAITING_FLAGS)
+
+    @property
+    def active(self) -> bool:
+        """Initializing or in progress."""
+        return not self.done and bool(_flags(self.state) & _ACTIVE_FLAGS)
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One file worth trying to download for a track, as :func:`choose_best` ranks them."""
+
+    username: str
+    filename: str
+    size: int
+    extension: str
+    bit_rate: int | None
+    lossless: bool
+
+
+def choose_best(responses: Iterable[PeerResponse], *, max_candidates: int) -> list[Candidate]:
+    """The ``max_candidates`` best audio files among ``responses``, best first.
+
+    Only files whose extension is in :data:`AUDIO_EXTENSIONS` are candidates (covers, cue
+    sheets and logs are not). They are ordered by, in turn:
+
+    1. lossless first: the extension is in :data:`LOSSLESS_EXTENSIONS` or the peer sent a bit
+       depth (an ALAC ``.m4a``);
+    2. higher quality: ``bit_depth * sample_rate`` for lossless files (unknown counts as 0),
+       the bit rate for lossy ones (unknown counts as 0);
+    3. peers with a free upload slot first;
+    4. shorter queue at the peer;
+    5. higher upload speed of the peer;
+    6. then user name, file name, size, extension and bit rate, so the order is total: the same
+       answers give the same ranking whatever order the peers answered in.
+
+    A file offered twice by the same user (in two responses) is listed once, at its best rank.
+    """
+    ranked: list[Candidate] = []
+    seen: set[tuple[str, str]] = set()
+    for _, candidate in sorted(_candidates(responses), key=lambda pair: pair[0]):
+        if len(ranked) == max_candidates:
+            break
+        if (candidate.username, candidate.filename) not in seen:
+            seen.add((candidate.username, candidate.filename))
+            ranked.append(candidate)
+    return ranked
+
+
+def _candidates(responses: Iterable[PeerResponse]) -> Iterator[tuple[tuple[Any, ...], Candidate]]:
+    for response in responses:
+        for file in response.files:
+            if file.extension not in AUDIO_EXTENSIONS:
+                continue
+            lossless = file.extension in LOSSLESS_EXTENSIONS or file.bit_depth is not None
+            if lossless:
+                quality = (file.bit_depth or 0) * (file.sample_rate or 0)
+            else:
+                quality = file.bit_rate or 0
+            key = (
+                not lossless,
+                -quality,
+                not response.has_free_upload_slot,
+                response.queue_length,
+                -response.upload_speed,
+                response.username,
+                file.filename,
+                file.size,
+                file.extension,
+                file.bit_rate is None,
+                file.bit_rate or 0,
+            )
+            candidate = Candidate(
+                username=response.username,
+                filename=file.filename,
+                size=file.size,
+                extension=file.extension,
+                bit_rate=file.bit_rate,
+                lossless=lossless,
+            )
+            yield key, candidate
+
+
+class SlskdClient:
+    """Synchronous client of one slskd daemon, authenticated with its API key.
+
+    Every answer is classified by :class:`UpstreamHttp`; the API key travels only in the
+    ``X-API-Key`` header, never in an error message.
+    """
+
+    def __init__(self, settings: SlskdSettings) -> None:
+        self.settings = settings
+        self._http = UpstreamHttp(
+            SERVICE,
+            settings.url,
+            timeout=settings.timeout,
+            headers={"X-API-Key": settings.api_key.get_secret_value()},
+        )
+
+    # -- searches --------------------------------------------------------------------------
+
+    def start_search(self, query: str, *, search_id: str | None = None) -> Search:
+        """Start searching the Soulseek network for ``query``; raises :class:`RetryLater`
+        while slskd is starting another search."""
+        body = {
+            "id": search_id or str(uuid.uuid4()),
+            "searchText": query,
+            "searchTimeout": int(self.settings.search_timeout * 1000),
+            "responseLimit": RESPONSE_LIMIT,
+            "fileLimit": FILE_LIMIT,
+            "filterResponses": True,
+        }
+        response = self._back_pressured("POST", "/api/v0/searches", "a search is starting", body)
+        return Search.from_json(response.json())
+
+    def get_search(self, search_id: str) -> Search:
+        """The search's state and counts (its responses are fetched by :meth:`get_responses`)."""
+        response = self._http.request(
+            "GET", f"/api/v0/searches/{_segment(search_id)}", params={"includeResponses": False}
+        )
+        return Search.from_json(response.json())
+
+    def get_responses(self, search_id: str) -> list[PeerResponse]:
+        """Every peer's answer to the search so far."""
+        response = self._http.request("GET", f"/api/v0/searches/{_segment(search_id)}/responses")
+        return [PeerResponse.from_json(item) for item in response.json() or ()]
+
+    # -- downloads -------------------------------------------------------------------------
+
+    def enqueue_download(self, username: str, filename: str, size: int) -> Transfer:
+        """Ask slskd to download ``filename`` from ``username``; the transfer it created.
+
+        Raises :class:`UpstreamRequestError` with slskd's reason when it refuses the file, and
+        :class:`RetryLater` when slskd is busy with other enqueue requests.
+        """
+        response = self._back_pressured(
+            "POST",
+            f"/api/v0/transfers/downloads/{_segment(username)}",
+            "other downloads are being enqueued",
+            [{"filename": filename, "size": size}],
+        )
+        result = _json_or_none(response)
+        if not isinstance(result, dict):
+            return self._find_download(username, filename)
+        for failure in result.get("failed") or ():
+            if failure.get("filename") == filename:
+                message = failure.get("message") or "no reason given"
+                raise UpstreamRequestError(
+                    SERVICE,
+                    f"slskd did not enqueue {filename!r} from {username!r}: {message}",
+                    status=response.status_code,
+                )
+        for item in result.get("enqueued") or ():
+            if item.get("filename") == filename:
+                return Transfer.from_json(item)
+        return self._find_download(username, filename)
+
+    def get_transfer(self, username: str, transfer_id: str) -> Transfer:
+        """The download's current state and progress."""
+        response = self._http.request(
+            "GET", f"/api/v0/transfers/downloads/{_segment(username)}/{_segment(transfer_id)}"
+        )
+        return Transfer.from_json(response.json())
+
+    def cancel_download(self, username: str, transfer_id: str) -> None:
+        """Cancel the download; slskd keeps it in its list as ``"Completed, Cancelled"``."""
+        self._http.request(
+            "DELETE",
+            f"/api/v0/transfers/downloads/{_segment(username)}/{_segment(transfer_id)}",
+            params={"remove": False},
+        )
+
+    def close(self) -> None:
+        self._http.close()
+
+    # -- helpers ---------------------------------------------------------------------------
+
+    def _back_pressured(self, method: str, path: str, reason: str, body: Any) -> httpx.Response:
+        """Send a request whose 429 means "busy, come back soon": raise :class:`RetryLater`."""
+        try:
+            return self._http.request(method, path, json=body)
+        except ServiceUnavailableError as exc:
+            if exc.status != 429:
+                raise
+            retry_after = exc.retry_after or DEFAULT_RETRY_AFTER
+            raise RetryLater(SERVICE, retry_after, f"slskd is busy: {reason}") from exc
+
+    def _find_download(self, username: str, filename: str) -> Transfer:
+        """The latest transfer of ``filename`` from ``username`` in slskd's list of downloads
+        (older slskd versions answer an enqueue with an empty 201)."""
+        response = self._http.request("GET", "/api/v0/transfers/downloads")
+        matches = [
+            item
+            for group in response.json() or ()
+            if group.get("username") == username
+            for directory in group.get("directories") or ()
+            for item in directory.get("files") or ()
+            if item.get("filename") == filename
+        ]
+        if not matches:
+            raise UpstreamRequestError(
+                SERVICE, f"slskd accepted {filename!r} from {username!r} but lists no transfer"
+            )
+        latest = max(matches, key=lambda item: str(item.get("requestedAt") or ""))
+        return Transfer.from_json({"username": username, **latest})
+
+
+class CircuitBreakerSlskdClient(GuardedClient):
+    """:class:`SlskdClient` with every call behind the ``slskd-api`` circuit breaker."""
+
+    service = SERVICE
+
+
+def _segment(value: str) -> str:
+    """``value`` quoted as one URL path segment (user names and ids may hold ``/`` or spaces)."""
+    return quote(value, safe="")
+
+
+def _extension(declared: Any, filename: str) -> str:
+    extension = str(declared or "").strip().lstrip(".").lower()
+    if extension:
+        return extension
+    name = filename.replace("\\", "/").rsplit("/", 1)[-1]
+    return name.rsplit(".", 1)[-1].lower() if "." in name else ""
+
+
+def _optional_int(value: Any) -> int | None:
+    return None if value is None else int(value)
+
+
+def _json_or_none(response: httpx.Response) -> Any:
+    if not response.content:
+        return None
+    try:
+        return response.json()
+    except ValueError:
+        return None

@@ -1,0 +1,504 @@
+"""A fake MusicBrainz web service (ws/2) over the shared catalog.
+
+It serves the three endpoints the client uses, with the JSON shapes MusicBrainz sends:
+
+* ``GET /ws/2/recording?query=<lucene>&limit=&offset=`` searches; the query is understood as
+  ``field:"phrase"`` / ``field:word`` clauses joined by ``AND`` (fields ``artist``,
+  ``recording``, ``isrc``; backslash escapes undone; words without a field match the title or
+  the artist). Each catalog track has the exact recording (score 100) and near matches:
+  the same song on a compilation (also 100, a little longer), a live version, a radio edit
+  and a cover, each with its own length and a lower score.
+* ``GET /ws/2/recording/<mbid>?inc=...`` and ``GET /ws/2/isrc/<isrc>?inc=...`` look up; ``inc``
+  adds ``artist-credit`` (``artists``), ``releases`` and ``isrcs`` as MusicBrainz does, and
+  an unknown ``inc`` is a 400. Unknown ids are a 404 ``{"error": "Not Found", "help": ...}``.
+
+Like MusicBrainz it refuses (403) requests without a meaningful ``User-Agent`` (missing, or a
+library's default such as ``python-httpx/0.28``), answers JSON only when asked (``fmt=json``
+or ``Accept: application/json``), and enforces its rate rule: a request arriving less than
+``min_interval`` seconds (less a small ``tolerance`` for network jitter) after the previous
+accepted one gets 503 "Your requests are exceeding the allowable rate limit...", without
+``Retry-After`` unless ``retry_after`` is given.
+``accepted_times`` and ``rate_limited`` let a test check that a client's limiter held.
+The base fault controls (outages, failures, 429, latency) apply before all of this.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+import time
+import unicodedata
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from soulspot_jobs.fakes.catalog import CATALOG, CatalogTrack
+from soulspot_jobs.fakes.server import FakeServer, Handler, Request, Response
+
+#: The ``error`` of every rate-limited answer, as MusicBrainz words it.
+RATE_LIMIT_MESSAGE = (
+    "Your requests are exceeding the allowable rate limit. Please see "
+    "https://musicbrainz.org/doc/MusicBrainz_API/Rate_Limiting for more information."
+)
+#: The ``help`` of every error answer.
+HELP = "For usage, please see: https://musicbrainz.org/development/mmd"
+#: User-Agent prefixes of HTTP libraries and tools, refused as not meaningful (lower case).
+GENERIC_AGENTS = (
+    "python-httpx/",
+    "python-requests/",
+    "python-urllib/",
+    "aiohttp/",
+    "curl/",
+    "wget/",
+    "java/",
+    "go-http-client/",
+    "okhttp/",
+    "axios/",
+    "node-fetch/",
+    "libwww-perl/",
+)
+#: ``inc`` values a recording (or ISRC) lookup accepts.
+RECORDING_INCS = frozenset(
+    [
+        "artists",
+        "artist-credits",
+        "releases",
+        "isrcs",
+        "media",
+        "discids",
+        "aliases",
+        "tags",
+        "ratings",
+        "genres",
+        "annotation",
+        "url-rels",
+        "artist-rels",
+        "work-rels",
+        "release-rels",
+        "recording-rels",
+    ]
+)
+#: Seconds by which a request may arrive early and still be accepted. A client spacing its
+#: requests exactly ``min_interval`` apart sees them arrive a few milliseconds early or late
+#: (measured here: up to 5.5 ms on loopback), so an exact rule would refuse well-behaved clients
+#: at random; MusicBrainz itself averages over time. A burst still arrives milliseconds apart.
+ARRIVAL_TOLERANCE = 0.05
+#: Largest and default page of a search.
+MAX_LIMIT, DEFAULT_LIMIT = 100, 25
+#: Points a search score loses for each word of a field that the query did not ask for.
+SCORE_PER_EXTRA_WORD = 10
+
+_UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
+_ISRC = re.compile(r"^[A-Z]{2}[A-Z0-9]{3}[0-9]{7}$")
+_CLAUSE = re.compile(r'(?:([A-Za-z][\w-]*):)?(?:"((?:\\.|[^"\\])*)"|((?:\\.|[^\s"\\])+))')
+
+
+@dataclass(frozen=True)
+class FakeRelease:
+    """The release a fake recording appears on (one medium, one track of it)."""
+
+    id: str
+    title: str
+    status: str
+    date: str
+    country: str
+    primary_type: str
+    group_id: str
+    track_count: int
+    #: Position of the recording's track on the release's single medium.
+    position: int
+    format: str
+
+
+@dataclass(frozen=True)
+class FakeRecording:
+    """One recording the fake knows, with everything any of its answers may show."""
+
+    id: str
+    title: str
+    #: Milliseconds.
+    length: int
+    artist: str
+    artist_id: str
+    isrcs: tuple[str, ...]
+    release: FakeRelease
+
+    @property
+    def first_release_date(self) -> str:
+        return self.release.date
+
+
+class FakeMusicBrainz(FakeServer):
+    """MusicBrainz ws/2 on loopback, rate rule included (``min_interval=0`` turns it off)."""
+
+    def __init__(
+        self,
+        *,
+        catalog: Iterable[CatalogTrack] = CATALOG,
+        min_interval: float = 1.0,
+        retry_after: float | None = None,
+        tolerance: float = ARRIVAL_TOLERANCE,
+        port: int = 0,
+    ) -> None:
+        super().__init__(port=port)
+        #: Seconds that must separate two accepted requests.
+        self.min_interval = min_interval
+        #: Seconds by which an arrival may come early, see ``ARRIVAL_TOLERANCE``.
+        self.tolerance = tolerance
+        #: ``Retry-After`` (seconds) of rate-limited answers; None sends none, like MusicBrainz.
+        self.retry_after = retry_after
+        #: ``time.monotonic()`` at which each request passing the rate rule arrived.
+        self.accepted_times: list[float] = []
+        #: Requests answered 503 by the rate rule.
+        self.rate_limited = 0
+        self._rate_lock = threading.Lock()
+        self.recordings: tuple[FakeRecording, ...] = tuple(
+            recording for track in catalog for recording in _recordings_of(track)
+        )
+        self._by_id = {recording.id: recording for recording in self.recordings}
+        self.route("GET", "/ws/2/recording", self._gated(self._search))
+        self.route("GET", "/ws/2/recording/{mbid}", self._gated(self._lookup))
+        self.route("GET", "/ws/2/isrc/{isrc}", self._gated(self._isrc))
+
+    # -- what MusicBrainz checks before serving anything --------------------------------------
+
+    def _gated(self, handler: Handler) -> Handler:
+        def gated(request: Request) -> Response:
+            refusal = self._check_agent(request) or self._check_rate() or _check_format(request)
+            return refusal or handler(request)
+
+        return gated
+
+    def _check_agent(self, request: Request) -> Response | None:
+        agent = request.headers.get("user-agent", "").strip()
+        if agent and not agent.lower().startswith(GENERIC_AGENTS):
+            return None
+        message = (
+            "Your User-Agent is missing or not meaningful. Please send an application name, "
+            "version and contact, e.g. 'MyApp/1.0 ( me@example.org )'."
+        )
+        return Response(403, {"error": message, "help": HELP})
+
+    def _check_rate(self) -> Response | None:
+        with self._rate_lock:
+            now = time.monotonic()
+            last = self.accepted_times[-1] if self.accepted_times else None
+            if last is None or now - last >= self.min_interval - self.tolerance:
+                self.accepted_times.append(now)
+                return None
+            self.rate_limited += 1
+        headers = {} if self.retry_after is None else {"Retry-After": f"{self.retry_after:g}"}
+        return Response(503, {"error": RATE_LIMIT_MESSAGE, "help": HELP}, headers)
+
+    # -- endpoints ---------------------------------------------------------------------------
+
+    def _search(self, request: Request) -> Response:
+        query = request.query.get("query", "").strip()
+        if not query:
+            return _error(400, "Missing required parameter: query.")
+        try:
+            limit = min(max(int(request.query.get("limit", DEFAULT_LIMIT)), 1), MAX_LIMIT)
+            offset = max(int(request.query.get("offset", 0)), 0)
+        except ValueError:
+            return _error(400, "limit and offset must be integers.")
+        clauses = _parse_query(query)
+        scored = [(_score(r, clauses), r) for r in self.recordings]
+        hits = sorted(((s, r) for s, r in scored if s is not None), key=lambda hit: -hit[0])
+        body = {
+            "created": datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+            "count": len(hits),
+            "offset": offset,
+            "recordings": [_search_json(r, s) for s, r in hits[offset : offset + limit]],
+        }
+        return Response(200, body)
+
+    def _lookup(self, request: Request) -> Response:
+        mbid = request.params["mbid"]
+        incs = _incs(request)
+        if isinstance(incs, Response):
+            return incs
+        if not _UUID.match(mbid):
+            return _error(400, "Invalid mbid.")
+        recording = self._by_id.get(mbid)
+        if recording is None:
+            return _error(404, "Not Found")
+        return Response(200, _lookup_json(recording, incs))
+
+    def _isrc(self, request: Request) -> Response:
+        isrc = request.params["isrc"]
+        incs = _incs(request)
+        if isinstance(incs, Response):
+            return incs
+        if not _ISRC.match(isrc):
+            return _error(400, "Invalid isrc.")
+        found = [r for r in self.recordings if isrc in r.isrcs]
+        if not found:
+            return _error(404, "Not Found")
+        return Response(200, {"isrc": isrc, "recordings": [_lookup_json(r, incs) for r in found]})
+
+
+# -- the catalog as MusicBrainz would hold it ---------------------------------------------------
+
+
+def _uuid(*parts: str) -> str:
+    return str(uuid.uuid5(uuid.NAMESPACE_URL, "fake-musicbrainz:" + "/".join(parts)))
+
+
+def _recordings_of(track: CatalogTrack) -> list[FakeRecording]:
+    """The exact recording of ``track`` first, then its near matches."""
+    year = int(track.release_date[:4])
+
+    def release(
+        kind: str,
+        title: str,
+        date: str,
+        *,
+        status: str = "Official",
+        country: str = "GB",
+        primary_type: str = "Album",
+        track_count: int = 10,
+        position: int = 3,
+    ) -> FakeRelease:
+        release_id = track.release_mbid if kind == "original" else _uuid(track.mbid, kind, "rel")
+        return FakeRelease(
+            id=release_id,
+            title=title,
+            status=status,
+            date=date,
+            country=country,
+            primary_type=primary_type,
+            group_id=_uuid(release_id, "group"),
+            track_count=track_count,
+            position=position,
+            format="CD",
+        )
+
+    def recording(
+        kind: str,
+        title: str,
+        length: int,
+        on: FakeRelease,
+        *,
+        artist: str = track.artist,
+        isrcs: tuple[str, ...] = (),
+    ) -> FakeRecording:
+        return FakeRecording(
+            id=track.mbid if kind == "original" else _uuid(track.mbid, kind),
+            title=title,
+            length=length,
+            artist=artist,
+            artist_id=_uuid("artist", artist),
+            isrcs=isrcs,
+            release=on,
+        )
+
+    length = track.duration_ms
+    return [
+        recording(
+            "original",
+            track.title,
+            length,
+            release("original", track.album, track.release_date),
+            isrcs=(track.isrc,),
+        ),
+        recording(
+            "compilation",
+            track.title,
+            length + 4_000,
+            release(
+                "compilation",
+                f"The Very Best of {track.artist}",
+                f"{year + 12}-10-02",
+                country="XE",
+                primary_type="Compilation",
+                track_count=18,
+                position=7,
+            ),
+        ),
+        recording(
+            "live",
+            f"{track.title} (live)",
+            length + 41_000,
+            release("live", f"Live in Paris {year + 1}", f"{year + 2}-03-14", country="FR"),
+        ),
+        recording(
+            "radio-edit",
+            f"{track.title} (radio edit)",
+            round(length * 0.62),
+            release(
+                "radio-edit",
+                track.title,
+                track.release_date,
+                status="Promotion",
+                primary_type="Single",
+                track_count=2,
+                position=1,
+            ),
+        ),
+        recording(
+            "cover",
+            track.title,
+            length - 9_000,
+            release("cover", f"A Tribute to {track.artist}", f"{year + 8}-06-01", country="US"),
+            artist=f"{track.artist} Tribute",
+        ),
+    ]
+
+
+# -- Lucene, as much as the client's queries need ------------------------------------------------
+
+
+def _words(text: str) -> list[str]:
+    """Lower-case words without accents, as MusicBrainz's analyser compares them."""
+    decomposed = unicodedata.normalize("NFKD", text)
+    plain = "".join(c for c in decomposed if not unicodedata.combining(c))
+    return re.findall(r"\w+", plain.casefold())
+
+
+def _unescape(text: str) -> str:
+    return re.sub(r"\\(.)", r"\1", text)
+
+
+def _parse_query(query: str) -> list[tuple[str | None, str]]:
+    """``(field, text)`` clauses of ``query``; ``AND`` between them is implied and dropped."""
+    clauses = []
+    for match in _CLAUSE.finditer(query):
+        field, phrase, word = match.groups()
+        text = _unescape(phrase if phrase is not None else word)
+        if field is None and phrase is None and text == "AND":
+            continue
+        clauses.append((field.lower() if field else None, text))
+    return clauses
+
+
+def _score(recording: FakeRecording, clauses: list[tuple[str | None, str]]) -> int | None:
+    """The search score of ``recording`` (None: no match): 100 less 10 per extra word."""
+    extra = 0
+    for field, text in clauses:
+        wanted = _words(text)
+        if field == "isrc":
+            if text.upper() not in recording.isrcs:
+                return None
+            continue
+        if field is None:
+            haystack = _words(f"{recording.title} {recording.artist}")
+            if not all(word in haystack for word in wanted):
+                return None
+            continue
+        if field == "artist":
+            have = _words(recording.artist)
+        elif field == "recording":
+            have = _words(recording.title)
+        else:
+            return None
+        if not _contains(have, wanted):
+            return None
+        extra += len(have) - len(wanted)
+    return max(100 - SCORE_PER_EXTRA_WORD * extra, 1)
+
+
+def _contains(have: list[str], wanted: list[str]) -> bool:
+    """Whether ``wanted`` occurs in ``have`` as consecutive words (a Lucene phrase)."""
+    n = len(wanted)
+    return any(have[i : i + n] == wanted for i in range(len(have) - n + 1))
+
+
+# -- answers -------------------------------------------------------------------------------------
+
+
+def _check_format(request: Request) -> Response | None:
+    if request.query.get("fmt") == "json" or "application/json" in request.headers.get(
+        "accept", ""
+    ):
+        return None
+    return Response(406, text="This fake MusicBrainz serves JSON only: send fmt=json.\n")
+
+
+def _incs(request: Request) -> frozenset[str] | Response:
+    incs = frozenset(request.query.get("inc", "").split())
+    unknown = sorted(incs - RECORDING_INCS)
+    if unknown:
+        return _error(400, f"{unknown[0]} is not a valid inc parameter for the recording resource.")
+    return incs
+
+
+def _error(status: int, message: str) -> Response:
+    return Response(status, {"error": message, "help": HELP})
+
+
+def _artist_credit(recording: FakeRecording) -> list[dict[str, Any]]:
+    artist = {
+        "id": recording.artist_id,
+        "name": recording.artist,
+        "sort-name": _sort_name(recording.artist),
+        "disambiguation": "",
+    }
+    return [{"name": recording.artist, "joinphrase": "", "artist": artist}]
+
+
+def _sort_name(name: str) -> str:
+    """``Name, The`` for a name starting with "The", as MusicBrainz sorts it; else the name."""
+    return f"{name[4:]}, The" if name.startswith("The ") else name
+
+
+def _release_json(recording: FakeRecording, *, media: bool) -> dict[str, Any]:
+    release = recording.release
+    data: dict[str, Any] = {
+        "id": release.id,
+        "title": release.title,
+        "status": release.status,
+        "date": release.date,
+        "country": release.country,
+        "track-count": release.track_count,
+        "release-group": {"id": release.group_id, "primary-type": release.primary_type},
+    }
+    if media:
+        track = {
+            "id": _uuid(recording.id, release.id, "track"),
+            "number": str(release.position),
+            "title": recording.title,
+            "length": recording.length,
+        }
+        data["media"] = [
+            {
+                "position": 1,
+                "format": release.format,
+                "track-count": release.track_count,
+                "track-offset": release.position - 1,
+                "track": [track],
+            }
+        ]
+    return data
+
+
+def _base_json(recording: FakeRecording) -> dict[str, Any]:
+    return {
+        "id": recording.id,
+        "title": recording.title,
+        "length": recording.length,
+        "video": False,
+        "disambiguation": "",
+        "first-release-date": recording.first_release_date,
+    }
+
+
+def _search_json(recording: FakeRecording, score: int) -> dict[str, Any]:
+    data = {"id": recording.id, "score": score} | _base_json(recording)
+    data["artist-credit"] = _artist_credit(recording)
+    if recording.isrcs:
+        data["isrcs"] = list(recording.isrcs)
+    data["releases"] = [_release_json(recording, media=True)]
+    return data
+
+
+def _lookup_json(recording: FakeRecording, incs: frozenset[str]) -> dict[str, Any]:
+    data = _base_json(recording)
+    if incs & {"artists", "artist-credits"}:
+        data["artist-credit"] = _artist_credit(recording)
+    if "isrcs" in incs:
+        data["isrcs"] = list(recording.isrcs)
+    if "releases" in incs:
+        data["releases"] = [_release_json(recording, media="media" in incs)]
+    return data

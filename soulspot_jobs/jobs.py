@@ -1,0 +1,142 @@
+"""Job records: what a user sees of a job's progress and outcome, keyed by the job id.
+
+Every job (a track download, a playlist import, a metadata enrichment) has one Redis hash
+``<prefix>:job:<id>``; the ids of all jobs are in the sorted set ``<prefix>:jobs`` by creation
+time. The actors write each step; the middleware marks a job ``deferred`` (with the service and
+until when) while a breaker holds it back.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+import redis
+
+#: Default prefix of the job records' keys.
+DEFAULT_PREFIX = "soulspot:jobs"
+
+
+class JobState(StrEnum):
+    """Where a job is."""
+
+    QUEUED = "queued"
+    SEARCHING = "searching"
+    DOWNLOADING = "downloading"
+    ENRICHING = "enriching"
+    DONE = "done"
+    FAILED = "failed"
+    DEFERRED = "deferred"
+
+
+#: States a job never leaves.
+FINAL_STATES = frozenset({JobState.DONE, JobState.FAILED})
+
+
+@dataclass
+class Job:
+    """One job record. ``details`` holds each kind's own progress (search id, transfer, result)."""
+
+    id: str
+    kind: str
+    state: JobState
+    #: The service the job is waiting on or last talked to.
+    service: str | None = None
+    #: Times one of the job's steps ran.
+    attempts: int = 0
+    last_error: str | None = None
+    #: Epoch milliseconds until which the job is deferred (state ``deferred``).
+    deferred_until: int | None = None
+    created_at: float = 0.0
+    updated_at: float = 0.0
+    details: dict[str, Any] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "kind": self.kind,
+            "state": self.state.value,
+            "service": self.service,
+            "attempts": self.attempts,
+            "last_error": self.last_error,
+            "deferred_until": self.deferred_until,
+            "created_at": self.created_at,
+            "updated_at": self.updated_at,
+            "details": self.details,
+        }
+
+
+class JobStore:
+    """Job records in Redis; every write is one pipelined round trip."""
+
+    def __init__(self, client: redis.Redis, *, prefix: str = DEFAULT_PREFIX) -> None:
+        self.client = client
+        self.prefix = prefix
+
+    def key(self, job_id: str) -> str:
+        return f"{self.prefix}:job:{job_id}"
+
+    def create(self, kind: str, **details: Any) -> Job:
+        """Record a new ``queued`` job of ``kind``."""
+        now = time.time()
+        job = Job(uuid.uuid4().hex, kind, JobState.QUEUED, created_at=now, updated_at=now)
+        job.details = details
+        pipe = self.client.pipeline(transaction=False)
+        pipe.hset(self.key(job.id), mapping=_encode(job.as_dict()))
+        pipe.zadd(f"{self.prefix}:all", {job.id: now})
+        pipe.execute()
+        return job
+
+    def get(self, job_id: str) -> Job | None:
+        raw = self.client.hgetall(self.key(job_id))
+        if not raw:
+            return None
+        values = {_text(k): json.loads(v) for k, v in raw.items()}
+        values["state"] = JobState(values["state"])
+        return Job(**values)
+
+    def update(
+        self,
+        job_id: str,
+        *,
+        details: dict[str, Any] | None = None,
+        count_attempt: bool = False,
+        **fields: Any,
+    ) -> None:
+        """Set ``fields`` (state, service, last_error, ...) and merge ``details`` into the job.
+
+        A job in a final state (done, failed) keeps its state.
+        """
+        job = self.get(job_id)
+        if job is None:
+            return
+        if job.state in FINAL_STATES:
+            fields.pop("state", None)
+        changes = {**fields, "updated_at": time.time()}
+        if "state" in changes:
+            changes["state"] = JobState(changes["state"]).value
+            if changes["state"] != JobState.DEFERRED:
+                changes.setdefault("deferred_until", None)
+        if details:
+            changes["details"] = {**job.details, **details}
+        if count_attempt:
+            changes["attempts"] = job.attempts + 1
+        self.client.hset(self.key(job_id), mapping=_encode(changes))
+
+    def jobs(self, *, limit: int = 100) -> list[Job]:
+        """The most recent jobs, newest first."""
+        ids = self.client.zrevrange(f"{self.prefix}:all", 0, limit - 1)
+        found = (self.get(_text(job_id)) for job_id in ids)
+        return [job for job in found if job is not None]
+
+
+def _encode(values: dict[str, Any]) -> dict[str, str]:
+    return {name: json.dumps(value) for name, value in values.items()}
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value

@@ -1,0 +1,410 @@
+"""The fake slskd speaks slskd's REST API: auth, JSON shapes, states over time and controls."""
+
+from __future__ import annotations
+
+import re
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from datetime import datetime
+from typing import Any
+
+import httpx
+import pytest
+
+from soulspot_jobs.fakes.catalog import CATALOG
+from soulspot_jobs.fakes.slskd import CONCURRENT_SEARCH_MESSAGE, PEERS, FakeSlskd
+
+KEY = "test-key"
+TRACK = CATALOG[0]
+QUERY = f"{TRACK.artist} - {TRACK.title}"
+SEARCH_FIELDS = {
+    "id",
+    "searchText",
+    "state",
+    "isComplete",
+    "fileCount",
+    "lockedFileCount",
+    "responseCount",
+    "startedAt",
+    "endedAt",
+    "token",
+    "responses",
+}
+RESPONSE_FIELDS = {
+    "username",
+    "fileCount",
+    "files",
+    "lockedFileCount",
+    "lockedFiles",
+    "hasFreeUploadSlot",
+    "queueLength",
+    "uploadSpeed",
+    "token",
+}
+#: Every shared file's fields; audio files add ``length`` and bit rate or depth and sample rate.
+FILE_FIELDS = {"filename", "size", "code", "extension", "isVariableBitRate", "isLocked"}
+TRANSFER_FIELDS = {
+    "id",
+    "username",
+    "direction",
+    "filename",
+    "size",
+    "state",
+    "requestedAt",
+    "enqueuedAt",
+    "startedAt",
+    "endedAt",
+    "bytesTransferred",
+    "averageSpeed",
+    "placeInQueue",
+    "exception",
+    "attempts",
+    "bytesRemaining",
+    "elapsedTime",
+    "percentComplete",
+    "remainingTime",
+}
+STATE_ORDER = [
+    "Requested",
+    "Queued, Remotely",
+    "Initializing",
+    "InProgress",
+    "Completed, Succeeded",
+]
+
+
+@pytest.fixture
+def fake() -> Iterator[FakeSlskd]:
+    with FakeSlskd(api_key=KEY) as server:
+        yield server
+
+
+@pytest.fixture
+def http(fake: FakeSlskd) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=fake.url, headers={"X-API-Key": KEY}, timeout=5) as client:
+        yield client
+
+
+def poll(read: Callable[[], Any], done: Callable[[Any], bool], timeout: float = 5.0) -> Any:
+    """Read until ``done(value)``: waits for the fake's own timed behaviour through its API."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = read()
+        if done(value) or time.monotonic() > deadline:
+            return value
+        time.sleep(0.02)
+
+
+def completed_search(http: httpx.Client, query: str) -> dict[str, Any]:
+    search_id = http.post("/api/v0/searches", json={"searchText": query}).json()["id"]
+    return poll(lambda: http.get(f"/api/v0/searches/{search_id}").json(), lambda s: s["isComplete"])
+
+
+def first_file(http: httpx.Client, username: str = "lossless_lover") -> dict[str, Any]:
+    search = completed_search(http, QUERY)
+    responses = http.get(f"/api/v0/searches/{search['id']}/responses").json()
+    response = next(r for r in responses if r["username"] == username)
+    return response["files"][0]
+
+
+def enqueue(http: httpx.Client, username: str, file: dict[str, Any]) -> httpx.Response:
+    body = [{"filename": file["filename"], "size": file["size"]}]
+    return http.post(f"/api/v0/transfers/downloads/{username}", json=body)
+
+
+def transfer_of(http: httpx.Client, transfer: dict[str, Any]) -> dict[str, Any]:
+    return http.get(f"/api/v0/transfers/downloads/{transfer['username']}/{transfer['id']}").json()
+
+
+def test_requests_without_the_right_api_key_are_refused_with_401(fake: FakeSlskd) -> None:
+    # Given a fake slskd expecting KEY
+    # When requests come without a key, or with another one
+    missing = httpx.get(f"{fake.url}/api/v0/transfers/downloads")
+    wrong = httpx.get(f"{fake.url}/api/v0/transfers/downloads", headers={"X-API-Key": "nope"})
+    # Then both are refused, and nothing is echoed back
+    assert missing.status_code == wrong.status_code == 401
+    assert wrong.content == b""
+
+
+def test_a_search_for_a_catalog_track_runs_then_completes_with_a_response_per_peer(
+    http: httpx.Client,
+) -> None:
+    # Given a search for a catalog track, with the ID the caller chose
+    search_id = str(uuid.uuid4())
+    body = {"id": search_id, "searchText": QUERY, "searchTimeout": 15000}
+    started = http.post("/api/v0/searches", json=body)
+    # Then it starts in progress
+    assert started.status_code == 200
+    assert set(started.json()) == SEARCH_FIELDS
+    assert started.json()["state"] == "InProgress"
+    assert started.json()["isComplete"] is False
+    # When it has run for search_duration
+    search = poll(
+        lambda: http.get(f"/api/v0/searches/{search_id}").json(), lambda s: s["isComplete"]
+    )
+    # Then it completed with one response per peer, and the counts add up
+    assert search["id"] == search_id
+    assert search["searchText"] == QUERY
+    assert search["state"] == "Completed, ResponseLimitReached"
+    assert search["responseCount"] == len(PEERS)
+    assert search["responses"] == []
+    assert datetime.fromisoformat(search["endedAt"]) >= datetime.fromisoformat(search["startedAt"])
+    responses = http.get(f"/api/v0/searches/{search_id}/responses").json()
+    assert search["fileCount"] == sum(len(r["files"]) for r in responses)
+    assert search["lockedFileCount"] == sum(len(r["lockedFiles"]) for r in responses) == 1
+
+
+def test_search_responses_carry_slskd_fields_and_windows_paths(http: httpx.Client) -> None:
+    # Given a completed search for a catalog track
+    search = completed_search(http, f"{TRACK.artist} {TRACK.title}")
+    # When its responses are read
+    responses = http.get(f"/api/v0/searches/{search['id']}/responses").json()
+    # Then every response and file has slskd's fields, and files sit in Windows-style paths
+    assert [r["username"] for r in responses] == [peer.username for peer in PEERS]
+    for response in responses:
+        assert set(response) == RESPONSE_FIELDS
+        for file in response["files"] + response["lockedFiles"]:
+            assert set(file) >= FILE_FIELDS
+            assert re.match(rf"^@@\w+\\Music\\{TRACK.artist}\\{TRACK.album}\\", file["filename"])
+    flac = responses[0]["files"][0]
+    assert flac["filename"].endswith(f"01 - {TRACK.title}.flac")
+    assert (flac["bitDepth"], flac["sampleRate"], flac["length"]) == (16, 44100, 429)
+    assert {r["files"][0].get("bitRate") for r in responses[1:]} == {320, 128}
+    assert responses[-1]["hasFreeUploadSlot"] is False
+    assert responses[-1]["lockedFiles"][0]["isLocked"] is True
+
+
+def test_an_unknown_query_completes_timed_out_without_responses(http: httpx.Client) -> None:
+    # Given a search nobody shares anything for
+    search = completed_search(http, "Nobody - Nothing At All")
+    # Then it ends timed out, empty
+    assert search["state"] == "Completed, TimedOut"
+    assert search["responseCount"] == 0
+    assert http.get(f"/api/v0/searches/{search['id']}/responses").json() == []
+
+
+def test_a_search_start_overlapping_another_answers_429(
+    fake: FakeSlskd, http: httpx.Client
+) -> None:
+    # Given a search start that takes a while
+    fake.search_start_delay = 1.0
+    first: list[httpx.Response] = []
+    starter = threading.Thread(
+        target=lambda: first.append(http.post("/api/v0/searches", json={"searchText": QUERY}))
+    )
+    starter.start()
+    poll(lambda: fake.search_starts_in_flight, lambda n: n == 1)
+    # When another search starts meanwhile
+    second = http.post("/api/v0/searches", json={"searchText": "Teardrop"})
+    starter.join()
+    # Then it is refused with slskd's message, and the first one went through
+    assert second.status_code == 429
+    assert second.text == CONCURRENT_SEARCH_MESSAGE
+    assert first[0].status_code == 200
+
+
+def test_busy_searches_over_http_makes_the_next_starts_answer_429(
+    fake: FakeSlskd, http: httpx.Client
+) -> None:
+    # Given two busy search starts ordered over HTTP
+    assert http.post("/_faults/busy_searches", json={"count": 2}).status_code == 204
+    # When three searches start
+    statuses = [
+        http.post("/api/v0/searches", json={"searchText": QUERY}).status_code for _ in range(3)
+    ]
+    # Then the first two were refused
+    assert statuses == [429, 429, 200]
+
+
+def test_a_duplicate_search_id_answers_409(http: httpx.Client) -> None:
+    body = {"id": str(uuid.uuid4()), "searchText": QUERY}
+    assert http.post("/api/v0/searches", json=body).status_code == 200
+    assert http.post("/api/v0/searches", json=body).status_code == 409
+
+
+def test_unknown_searches_and_transfers_answer_404(http: httpx.Client) -> None:
+    missing = str(uuid.uuid4())
+    assert http.get(f"/api/v0/searches/{missing}").status_code == 404
+    assert http.get(f"/api/v0/searches/{missing}/responses").status_code == 404
+    assert http.get(f"/api/v0/transfers/downloads/someone/{missing}").status_code == 404
+
+
+def test_a_download_goes_from_requested_through_in_progress_to_succeeded(
+    http: httpx.Client,
+) -> None:
+    # Given a file a peer shares, enqueued
+    file = first_file(http)
+    answer = enqueue(http, "lossless_lover", file)
+    assert answer.status_code == 201
+    assert answer.json()["failed"] == []
+    (transfer,) = answer.json()["enqueued"]
+    assert set(transfer) >= TRANSFER_FIELDS
+    assert transfer["state"] == "Requested"
+    # When it is read until it ends
+    seen = [transfer]
+    while not seen[-1]["state"].startswith("Completed"):
+        time.sleep(0.02)
+        seen.append(transfer_of(http, transfer))
+    # Then it went through slskd's states in order, its bytes only growing, to success
+    states = [item["state"] for item in seen]
+    assert sorted(set(states), key=STATE_ORDER.index) == list(dict.fromkeys(states))
+    assert states[-1] == "Completed, Succeeded"
+    transferred = [item["bytesTransferred"] for item in seen]
+    assert transferred == sorted(transferred)
+    assert (seen[-1]["bytesTransferred"], seen[-1]["percentComplete"]) == (file["size"], 100.0)
+    assert seen[-1]["exception"] is None
+
+
+def test_fail_downloads_over_http_fails_the_next_transfer_with_its_exception(
+    fake: FakeSlskd, http: httpx.Client
+) -> None:
+    # Given one failing download ordered over HTTP
+    options = {"count": 1, "state": "Completed, Rejected", "exception": "Transfer failed: banned"}
+    assert http.post("/_faults/fail_downloads", json=options).status_code == 204
+    file = first_file(http)
+    # When two downloads run to their end
+    ended = []
+    for _ in range(2):
+        (transfer,) = enqueue(http, "lossless_lover", file).json()["enqueued"]
+        ended.append(poll(lambda t=transfer: transfer_of(http, t), lambda t: t["endedAt"]))
+    # Then the first failed with the given state and reason, the second succeeded
+    assert (ended[0]["state"], ended[0]["exception"]) == (
+        "Completed, Rejected",
+        "Transfer failed: banned",
+    )
+    assert ended[0]["bytesTransferred"] < file["size"]
+    assert ended[1]["state"] == "Completed, Succeeded"
+
+
+def test_fail_downloads_from_a_peer_fails_only_that_peers_transfers(
+    fake: FakeSlskd, http: httpx.Client
+) -> None:
+    # Given a peer whose transfers fail
+    fake.fail_downloads_from("old_rips")
+    search = completed_search(http, QUERY)
+    responses = {
+        r["username"]: r["files"][0]
+        for r in http.get(f"/api/v0/searches/{search['id']}/responses").json()
+    }
+    # When a file is downloaded from it and from another peer
+    ended = {}
+    for username in ("old_rips", "slow_peer"):
+        (transfer,) = enqueue(http, username, responses[username]).json()["enqueued"]
+        ended[username] = poll(lambda t=transfer: transfer_of(http, t), lambda t: t["endedAt"])
+    # Then only that peer's transfer failed
+    assert ended["old_rips"]["state"] == "Completed, Errored"
+    assert ended["old_rips"]["exception"].startswith("Transfer failed:")
+    assert ended["slow_peer"]["state"] == "Completed, Succeeded"
+
+
+def test_a_file_the_peer_does_not_share_is_listed_as_failed(http: httpx.Client) -> None:
+    answer = enqueue(http, "lossless_lover", {"filename": "@@flac\\nothing.flac", "size": 1})
+    assert answer.status_code == 201
+    assert answer.json() == {
+        "enqueued": [],
+        "failed": [{"filename": "@@flac\\nothing.flac", "message": "File not shared."}],
+    }
+
+
+def test_a_cancelled_download_stays_listed_as_cancelled(
+    fake: FakeSlskd, http: httpx.Client
+) -> None:
+    # Given a download that takes long
+    fake.transfer_duration = 60.0
+    file = first_file(http)
+    (transfer,) = enqueue(http, "lossless_lover", file).json()["enqueued"]
+    # When it is cancelled without removing it
+    path = f"/api/v0/transfers/downloads/lossless_lover/{transfer['id']}"
+    assert http.delete(path, params={"remove": "false"}).status_code == 204
+    # Then it is still there, cancelled
+    assert http.get(path).json()["state"] == "Completed, Cancelled"
+
+
+def test_the_downloads_list_groups_transfers_by_user_then_directory(http: httpx.Client) -> None:
+    # Given a download from a user whose name holds a space (URL-quoted in the path)
+    search = completed_search(http, QUERY)
+    responses = http.get(f"/api/v0/searches/{search['id']}/responses").json()
+    file = next(r for r in responses if r["username"] == "mp3 archive")["files"][0]
+    (transfer,) = enqueue(http, "mp3%20archive", file).json()["enqueued"]
+    # When the downloads are listed
+    listing = http.get("/api/v0/transfers/downloads").json()
+    # Then the transfer sits under its user and its directory
+    assert [group["username"] for group in listing] == ["mp3 archive"]
+    (directory,) = listing[0]["directories"]
+    assert directory["directory"] == file["filename"].rsplit("\\", 1)[0]
+    assert [item["id"] for item in directory["files"]] == [transfer["id"]]
+
+
+def test_a_third_concurrent_enqueue_answers_429(fake: FakeSlskd, http: httpx.Client) -> None:
+    # Given two slow enqueue requests in flight
+    fake.enqueue_delay = 1.0
+    file = first_file(http)
+    answers: list[httpx.Response] = []
+    workers = [
+        threading.Thread(target=lambda: answers.append(enqueue(http, "lossless_lover", file)))
+        for _ in range(2)
+    ]
+    for worker in workers:
+        worker.start()
+    poll(lambda: fake.enqueues_in_flight, lambda n: n == 2)
+    # When a third one comes
+    third = enqueue(http, "lossless_lover", file)
+    for worker in workers:
+        worker.join()
+    # Then it is refused while the two others went through
+    assert third.status_code == 429
+    assert [answer.status_code for answer in answers] == [201, 201]
+
+
+def test_busy_enqueues_makes_the_next_enqueue_answer_429(
+    fake: FakeSlskd, http: httpx.Client
+) -> None:
+    fake.busy_enqueues(1)
+    file = first_file(http)
+    assert enqueue(http, "lossless_lover", file).status_code == 429
+    assert enqueue(http, "lossless_lover", file).status_code == 201
+
+
+def test_the_legacy_mode_answers_an_enqueue_with_an_empty_201(
+    fake: FakeSlskd, http: httpx.Client
+) -> None:
+    fake.legacy_enqueue = True
+    file = first_file(http)
+    answer = enqueue(http, "lossless_lover", file)
+    assert (answer.status_code, answer.content) == (201, b"")
+    assert http.get("/api/v0/transfers/downloads/lossless_lover").json()["directories"]
+
+
+def test_durations_are_settable_over_http(fake: FakeSlskd, http: httpx.Client) -> None:
+    assert http.post("/_faults/search_duration", json={"seconds": 7}).status_code == 204
+    assert http.post("/_faults/transfer_duration", json={"seconds": 9}).status_code == 204
+    assert (fake.search_duration, fake.transfer_duration) == (7.0, 9.0)
+
+
+def test_clear_over_http_resets_slskd_controls_and_base_faults(
+    fake: FakeSlskd, http: httpx.Client
+) -> None:
+    # Given slskd controls and a base fault set
+    fake.busy_searches(5)
+    fake.faults.fail(5, 500)
+    # When clear is posted
+    assert http.post("/_faults/clear", json={}).status_code == 204
+    # Then searches start again
+    assert http.post("/api/v0/searches", json={"searchText": QUERY}).status_code == 200
+
+
+def test_bad_control_options_answer_400_and_unknown_ones_404(http: httpx.Client) -> None:
+    assert http.post("/_faults/busy_searches", json={}).status_code == 400
+    bad_state = {"count": 1, "state": "Completed, Succeeded"}
+    assert http.post("/_faults/fail_downloads", json=bad_state).status_code == 400
+    assert http.post("/_faults/nonsense", json={}).status_code == 404
+
+
+def test_peers_per_track_limits_who_answers_a_search() -> None:
+    with FakeSlskd(api_key=KEY, peers_per_track=1, search_duration=0) as fake:
+        http = httpx.Client(base_url=fake.url, headers={"X-API-Key": KEY}, timeout=5)
+        search = completed_search(http, QUERY)
+        http.close()
+    assert search["responseCount"] == 1
