@@ -264,7 +264,8 @@ class CircuitBreakerMiddleware(Middleware):
                     retry_after = max(retry_after, transition.open_for)
             else:
                 breaker.release_sync(permit)
-        return RetryLater(failed_service, retry_after, f"service failure: {exc}")
+        detail = str(exc).removeprefix(f"{failed_service}: ")
+        return RetryLater(failed_service, retry_after, f"service failed ({detail})")
 
     def _defer(
         self, broker: dramatiq.Broker, message: Any, refusal: CircuitBreakerError | RetryLater

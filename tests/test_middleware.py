@@ -35,6 +35,7 @@ from soulspot_jobs.circuit_breaker import (
     CircuitState,
     RedisBackend,
 )
+from soulspot_jobs.errors import ServiceUnavailableError, is_service_failure
 from soulspot_jobs.middleware import (
     DEAD_LETTER_REASON,
     DEFERRALS,
@@ -779,3 +780,91 @@ def test_a_caller_waiting_for_a_deferred_messages_result_gets_the_real_result(
         drain(broker, worker)
     finally:
         results_client.close()
+
+
+def test_a_service_failure_under_a_message_defers_it_without_spending_a_retry(
+    harness: Harness, logs: LogWatch
+) -> None:
+    # Given a tagged actor whose service fails once, then answers
+    slskd = harness.breaker("slskd-api", config(failure_threshold=5), is_failure=is_service_failure)
+    broker, _ = harness.broker(slskd)
+    runs = Runs(1)
+    failures_left = [1]
+
+    @dramatiq.actor(broker=broker, queue_name=QUEUE, service="slskd-api", max_retries=3)
+    def search() -> None:
+        if failures_left[0]:
+            failures_left[0] -= 1
+            raise ServiceUnavailableError("slskd-api", "connection refused")
+        runs.record()
+
+    # When it runs
+    message = search.send()
+    harness.start_worker(broker)
+    runs.wait()
+
+    # Then the failure was counted by the breaker, the message deferred and run again, and no
+    # Dramatiq retry was spent on it
+    [deferral] = logs.named("job.deferred")
+    assert deferral["message_id"] == message.message_id
+    assert deferral["service"] == "slskd-api"
+    assert runs.options[message.message_id].get("retries", 0) == 0
+    assert runs.options[message.message_id][DEFERRALS] == 1
+    assert slskd.stats.total_failures == 1
+
+
+def test_a_failure_that_opens_the_breaker_defers_the_message_until_its_timeout(
+    harness: Harness, logs: LogWatch
+) -> None:
+    # Given a breaker that opens at the first failure, for 0.5 s
+    slskd = harness.breaker(
+        "slskd-api", config(failure_threshold=1, timeout=HOLD_OPEN), is_failure=is_service_failure
+    )
+    broker, _ = harness.broker(slskd)
+    runs = Runs(1)
+    failures_left = [1]
+
+    @dramatiq.actor(broker=broker, queue_name=QUEUE, service="slskd-api", max_retries=0)
+    def search() -> None:
+        if failures_left[0]:
+            failures_left[0] -= 1
+            raise ServiceUnavailableError("slskd-api", "timed out")
+        runs.record()
+
+    # When its failure opens the breaker
+    search.send()
+    harness.start_worker(broker)
+    runs.wait()
+
+    # Then the message waited out the breaker's timeout before it came back
+    [deferral] = logs.named("job.deferred")
+    assert deferral["retry_after"] >= HOLD_OPEN
+    assert logs.named("circuit_breaker.opened")
+
+
+def test_a_bug_in_a_tagged_actor_is_retried_normally_and_never_trips_the_breaker(
+    harness: Harness, logs: LogWatch
+) -> None:
+    # Given a tagged actor with a bug, on a breaker that would open at the first failure
+    slskd = harness.breaker("slskd-api", config(failure_threshold=1), is_failure=is_service_failure)
+    broker, _ = harness.broker(slskd)
+    runs = Runs(2)
+
+    @dramatiq.actor(
+        broker=broker, queue_name=QUEUE, service="slskd-api", max_retries=1, min_backoff=10
+    )
+    def search() -> None:
+        runs.record()
+        raise KeyError("a bug, not an outage")
+
+    # When it runs and fails
+    search.send()
+    worker = harness.start_worker(broker)
+    runs.wait()
+    drain(broker, worker)
+
+    # Then Dramatiq retried it (the bug is the job's), nothing was deferred, the breaker is CLOSED
+    assert logs.named("job.deferred") == []
+    stats = slskd.stats
+    assert stats.state is CircuitState.CLOSED
+    assert stats.total_failures == 0
