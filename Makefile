@@ -20,8 +20,8 @@ test: $(STAMP)
 	$(VENV)/bin/ruff check .
 
 bench: $(STAMP)
-	@set -e; for script in bench/*.py; do \
-		[ -e "$$script" ] || continue; \
-		echo "== $$script"; \
-		$(VENV)/bin/python "$$script"; \
+	@set -e; for script in bench/[!_]*.py; do \
+		name=$$(basename "$$script" .py); \
+		echo "== bench.$$name"; \
+		$(VENV)/bin/python -m "bench.$$name"; \
 	done

@@ -1,7 +1,7 @@
 """Throughput of tagged no-op messages with and without the circuit-breaker middleware, and the
 cost of deferring a backlog while the breaker is OPEN.
 
-Usage: ``python bench/middleware_throughput.py [--messages N]``
+Usage: ``python -m bench.middleware_throughput [--messages N]``
 
 One embedded Redis, one run: N messages through a real Worker (8 threads) on plain Dramatiq, then
 on a broker built by ``build_broker`` (breaker CLOSED, answered from the local view), then N
@@ -68,14 +68,19 @@ def defer_backlog(url: str, messages: int) -> tuple[float, int, int]:
     breaker.record_failure_sync(breaker.acquire_sync(), hold_open=600.0)
     for _ in range(messages):
         noop.send()
+    deferrals = 0
+    lock = threading.Lock()
+
+    def count_deferral(message: object, job: object) -> None:
+        nonlocal deferrals
+        with lock:
+            deferrals += 1
+
+    middleware.on_defer = count_deferral  # counted in memory: polling must not add round trips
     worker = dramatiq.Worker(broker, worker_threads=WORKER_THREADS, worker_timeout=100)
     trips = RoundTrips()
     with trips.counting():
-        seconds = run_until(
-            worker,
-            lambda: middleware.index.counts().get("slskd-api", 0) >= messages,
-            timeout=300,
-        )
+        seconds = run_until(worker, lambda: deferrals >= messages, timeout=300)
     deferred = middleware.index.counts().get("slskd-api", 0)
     worker.stop()
     broker.close()

@@ -1,7 +1,7 @@
 """Recovery without a stampede: a backlog that arrived while the breaker was OPEN drains after
 the service recovers without a burst of trials and re-deferrals.
 
-Usage: ``python bench/recovery_herd.py [--messages N] [--timeout S]``
+Usage: ``python -m bench.recovery_herd [--messages N] [--timeout S]``
 
 N tagged no-op messages are enqueued while the breaker is OPEN (held open ``timeout`` seconds);
 a real Worker (8 threads) defers them; the service "recovers" when the timeout passes. Printed:

@@ -84,6 +84,7 @@ class SoulspotJobs:
     def close(self) -> None:
         """Close the clients, the breakers' backend (its view watcher) and the broker."""
         self.runtime.close()
+        self.middleware.index.close()
         self.middleware.backend.close()
         self.broker.close()
 

@@ -4,12 +4,21 @@ The middleware records a message when it defers it and removes it when the messa
 dead-lettered, so the index holds exactly the messages deferred and not yet run. Entries live in
 one Redis hash per service (``<prefix>:deferred:<service>``, message id -> JSON), so counting a
 service's backlog is one HLEN.
+
+Writes cost no round trip of their own on the deferral path: the Redis index buffers them and a
+background thread writes them every ``FLUSH_INTERVAL`` in one pipeline, in the order they were
+made. An entry due within ``WRITE_AT_ONCE_BELOW`` is written at once (with everything buffered
+before it), because its message could run, and remove it, before a buffered write landed.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import threading
+import time
+import weakref
 from abc import ABC, abstractmethod
 from dataclasses import asdict, dataclass
 
@@ -17,6 +26,12 @@ import redis
 
 #: Default prefix of the index's keys.
 DEFAULT_PREFIX = "soulspot:deferred"
+#: Seconds between two writes of buffered index changes.
+FLUSH_INTERVAL = 0.05
+#: Entries whose message is due within this many milliseconds are written at once.
+WRITE_AT_ONCE_BELOW = 1000
+#: Buffered changes beyond which the caller writes them itself (Redis is slow or away).
+MAX_BUFFERED = 10_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,6 +72,13 @@ class DeferredIndex(ABC):
     def counts(self) -> dict[str, int]:
         """Deferred messages per service."""
 
+    def flush(self) -> None:  # noqa: B027 - only buffering indexes have anything to write
+        """Write every buffered change now."""
+
+    def close(self) -> None:
+        """Write what is buffered and release background resources."""
+        self.flush()
+
 
 class MemoryDeferredIndex(DeferredIndex):
     """A process-local index, for brokers and tests without Redis."""
@@ -87,24 +109,33 @@ class MemoryDeferredIndex(DeferredIndex):
 class RedisDeferredIndex(DeferredIndex):
     """The index in Redis, shared by every worker: one hash per service plus a set of services."""
 
-    def __init__(self, client: redis.Redis, *, prefix: str = DEFAULT_PREFIX) -> None:
+    def __init__(
+        self,
+        client: redis.Redis,
+        *,
+        prefix: str = DEFAULT_PREFIX,
+        flush_interval: float = FLUSH_INTERVAL,
+    ) -> None:
         self.client = client
         self.prefix = prefix
+        self.flush_interval = flush_interval
         self._services_key = f"{prefix}:services"
+        self._reset_buffer()
+        _forget_buffer_after_fork(self)
 
     def key(self, service: str) -> str:
         return f"{self.prefix}:{service}"
 
     def add(self, job: DeferredJob) -> None:
-        pipe = self.client.pipeline(transaction=False)
-        pipe.sadd(self._services_key, job.service)
-        pipe.hset(self.key(job.service), job.message_id, json.dumps(asdict(job)))
-        pipe.execute()
+        change = ("add", job.service, job.message_id, json.dumps(asdict(job)))
+        due_soon = job.eta - time.time() * 1000 < WRITE_AT_ONCE_BELOW
+        self._buffer(change, write_now=due_soon)
 
     def remove(self, service: str, message_id: str) -> None:
-        self.client.hdel(self.key(service), message_id)
+        self._buffer(("remove", service, message_id, ""), write_now=False)
 
     def jobs(self, service: str | None = None) -> list[DeferredJob]:
+        self.flush()
         found = []
         for name in [service] if service else self._services():
             for raw in self.client.hvals(self.key(name)):
@@ -112,14 +143,91 @@ class RedisDeferredIndex(DeferredIndex):
         return sorted(found, key=lambda job: job.eta)
 
     def counts(self) -> dict[str, int]:
+        self.flush()
         services = self._services()
         pipe = self.client.pipeline(transaction=False)
         for service in services:
             pipe.hlen(self.key(service))
         return {s: n for s, n in zip(services, pipe.execute(), strict=True) if n}
 
+    def flush(self) -> None:
+        with self._write_lock:
+            with self._lock:
+                changes, self._pending = self._pending, []
+            if not changes:
+                return
+            pipe = self.client.pipeline(transaction=False)
+            for action, service, message_id, entry in changes:
+                if action == "add":
+                    pipe.sadd(self._services_key, service)
+                    pipe.hset(self.key(service), message_id, entry)
+                else:
+                    pipe.hdel(self.key(service), message_id)
+            try:
+                pipe.execute()
+            except redis.RedisError:
+                with self._lock:
+                    self._pending[:0] = changes  # kept, in order, for the next attempt
+                raise
+
+    def close(self) -> None:
+        """Stop the background writer and write what is buffered."""
+        self._stopping.set()
+        if self._writer is not None:
+            self._writer.join(self.flush_interval * 10)
+            self._writer = None
+        self.flush()
+
+    def _buffer(self, change: tuple[str, str, str, str], *, write_now: bool) -> None:
+        with self._lock:
+            self._pending.append(change)
+            overflowing = len(self._pending) > MAX_BUFFERED
+            if self._writer is None and not write_now:
+                self._writer = threading.Thread(
+                    target=_write_periodically,
+                    args=(weakref.ref(self), self.flush_interval, self._stopping),
+                    name="soulspot-deferred-index",
+                    daemon=True,
+                )
+                self._writer.start()
+        if write_now or overflowing:
+            self.flush()
+
+    def _reset_buffer(self) -> None:
+        self._lock = threading.Lock()
+        #: Serialises flushes, so that changes reach Redis in the order they were made.
+        self._write_lock = threading.Lock()
+        self._pending: list[tuple[str, str, str, str]] = []
+        self._stopping = threading.Event()
+        self._writer: threading.Thread | None = None
+
     def _services(self) -> list[str]:
         return sorted(
             m.decode() if isinstance(m, bytes) else m
             for m in self.client.smembers(self._services_key)
         )
+
+
+def _write_periodically(
+    index_ref: weakref.ref[RedisDeferredIndex], interval: float, stopping: threading.Event
+) -> None:
+    """The background writer: flush every ``interval`` until stopped or the index is gone."""
+    while not stopping.wait(interval):
+        index = index_ref()
+        if index is None:
+            return
+        with contextlib.suppress(redis.RedisError):  # kept in the buffer for the next attempt
+            index.flush()
+        del index
+
+
+def _forget_buffer_after_fork(index: RedisDeferredIndex) -> None:
+    """A forked child has no writer thread, and the parent's buffered changes are not its own."""
+    ref = weakref.ref(index)
+
+    def after_fork_in_child() -> None:
+        alive = ref()
+        if alive is not None:
+            alive._reset_buffer()
+
+    os.register_at_fork(after_in_child=after_fork_in_child)

@@ -164,6 +164,7 @@ class CircuitBreakerMiddleware(Middleware):
 
     def after_worker_shutdown(self, broker: dramatiq.Broker, worker: Any) -> None:
         logging.getLogger(_WORKER_THREAD_LOGGER).removeFilter(self._log_filter)
+        self.index.flush()
 
     # -- the message's life --------------------------------------------------------------
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -25,7 +26,9 @@ def index(request: pytest.FixtureRequest) -> Iterator[DeferredIndex]:
         yield MemoryDeferredIndex()
     else:
         client: redis.Redis = request.getfixturevalue("redis_client")
-        yield RedisDeferredIndex(client, prefix=PREFIX)
+        built = RedisDeferredIndex(client, prefix=PREFIX)
+        yield built
+        built.close()
 
 
 def _job(message_id: str, *, service: str = "slskd-api", eta: int = 1_000, **fields) -> DeferredJob:
@@ -125,5 +128,79 @@ def test_the_redis_index_keeps_one_hash_per_service_shared_by_every_client(
         assert seen.jobs() == [_job("m1")]
         assert redis_client.hkeys(f"{PREFIX}:slskd-api") == [b"m1"]
         assert seen.key("slskd-api") == f"{PREFIX}:slskd-api"
+    finally:
+        other.close()
+
+
+# -- the Redis index buffers its writes off the deferral path ------------------------------------
+
+
+def _in_a_minute() -> int:
+    return int(time.time() * 1000) + 60_000
+
+
+def _other_view(redis_url: str) -> RedisDeferredIndex:
+    """The same index as another worker process sees it (its own client, nothing buffered)."""
+    return RedisDeferredIndex(redis.Redis.from_url(redis_url), prefix=PREFIX)
+
+
+def _wait_until(condition, timeout: float = 5.0) -> None:
+    """Poll ``condition``: a buffered write has no event another process could wait on."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "the buffered write never reached Redis"
+        time.sleep(0.01)
+
+
+def test_a_buffered_entry_is_read_back_at_once_and_reaches_other_workers_soon(
+    redis_url: str,
+) -> None:
+    # Given a Redis index whose entry is due in a minute (so its write is buffered)
+    index = RedisDeferredIndex(redis.Redis.from_url(redis_url), prefix=PREFIX, flush_interval=0.05)
+    other = _other_view(redis_url)
+    job = _job("m1", eta=_in_a_minute())
+    try:
+        # When it is recorded
+        index.add(job)
+
+        # Then the process that wrote it reads it back at once, and another worker soon
+        assert index.counts() == {"slskd-api": 1}
+        _wait_until(lambda: other.jobs() == [job])
+    finally:
+        index.close()
+        other.close()
+
+
+def test_an_entry_due_soon_is_written_before_add_returns(redis_url: str) -> None:
+    # Given a Redis index with a buffered entry and one whose message is due in 100 ms
+    index = RedisDeferredIndex(redis.Redis.from_url(redis_url), prefix=PREFIX, flush_interval=60)
+    other = _other_view(redis_url)
+    later, soon = _job("later", eta=_in_a_minute()), _job("soon", eta=_in_a_minute() - 59_900)
+    try:
+        # When both are recorded, the buffered one first
+        index.add(later)
+        index.add(soon)
+
+        # Then another worker sees both right away: the urgent write carried the earlier one too
+        assert {job.message_id for job in other.jobs()} == {"later", "soon"}
+    finally:
+        index.close()
+        other.close()
+
+
+def test_buffered_changes_reach_redis_in_the_order_they_were_made(redis_url: str) -> None:
+    # Given a Redis index that writes only when asked
+    index = RedisDeferredIndex(redis.Redis.from_url(redis_url), prefix=PREFIX, flush_interval=60)
+    other = _other_view(redis_url)
+    try:
+        # When a message is recorded, removed (it ran), then recorded again (deferred again)
+        index.add(_job("m1", eta=_in_a_minute()))
+        index.remove("slskd-api", "m1")
+        index.add(_job("m1", eta=_in_a_minute(), deferrals=2))
+        index.close()
+
+        # Then Redis holds its latest entry
+        [job] = other.jobs()
+        assert job.deferrals == 2
     finally:
         other.close()
