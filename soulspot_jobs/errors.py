@@ -84,3 +84,11 @@ class RetryLater(SoulspotJobsError):
 
     def __reduce__(self) -> tuple[object, ...]:
         return (type(self), (self.service, self.retry_after, self.reason))
+
+
+class MalformedMessage(SoulspotJobsError):
+    """A message a job cannot even start on (unknown job id, wrong arguments).
+
+    The circuit-breaker middleware sends its message to the dead-letter queue with this reason
+    in its options; retrying could never help.
+    """

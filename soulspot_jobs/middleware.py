@@ -41,7 +41,7 @@ from soulspot_jobs.deferred import (
     MemoryDeferredIndex,
     RedisDeferredIndex,
 )
-from soulspot_jobs.errors import RetryLater, is_service_failure
+from soulspot_jobs.errors import MalformedMessage, RetryLater, is_service_failure
 from soulspot_jobs.settings import Settings, load_settings
 
 log = structlog.get_logger("soulspot_jobs.middleware")
@@ -213,9 +213,7 @@ class CircuitBreakerMiddleware(Middleware):
         A previously deferred message skipped by another middleware (AgeLimit dead-letters it
         before this middleware sees it) leaves the deferred index here.
         """
-        permit = self._take_permit()
-        if permit is not None:
-            self.breaker(self._service(broker, message)).release_sync(permit)
+        self._release_permit(broker, message)
         if not getattr(self._local, "deferring", False) and message.options.get(DEFERRALS):
             self.index.remove(message.options[DEFERRED_BY], message.message_id)
         self._local.deferring = False
@@ -236,6 +234,12 @@ class CircuitBreakerMiddleware(Middleware):
                 if message is None:
                     raise
                 self._defer(broker, message, exc)
+            except MalformedMessage as exc:
+                message = getattr(self._local, "message", None)
+                if message is None:
+                    raise
+                self._release_permit(broker, message)
+                self._send_to_dead_letters(broker, message, service or "none", f"malformed: {exc}")
             except Exception as exc:
                 message = getattr(self._local, "message", None)
                 judge = self.breaker(service).is_failure if service else self.is_failure
@@ -341,7 +345,7 @@ class CircuitBreakerMiddleware(Middleware):
 
     def _dead_letter_now(self, message: Any) -> None:
         log.error(
-            f"Message {message.message_id} exceeded its deferral budget; dead-lettered.",
+            f"Message {message.message_id} dead-lettered: {message.options[DEAD_LETTER_REASON]}",
             event_name="job.dead_lettered",
             circuit_breaker=message.options.get(DEFERRED_BY),
             state="open",
@@ -357,6 +361,11 @@ class CircuitBreakerMiddleware(Middleware):
         message.options["store_results"] = False
         self._local.deferring = True
         raise SkipMessage("deferred by circuit breaker")
+
+    def _release_permit(self, broker: dramatiq.Broker, message: Any) -> None:
+        permit = self._take_permit()
+        if permit is not None:
+            self.breaker(self._service(broker, message)).release_sync(permit)
 
     def _take_permit(self) -> Permit | None:
         permit = getattr(self._local, "permit", None)

@@ -10,7 +10,12 @@ import structlog
 from dramatiq.middleware import CurrentMessage
 
 from soulspot_jobs.circuit_breaker import CircuitBreakerError
-from soulspot_jobs.errors import RetryLater, SoulspotJobsError, UpstreamRequestError
+from soulspot_jobs.errors import (
+    MalformedMessage,
+    RetryLater,
+    SoulspotJobsError,
+    UpstreamRequestError,
+)
 from soulspot_jobs.jobs import JobState, JobStore
 
 log = structlog.get_logger("soulspot_jobs.jobs")
@@ -30,6 +35,7 @@ def job_step(
       ``failed`` with the reason, and the message ends normally (retrying cannot help).
     * A deferral (breaker refusal, :class:`RetryLater`) passes through to the middleware,
       which marks the job ``deferred``.
+    * A message naming no known job is dead-lettered with the reason (:class:`MalformedMessage`).
     * Anything else is recorded as ``last_error`` and re-raised for Dramatiq's retries; on the
       last retry the job is ``failed``.
     """
@@ -37,6 +43,8 @@ def job_step(
     def decorate(fn: Callable[[str], Any]) -> Callable[[str], Any]:
         @functools.wraps(fn)
         def step(job_id: str) -> Any:
+            if not isinstance(job_id, str) or store.get(job_id) is None:
+                raise MalformedMessage(f"no job record {job_id!r}")
             store.update(job_id, state=state, service=service, count_attempt=True)
             with structlog.contextvars.bound_contextvars(job_id=job_id, step=fn.__name__):
                 try:

@@ -11,6 +11,7 @@ from soulspot_jobs.circuit_breaker import CircuitState
 from soulspot_jobs.fakes.catalog import CATALOG
 from soulspot_jobs.fakes.spotify import DEMO_PLAYLIST
 from soulspot_jobs.jobs import JobState
+from soulspot_jobs.middleware import DEAD_LETTER_REASON
 from tests.jobs.conftest import Fakes, finished, running, settings_for, wait_for
 
 DAFT_PUNK = CATALOG[0]
@@ -136,3 +137,22 @@ def test_spotify_retry_after_is_honoured_by_every_worker(redis_url: str, fakes: 
     assert [job.state for job in imports] == [JobState.DONE] * 2
     first_request, *later = fakes.spotify.request_times
     assert later and min(later) - first_request >= 2.0
+
+
+def test_a_message_for_an_unknown_job_goes_to_the_dead_letter_queue_with_a_reason(
+    redis_url: str, fakes: Fakes
+) -> None:
+    # Given the jobs app
+    app = SoulspotJobs(settings_for(redis_url, fakes))
+    dead_letters = f"{app.settings.key_prefix}:dramatiq:default.XQ.msgs"
+    with running(app):
+        # When a message names a job that has no record
+        message = app.actor("search_track").send("no-such-job")
+        wait_for(lambda: app.broker.client.hlen(dead_letters) == 1, what="the dead letter")
+
+    # Then it was dead-lettered at once (no retries) with the reason in its options
+    [raw] = app.broker.client.hvals(dead_letters)
+    dead = dramatiq.Message.decode(raw)
+    assert dead.message_id == message.message_id
+    assert dead.options.get("retries", 0) == 0
+    assert "no job record 'no-such-job'" in dead.options[DEAD_LETTER_REASON]
