@@ -10,11 +10,20 @@ import os
 import re
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    create_model,
+    field_validator,
+)
+from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from pydantic_settings import SettingsError as _SourceError
 
-from soulspot_jobs.circuit_breaker.config import BackendErrorPolicy, CircuitBreakerConfig
+from soulspot_jobs.circuit_breaker.config import CircuitBreakerConfig, CircuitBreakerFields
 from soulspot_jobs.errors import ConfigurationError
 from soulspot_jobs.logging import redact_url
 
@@ -34,29 +43,30 @@ class SettingsError(ConfigurationError):
     """A setting read from the environment or ``.env`` has a value that cannot be used."""
 
 
-class CircuitBreakerOverrides(BaseModel):
-    """Per-service values replacing the defaults; unset fields keep the defaults."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    failure_threshold: int | None = Field(None, gt=0)
-    success_threshold: int | None = Field(None, gt=0)
-    timeout: float | None = Field(None, gt=0)
-    reset_timeout: float | None = Field(None, gt=0)
-    half_open_max_calls: int | None = Field(None, gt=0)
-    trial_lease: float | None = Field(None, gt=0)
-    half_open_retry_after: float | None = Field(None, gt=0)
-    timeout_multiplier: float | None = Field(None, ge=1.0)
-    max_timeout: float | None = Field(None, gt=0)
-    on_backend_error: BackendErrorPolicy | None = None
+def _all_optional(model: type[BaseModel], name: str, doc: str) -> type[BaseModel]:
+    """A model with ``model``'s fields and bounds, each optional with default ``None``."""
+    fields: dict[str, Any] = {
+        field: (info.annotation | None, FieldInfo.merge_field_infos(info, default=None))
+        for field, info in model.model_fields.items()
+    }
+    return create_model(name, __config__=ConfigDict(extra="forbid"), __doc__=doc, **fields)
 
 
-class CircuitBreakerSettings(BaseSettings):
+#: Per-service values replacing the defaults; unset fields keep the defaults.
+CircuitBreakerOverrides = _all_optional(
+    CircuitBreakerFields,
+    "CircuitBreakerOverrides",
+    "Per-service values replacing the defaults; unset fields keep the defaults.",
+)
+
+
+class CircuitBreakerSettings(BaseSettings, CircuitBreakerFields):
     """Circuit breaker defaults (``CIRCUIT_BREAKER_*``) and per-service overrides.
 
-    Same fields, defaults and bounds as :class:`CircuitBreakerConfig`, parsed leniently because
-    environment values are strings. A service's overrides are read from
-    ``CIRCUIT_BREAKER_SLSKD_API__TIMEOUT=30`` or ``CIRCUIT_BREAKER_SLSKD_API='{"timeout": 30}'``.
+    The fields, defaults and bounds of :class:`CircuitBreakerConfig` (inherited from
+    :class:`CircuitBreakerFields`), parsed leniently because environment values are strings.
+    A service's overrides are read from ``CIRCUIT_BREAKER_SLSKD_API__TIMEOUT=30`` or
+    ``CIRCUIT_BREAKER_SLSKD_API='{"timeout": 30}'``.
     Seconds are floats; ``max_timeout`` accepts ``none``.
     """
 
@@ -68,17 +78,6 @@ class CircuitBreakerSettings(BaseSettings):
         env_parse_none_str="none",
         extra="ignore",
     )
-
-    failure_threshold: int = Field(5, gt=0)
-    success_threshold: int = Field(2, gt=0)
-    timeout: float = Field(60.0, gt=0)
-    reset_timeout: float = Field(300.0, gt=0)
-    half_open_max_calls: int = Field(1, gt=0)
-    trial_lease: float = Field(60.0, gt=0)
-    half_open_retry_after: float = Field(1.0, gt=0)
-    timeout_multiplier: float = Field(1.0, ge=1.0)
-    max_timeout: float | None = Field(None, gt=0)
-    on_backend_error: BackendErrorPolicy = "allow"
 
     slskd_api: CircuitBreakerOverrides = Field(default_factory=CircuitBreakerOverrides)
     spotify_api: CircuitBreakerOverrides = Field(default_factory=CircuitBreakerOverrides)

@@ -13,14 +13,13 @@ from soulspot_jobs.errors import ConfigurationError
 BackendErrorPolicy = Literal["allow", "reject"]
 
 
-class CircuitBreakerConfig(BaseModel):
-    """Thresholds and timings of a circuit breaker; all durations are seconds as floats.
+class CircuitBreakerFields(BaseModel):
+    """The fields, defaults and bounds of a breaker's config, shared by
+    :class:`CircuitBreakerConfig` and the settings that read them from the environment.
 
     The first four fields and their defaults are the SoulSpot design's. The others refine it and
     default to the design's behaviour: one trial at a time, a constant ``timeout``.
     """
-
-    model_config = ConfigDict(frozen=True, strict=True, extra="forbid")
 
     #: Consecutive failures (each within ``reset_timeout`` of the previous) that open the circuit.
     failure_threshold: int = Field(5, gt=0)
@@ -42,6 +41,16 @@ class CircuitBreakerConfig(BaseModel):
     max_timeout: float | None = Field(None, gt=0)
     #: Fail open ("allow") or closed ("reject") while the shared store is unreachable.
     on_backend_error: BackendErrorPolicy = "allow"
+
+
+class CircuitBreakerConfig(CircuitBreakerFields):
+    """Thresholds and timings of a circuit breaker; all durations are seconds as floats.
+
+    Strict (``"5"`` is not an int here) and frozen; invalid values raise
+    :class:`ConfigurationError` naming the field.
+    """
+
+    model_config = ConfigDict(frozen=True, strict=True, extra="forbid")
 
     @model_validator(mode="after")
     def _max_timeout_not_below_timeout(self) -> CircuitBreakerConfig:
