@@ -91,9 +91,12 @@ class EmbeddedRedis:
         self,
         *,
         unix_socket: bool = False,
+        port: int | None = None,
         executable: str | None = None,
         startup_timeout: float = STARTUP_TIMEOUT,
     ) -> None:
+        #: The TCP port to serve on (a restart on the port clients know); ``None``: a free one.
+        self.requested_port = port
         self.unix_socket = unix_socket
         self.executable = executable
         self.startup_timeout = startup_timeout
@@ -174,7 +177,7 @@ class EmbeddedRedis:
     def _start_with_retries(self, executable: str) -> None:
         """Start on a fresh free port, again when another process grabbed it in between."""
         for attempt in range(1, BIND_ATTEMPTS + 1):
-            port = 0 if self.unix_socket else _free_port()
+            port = 0 if self.unix_socket else (self.requested_port or _free_port())
             process = self._spawn(executable, port)
             error = self._wait_until_ready(process, port)
             if error is None:

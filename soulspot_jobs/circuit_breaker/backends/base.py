@@ -24,6 +24,8 @@ class Backend(ABC):
 
     #: True when every method works on process memory only, so async callers need no thread.
     in_memory: bool = False
+    #: Seconds an unreachable store is left alone before it is tried again.
+    store_retry_interval: float = STORE_RETRY_INTERVAL
 
     def __init__(self) -> None:
         self._outage_lock = threading.Lock()
@@ -77,7 +79,7 @@ class Backend(ABC):
         """Note that the store failed; True only for the first failure of an episode."""
         with self._outage_lock:
             first, self._in_outage = not self._in_outage, True
-            self._retry_store_at = time.monotonic() + STORE_RETRY_INTERVAL
+            self._retry_store_at = time.monotonic() + self.store_retry_interval
         return first
 
     def store_suspended(self) -> bool:

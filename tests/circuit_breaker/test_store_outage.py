@@ -1,0 +1,128 @@
+"""When the breaker's Redis is unreachable: the configured policy, logged once per episode."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+import structlog
+
+from soulspot_jobs.circuit_breaker import (
+    CircuitBreaker,
+    CircuitBreakerConfig,
+    CircuitBreakerError,
+    RedisBackend,
+)
+from soulspot_jobs.circuit_breaker.breaker import STORE_RETRY_AFTER
+from soulspot_jobs.redis_server import EmbeddedRedis
+
+CALLS = 20
+
+
+@pytest.fixture
+def server() -> Iterator[EmbeddedRedis]:
+    """A Redis of this test's own, so the test can stop it."""
+    with EmbeddedRedis() as own:
+        yield own
+
+
+def _breaker(backend: RedisBackend, policy: str) -> CircuitBreaker:
+    return CircuitBreaker("svc", CircuitBreakerConfig(on_backend_error=policy), backend=backend)
+
+
+def _failing_call() -> None:
+    raise ConnectionError("the service is down too")
+
+
+def test_an_unreachable_store_fails_open_by_default_and_is_logged_once(
+    server: EmbeddedRedis,
+) -> None:
+    # Given a breaker whose Redis has gone away
+    backend = RedisBackend.from_url(server.url, local_view=False)
+    breaker = _breaker(backend, "allow")
+    server.stop()
+    try:
+        # When calls keep coming, some of them failing
+        with structlog.testing.capture_logs() as logs:
+            results = [breaker.call_sync(lambda: "ran") for _ in range(CALLS)]
+            with pytest.raises(ConnectionError):
+                breaker.call_sync(_failing_call)
+
+        # Then every call ran (fail open), nothing crashed, and the outage was logged once
+        assert results == ["ran"] * CALLS
+        outages = [e for e in logs if e.get("event_name") == "circuit_breaker.store_unavailable"]
+        assert len(outages) == 1
+        assert outages[0]["log_level"] == "error"
+        assert outages[0]["circuit_breaker"] == "svc"
+    finally:
+        backend.close()
+
+
+def test_an_unreachable_store_fails_closed_when_configured_to(server: EmbeddedRedis) -> None:
+    # Given a breaker set to fail closed, whose Redis has gone away
+    backend = RedisBackend.from_url(server.url, local_view=False)
+    breaker = _breaker(backend, "reject")
+    server.stop()
+    ran = []
+    try:
+        # When a call comes
+        with pytest.raises(CircuitBreakerError) as refused:
+            breaker.call_sync(ran.append, 1)
+
+        # Then it is refused without running, with the store's retry_after
+        assert ran == []
+        assert refused.value.retry_after == STORE_RETRY_AFTER
+    finally:
+        backend.close()
+
+
+def test_a_store_that_comes_back_is_used_again_and_its_return_is_logged_once(
+    server: EmbeddedRedis,
+) -> None:
+    # Given a breaker that lived through an outage of its Redis
+    port = server.port
+    backend = RedisBackend.from_url(server.url, local_view=False)
+    backend.store_retry_interval = 0.0  # try Redis on every call, so its return is seen at once
+    breaker = _breaker(backend, "allow")
+    breaker.call_sync(lambda: None)
+    server.stop()
+    breaker.call_sync(lambda: None)
+    try:
+        # When Redis is back on the same port
+        with EmbeddedRedis(port=port), structlog.testing.capture_logs() as logs:
+            for _ in range(3):
+                breaker.call_sync(lambda: None)
+            stats = breaker.stats
+
+        # Then decisions go to Redis again, and the recovery was logged exactly once
+        back = [e for e in logs if e.get("event_name") == "circuit_breaker.store_available"]
+        assert len(back) == 1
+        assert stats.total_successes == 3
+    finally:
+        backend.close()
+
+
+def test_an_unreachable_store_is_tried_at_most_once_per_retry_interval(
+    server: EmbeddedRedis,
+) -> None:
+    # Given a breaker whose Redis has gone away
+    backend = RedisBackend.from_url(server.url, local_view=False)
+    breaker = _breaker(backend, "allow")
+    server.stop()
+    attempts = []
+    original = backend._call
+
+    def counted(*args: object) -> object:
+        attempts.append(args[0])
+        return original(*args)
+
+    backend._call = counted  # type: ignore[method-assign]
+    try:
+        # When many calls come within one retry interval
+        for _ in range(CALLS):
+            breaker.call_sync(lambda: None)
+
+        # Then only the first one paid for trying the store
+        assert attempts == ["admit"]
+    finally:
+        backend.close()
