@@ -5,6 +5,8 @@ process must share one Redis), configures logging and declares the actors on the
 module exists for the worker command; programs should build :class:`SoulspotJobs` themselves.
 """
 
+import dramatiq
+
 from soulspot_jobs.app import SoulspotJobs
 from soulspot_jobs.logging import configure_logging
 from soulspot_jobs.settings import load_settings
@@ -13,3 +15,4 @@ settings = load_settings()
 configure_logging(settings)
 jobs = SoulspotJobs(settings)
 broker = jobs.broker
+dramatiq.set_broker(broker)
