@@ -14,6 +14,7 @@ from soulspot_jobs.deferred import (
     MemoryDeferredIndex,
     RedisDeferredIndex,
 )
+from tests.polling import wait_until
 
 #: Key prefix of the Redis index in these tests.
 PREFIX = "test:deferred"
@@ -144,14 +145,6 @@ def _other_view(redis_url: str) -> RedisDeferredIndex:
     return RedisDeferredIndex(redis.Redis.from_url(redis_url), prefix=PREFIX)
 
 
-def _wait_until(condition, timeout: float = 5.0) -> None:
-    """Poll ``condition``: a buffered write has no event another process could wait on."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "the buffered write never reached Redis"
-        time.sleep(0.01)
-
-
 def test_a_buffered_entry_is_read_back_at_once_and_reaches_other_workers_soon(
     redis_url: str,
 ) -> None:
@@ -165,7 +158,7 @@ def test_a_buffered_entry_is_read_back_at_once_and_reaches_other_workers_soon(
 
         # Then the process that wrote it reads it back at once, and another worker soon
         assert index.counts() == {"slskd-api": 1}
-        _wait_until(lambda: other.jobs() == [job])
+        wait_until(lambda: other.jobs() == [job], "the buffered write to reach Redis", 5.0)
     finally:
         index.close()
         other.close()

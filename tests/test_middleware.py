@@ -15,7 +15,7 @@ import threading
 import time
 import traceback
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import dramatiq
@@ -43,6 +43,7 @@ from soulspot_jobs.middleware import (
     CircuitBreakerMiddleware,
 )
 from soulspot_jobs.settings import load_settings
+from tests.polling import wait_until
 
 #: Queue of every test actor.
 QUEUE = "jobs"
@@ -110,14 +111,6 @@ class WorkerThreadRecords(logging.Handler):
 
     def emit(self, record: logging.LogRecord) -> None:
         self.records.append(record)
-
-
-def wait_until(condition: Callable[[], bool], what: str, timeout: float = DEADLINE) -> None:
-    """Poll ``condition`` every 20 ms until it holds; fail after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out after {timeout} s waiting for {what}"
-        time.sleep(0.02)
 
 
 def force_open(breaker: CircuitBreaker, seconds: float) -> None:

@@ -7,7 +7,6 @@ import logging
 import random
 import socket
 import threading
-import time
 import traceback
 import uuid
 from collections.abc import Callable, Iterator
@@ -45,6 +44,7 @@ from soulspot_jobs.errors import (
 from soulspot_jobs.fakes.catalog import CATALOG
 from soulspot_jobs.fakes.slskd import FakeSlskd
 from soulspot_jobs.settings import SlskdSettings
+from tests.polling import poll
 
 KEY = "slskd-key-0f3c9a7e51d24b86"
 TRACK = CATALOG[1]
@@ -83,16 +83,6 @@ def backend(request: pytest.FixtureRequest) -> Iterator[Backend]:
 @pytest.fixture
 def guarded(client: SlskdClient, backend: Backend) -> CircuitBreakerSlskdClient:
     return CircuitBreakerSlskdClient(client, backend=backend)
-
-
-def poll(read: Callable[[], Any], done: Callable[[Any], bool], timeout: float = 5.0) -> Any:
-    """Read until ``done(value)``: waits for the fake's own timed behaviour through its API."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = read()
-        if done(value) or time.monotonic() > deadline:
-            return value
-        time.sleep(0.02)
 
 
 def responses_for(client: SlskdClient, query: str = QUERY) -> list[PeerResponse]:

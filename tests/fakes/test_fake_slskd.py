@@ -6,7 +6,7 @@ import re
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import datetime
 from typing import Any
 
@@ -15,6 +15,7 @@ import pytest
 
 from soulspot_jobs.fakes.catalog import CATALOG
 from soulspot_jobs.fakes.slskd import CONCURRENT_SEARCH_MESSAGE, PEERS, FakeSlskd
+from tests.polling import poll
 
 KEY = "test-key"
 TRACK = CATALOG[0]
@@ -85,16 +86,6 @@ def fake() -> Iterator[FakeSlskd]:
 def http(fake: FakeSlskd) -> Iterator[httpx.Client]:
     with httpx.Client(base_url=fake.url, headers={"X-API-Key": KEY}, timeout=5) as client:
         yield client
-
-
-def poll(read: Callable[[], Any], done: Callable[[Any], bool], timeout: float = 5.0) -> Any:
-    """Read until ``done(value)``: waits for the fake's own timed behaviour through its API."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = read()
-        if done(value) or time.monotonic() > deadline:
-            return value
-        time.sleep(0.02)
 
 
 def completed_search(http: httpx.Client, query: str) -> dict[str, Any]:

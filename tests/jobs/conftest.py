@@ -3,8 +3,7 @@ and a SoulspotJobs app with a real Worker on the session's Redis."""
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -18,6 +17,7 @@ from soulspot_jobs.fakes.slskd import FakeSlskd
 from soulspot_jobs.fakes.spotify import DEFAULT_CLIENT_ID, DEFAULT_CLIENT_SECRET, FakeSpotify
 from soulspot_jobs.jobs import FINAL_STATES, Job
 from soulspot_jobs.settings import Settings, load_settings
+from tests.polling import wait_until
 
 #: Seconds between two requests the fake MusicBrainz accepts in most tests (the real rule is 1 s).
 MUSICBRAINZ_INTERVAL = 0.2
@@ -79,22 +79,11 @@ def running(app: SoulspotJobs, *, threads: int = 4) -> Iterator[dramatiq.Worker]
         app.close()
 
 
-def wait_for(
-    condition: Callable[[], bool], *, timeout: float = JOB_DEADLINE, what: str = "condition"
-) -> None:
-    """Poll ``condition`` until it holds; job records have no event to wait on."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.02)
-
-
 def finished(app: SoulspotJobs, job_ids: list[str], *, timeout: float = JOB_DEADLINE) -> list[Job]:
     """Wait until every job is done or failed; return their records."""
 
     def all_final() -> bool:
         return all(app.job(job_id).state in FINAL_STATES for job_id in job_ids)
 
-    wait_for(all_final, timeout=timeout, what=f"jobs {job_ids} to finish")
+    wait_until(all_final, f"jobs {job_ids} to finish", timeout)
     return [app.job(job_id) for job_id in job_ids]

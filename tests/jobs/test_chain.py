@@ -12,7 +12,8 @@ from soulspot_jobs.fakes.catalog import CATALOG
 from soulspot_jobs.fakes.spotify import DEMO_PLAYLIST
 from soulspot_jobs.jobs import JobState
 from soulspot_jobs.middleware import DEAD_LETTER_REASON
-from tests.jobs.conftest import Fakes, finished, running, settings_for, wait_for
+from tests.jobs.conftest import Fakes, finished, running, settings_for
+from tests.polling import wait_until
 
 DAFT_PUNK = CATALOG[0]
 
@@ -58,7 +59,7 @@ def test_an_slskd_outage_mid_chain_defers_slskd_jobs_while_musicbrainz_jobs_run(
     app.broker.add_middleware(retries)
     with structlog.testing.capture_logs() as logs, running(app):
         downloads = [app.enqueue_download(f"{t.artist} - {t.title}") for t in CATALOG[:3]]
-        wait_for(
+        wait_until(
             lambda: all(app.job(j).state is JobState.DOWNLOADING for j in downloads),
             what="every download to be in progress",
         )
@@ -125,7 +126,7 @@ def test_spotify_retry_after_is_honoured_by_every_worker(redis_url: str, fakes: 
     with running(first, threads=2):
         job_a = first.enqueue_playlist(DEMO_PLAYLIST)
         breaker = first.middleware.breaker("spotify-api")
-        wait_for(lambda: breaker.state is CircuitState.OPEN, what="the 429 to open the breaker")
+        wait_until(lambda: breaker.state is CircuitState.OPEN, "the 429 to open the breaker")
 
     # When another worker (its own breaker view) takes over, and a second import arrives
     with running(second, threads=2):
@@ -148,7 +149,7 @@ def test_a_message_for_an_unknown_job_goes_to_the_dead_letter_queue_with_a_reaso
     with running(app):
         # When a message names a job that has no record
         message = app.actor("search_track").send("no-such-job")
-        wait_for(lambda: app.broker.client.hlen(dead_letters) == 1, what="the dead letter")
+        wait_until(lambda: app.broker.client.hlen(dead_letters) == 1, "the dead letter")
 
     # Then it was dead-lettered at once (no retries) with the reason in its options
     [raw] = app.broker.client.hvals(dead_letters)
