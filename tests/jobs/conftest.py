@@ -21,6 +21,10 @@ from tests.polling import wait_until
 
 #: Seconds between two requests the fake MusicBrainz accepts in most tests (the real rule is 1 s).
 MUSICBRAINZ_INTERVAL = 0.2
+#: The workers' limiter spaces requests this much wider than the fake's rule: the limiter
+#: spaces its reservations, but a busy machine can delay one request's arrival more than the
+#: fake's small jitter tolerance, which the fake would answer with a 503 (a service failure).
+CLIENT_MARGIN = 1.5
 #: Longest a test waits for its jobs to finish, in seconds.
 JOB_DEADLINE = 30.0
 
@@ -43,8 +47,18 @@ def fakes() -> Iterator[Fakes]:
         yield Fakes(slskd, musicbrainz, spotify)
 
 
-def settings_for(redis_url: str, fakes: Fakes, **breaker: Any) -> Settings:
-    """Settings on the test Redis and the fakes; ``breaker`` overrides the breaker defaults."""
+def settings_for(
+    redis_url: str, fakes: Fakes, *, musicbrainz_interval: float | None = None, **breaker: Any
+) -> Settings:
+    """Settings on the test Redis and the fakes; ``breaker`` overrides the breaker defaults.
+
+    The workers' MusicBrainz limiter uses ``musicbrainz_interval`` when given, else the fake's
+    rule widened by ``CLIENT_MARGIN``.
+    """
+    if musicbrainz_interval is None:
+        musicbrainz_interval = CLIENT_MARGIN * (
+            fakes.musicbrainz.min_interval or MUSICBRAINZ_INTERVAL
+        )
     return load_settings(
         REDIS_URL=redis_url,
         slskd={
@@ -55,7 +69,7 @@ def settings_for(redis_url: str, fakes: Fakes, **breaker: Any) -> Settings:
         },
         musicbrainz={
             "url": fakes.musicbrainz.url,
-            "min_interval": fakes.musicbrainz.min_interval or MUSICBRAINZ_INTERVAL,
+            "min_interval": musicbrainz_interval,
         },
         spotify={
             "api_url": fakes.spotify.url,

@@ -33,7 +33,9 @@ def test_the_musicbrainz_limit_holds_across_two_worker_processes(
     # Given a fake MusicBrainz enforcing the real rule, and two worker processes
     fakes.musicbrainz.stop()
     with FakeMusicBrainz(min_interval=1.0) as strict:
-        settings = settings_for(redis_url, Fakes(fakes.slskd, strict, fakes.spotify))
+        # (the workers' limiter at exactly the real rule: this test is about the limiter)
+        shared = Fakes(fakes.slskd, strict, fakes.spotify)
+        settings = settings_for(redis_url, shared, musicbrainz_interval=1.0)
         context = multiprocessing.get_context("spawn")
         stop = context.Event()
         readies = [context.Event() for _ in range(PROCESSES)]

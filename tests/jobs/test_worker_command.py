@@ -12,7 +12,7 @@ from soulspot_jobs.app import SoulspotJobs
 from soulspot_jobs.fakes.catalog import CATALOG
 from soulspot_jobs.jobs import JobState
 from soulspot_jobs.settings import load_settings
-from tests.jobs.conftest import Fakes, finished
+from tests.jobs.conftest import CLIENT_MARGIN, Fakes, finished
 
 #: Seconds the worker command may take to shut down after SIGTERM.
 SHUTDOWN_DEADLINE = 30
@@ -30,7 +30,7 @@ def test_the_dramatiq_worker_command_runs_a_download_job_to_done(
         "SLSKD_SEARCH_POLL_INTERVAL": "0.1",
         "SLSKD_DOWNLOAD_POLL_INTERVAL": "0.1",
         "MUSICBRAINZ_URL": fakes.musicbrainz.url,
-        "MUSICBRAINZ_MIN_INTERVAL": str(fakes.musicbrainz.min_interval),
+        "MUSICBRAINZ_MIN_INTERVAL": str(CLIENT_MARGIN * fakes.musicbrainz.min_interval),
         "LOG_LEVEL": "WARNING",
     }
     command = [sys.executable, "-m", "dramatiq", "soulspot_jobs.worker"]
