@@ -31,7 +31,9 @@ class SoulspotJobs:
 
     def __init__(self, settings: Settings, *, url: str | None = None, **middleware: Any) -> None:
         self.settings = settings
-        self.broker = build_broker(settings, url=url, on_defer=self._on_defer, **middleware)
+        self.broker = build_broker(
+            settings, url=url, on_defer=self._on_defer, on_requeue=self._on_requeue, **middleware
+        )
         self.broker.add_middleware(CurrentMessage())
         self.middleware = next(
             m for m in self.broker.middleware if isinstance(m, CircuitBreakerMiddleware)
@@ -84,8 +86,6 @@ class SoulspotJobs:
     def close(self) -> None:
         """Close the clients, the breakers' backend (its view watcher) and the broker."""
         self.runtime.close()
-        self.middleware.index.close()
-        self.middleware.backend.close()
         self.broker.close()
 
     def _on_defer(self, message: Any, deferred: DeferredJob) -> None:
@@ -97,3 +97,7 @@ class SoulspotJobs:
                 deferred_until=deferred.eta,
                 last_error=deferred.reason,
             )
+
+    def _on_requeue(self, message: Any) -> None:
+        if message.actor_name in JOB_ACTORS and message.args:
+            self.store.reopen(message.args[0], "requeued from the dead-letter queue")

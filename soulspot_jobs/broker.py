@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from dramatiq.brokers.redis import RedisBroker
-from dramatiq.middleware import AgeLimit, AsyncIO, TimeLimit
+from dramatiq.middleware import AgeLimit
 
 from soulspot_jobs.circuit_breaker import Backend, RedisBackend
 from soulspot_jobs.errors import ConfigurationError
 from soulspot_jobs.middleware import CircuitBreakerMiddleware
 from soulspot_jobs.settings import Settings, load_settings
+from soulspot_jobs.shutdown import DaemonAsyncIO, ParentWatch
 
 
 def build_broker(
@@ -21,27 +22,48 @@ def build_broker(
 ) -> RedisBroker:
     """A Redis broker on ``url`` (default ``REDIS_URL``) whose breakers live in the same Redis.
 
-    Middleware order: (Prometheus,) AgeLimit, TimeLimit, CircuitBreaker, ShutdownNotifications,
-    Callbacks, Pipelines, Retries, AsyncIO. AgeLimit comes first so an expired message is
-    dead-lettered without taking a trial slot; the breaker comes before Retries, so a deferral
-    never consumes a retry; Prometheus, when enabled, sees deferrals as skipped messages.
+    Middleware order: (Prometheus,) AgeLimit, TimeLimit, ShutdownNotifications, Callbacks,
+    Pipelines, Retries, **CircuitBreaker**, AsyncIO (its event loop in a daemon thread) and
+    ParentWatch (both in :mod:`soulspot_jobs.shutdown`). AgeLimit comes first so an expired
+    message is dead-lettered without taking a trial slot; the breaker comes after Retries, so
+    that its ``after_process_message`` runs first (Dramatiq calls ``after_*`` hooks in reverse
+    order) and a deferred message is never retried as well. Closing the broker closes the
+    middleware (its deferred-index writer and, for a backend built here, the breakers' view
+    watcher).
     """
     settings = settings if settings is not None else load_settings()
     url = url or settings.redis_url
     if url is None:
         raise ConfigurationError("REDIS_URL is not set: the broker needs a Redis server")
-    broker = RedisBroker(url=url, namespace=f"{settings.key_prefix}:dramatiq")
+    broker = SoulspotRedisBroker(url=url, namespace=f"{settings.key_prefix}:dramatiq")
+    owns_backend = backend is None
     if backend is None:
         backend = RedisBackend(broker.client, prefix=f"{settings.key_prefix}:breaker")
     middleware = CircuitBreakerMiddleware(
         backend=backend,
         settings=settings,
+        owns_backend=owns_backend,
         **middleware_options,  # type: ignore[arg-type]
     )
-    broker.add_middleware(middleware, after=TimeLimit)
-    broker.add_middleware(AsyncIO())
+    broker.add_middleware(middleware)
+    broker.add_middleware(DaemonAsyncIO())
+    broker.add_middleware(ParentWatch())
     if prometheus:
         from dramatiq.middleware.prometheus import Prometheus
 
         broker.add_middleware(Prometheus(), before=AgeLimit)
     return broker
+
+
+class SoulspotRedisBroker(RedisBroker):
+    """A RedisBroker whose ``close`` first closes the middleware that hold resources.
+
+    The circuit-breaker middleware owns a writer thread (the deferred index) and, when it built
+    its backend, the breakers' view watcher: closing the broker stops them.
+    """
+
+    def close(self) -> None:
+        for middleware in self.middleware:
+            if isinstance(middleware, CircuitBreakerMiddleware):
+                middleware.close()
+        super().close()

@@ -127,6 +127,16 @@ class JobStore:
             changes["attempts"] = job.attempts + 1
         self.client.hset(self.key(job_id), mapping=_encode(changes))
 
+    def reopen(self, job_id: str, note: str) -> None:
+        """Take a job out of a final state: its work was requeued and runs again."""
+        if self.client.exists(self.key(job_id)):
+            changes = {
+                "state": JobState.QUEUED.value,
+                "last_error": note,
+                "updated_at": time.time(),
+            }
+            self.client.hset(self.key(job_id), mapping=_encode(changes))
+
     def jobs(self, *, limit: int = 100) -> list[Job]:
         """The most recent jobs, newest first."""
         ids = self.client.zrevrange(f"{self.prefix}:all", 0, limit - 1)

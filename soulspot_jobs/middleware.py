@@ -1,28 +1,38 @@
 """Defer, don't fail: the Dramatiq middleware that puts tagged actors behind shared breakers.
 
-An actor tagged ``service="slskd-api"`` runs only while that service's breaker admits it. When
-the breaker refuses (OPEN, or HALF_OPEN with every trial slot taken), the message is re-enqueued
-with ``delay = retry_after`` plus a little jitter and the original is acknowledged without running:
-it is not failed, its ``retries`` do not change, and Results stores nothing for it. An actor that
-raises :class:`CircuitBreakerError` from inside (a client of another service refused) is deferred
-the same way, by that service's breaker. A message deferred for longer than its budget goes to the
-dead-letter queue with a reason. Only the public ``Broker`` API is used, so the middleware works
-on every broker.
+An actor tagged ``service="slskd-api"`` (or a message sent with that option) runs only while that
+service's breaker admits it. The decision is taken once per message, at its boundary, in this
+middleware's hooks; the actor's function is never wrapped, so calling it as a Python function
+(an actor calling another actor's function) keeps plain Python semantics, and untagged actors
+are untouched: no breaker, no Redis command, Dramatiq's own retries and dead letters.
+
+For a tagged message:
+
+* ``before_process_message`` asks the breaker. Refused (OPEN, or HALF_OPEN with every trial slot
+  taken): the message is replaced by a delayed copy (:mod:`soulspot_jobs.deferral`) and skipped.
+* ``after_process_message`` reports the outcome. The message is replaced by a delayed copy, with no
+  retry spent, when the actor was held back from inside (a :class:`CircuitBreakerError` of another
+  service, :class:`RetryLater`) or when its failure left the failing service's breaker OPEN (this
+  failure opened it, or it was already open). Any other failure is the message's own failed
+  attempt: Dramatiq's Retries handles it (``max_retries``, backoff, ``throws``, ``retry_when``).
+
+This middleware must come *after* Retries in the broker's middleware list, so that its
+``after_process_message`` runs first (Dramatiq calls ``after_*`` hooks in reverse order) and a
+replaced message is never retried as well.
 """
 
 from __future__ import annotations
 
-import functools
+import inspect
 import logging
-import random
 import threading
-import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
 import dramatiq
+import redis
 import structlog
-from dramatiq.middleware import Middleware, SkipMessage
+from dramatiq.middleware import Middleware, Retries, SkipMessage
 from dramatiq.middleware.time_limit import TimeLimitExceeded
 from dramatiq.rate_limits import RateLimitExceeded
 
@@ -30,10 +40,25 @@ from soulspot_jobs.circuit_breaker import (
     Backend,
     CircuitBreaker,
     CircuitBreakerError,
+    CircuitState,
     MemoryBackend,
     Permit,
     RedisBackend,
-    holding,
+)
+from soulspot_jobs.circuit_breaker.breaker import hold, release_hold
+from soulspot_jobs.deferral import (
+    DEAD_LETTER_REASON,
+    DEFAULT_JITTER_RATIO,
+    DEFAULT_MAX_DEFERRAL,
+    DEFAULT_MAX_JITTER,
+    DEFERRALS,
+    DEFERRED_BY,
+    FIRST_DEFERRED_AT,
+    HISTORY_OPTIONS,
+    DeadLettered,
+    Deferrals,
+    HopMemory,
+    Refusal,
 )
 from soulspot_jobs.deferred import (
     DeferredIndex,
@@ -44,37 +69,26 @@ from soulspot_jobs.deferred import (
 from soulspot_jobs.errors import MalformedMessage, RetryLater, is_service_failure
 from soulspot_jobs.settings import Settings, load_settings
 
+__all__ = [
+    "CircuitBreakerMiddleware",
+    "DEAD_LETTER_REASON",
+    "DEFERRALS",
+    "DEFERRED_BY",
+    "FIRST_DEFERRED_AT",
+]
+
 log = structlog.get_logger("soulspot_jobs.middleware")
-
-#: Default deferral budget in milliseconds: a message deferred for longer is dead-lettered.
-DEFAULT_MAX_DEFERRAL = 24 * 60 * 60 * 1000
-#: Jitter added to a deferral, as a fraction of its ``retry_after`` ...
-DEFAULT_JITTER_RATIO = 0.1
-#: ... and never more than this many seconds.
-DEFAULT_MAX_JITTER = 5.0
-#: The Redis broker refuses delays of 7 days or more (milliseconds).
-MAX_DELAY = 7 * 24 * 60 * 60 * 1000 - 1
-
-#: Message options carrying a deferred message's history.
-DEFERRALS = "circuit_breaker_deferrals"
-FIRST_DEFERRED_AT = "circuit_breaker_first_deferred_at"
-DEFERRED_BY = "circuit_breaker_service"
-#: Set on a message on its way to the dead-letter queue: why it is there.
-DEAD_LETTER_REASON = "circuit_breaker_dead_letter_reason"
-
-#: Seconds a message waits after its service failed under it while the breaker stayed CLOSED.
-SERVICE_FAILURE_BACKOFF = 1.0
 
 #: Exceptions that end a call without saying anything about the service's health.
 NOT_SERVICE_FAILURES = (dramatiq.Retry, RateLimitExceeded)
+#: Exceptions that hold a message back from inside: it is deferred, never retried.
+HELD_BACK = (CircuitBreakerError, RetryLater)
 
-#: The worker's own log line for skipped messages, silenced for deferrals.
-_SKIP_LOG_MESSAGE = "Message %s was skipped."
-_WORKER_THREAD_LOGGER = "dramatiq.worker.WorkerThread"
-
-
-def _now_ms() -> int:
-    return int(time.time() * 1000)
+#: Log lines of Dramatiq's that say the wrong thing about a deferred message.
+_SKIPPED = "Message %s was skipped."
+_FAILED = "Failed to process message %s with unhandled exception."
+_ABORTED = "Aborting message %r."
+_QUIETED_LOGGERS = ("dramatiq.worker.WorkerThread", "dramatiq.middleware.retries.Retries")
 
 
 class CircuitBreakerMiddleware(Middleware):
@@ -82,7 +96,7 @@ class CircuitBreakerMiddleware(Middleware):
 
     Parameters:
       backend: where breaker state lives; default: Redis at ``settings.redis_url`` when set,
-        else process memory.
+        else process memory. A backend built here is closed with the middleware.
       settings: breaker configs per service; default: :func:`load_settings`.
       breakers: ready-made breakers by service name (custom failure classification).
       is_failure: which exceptions escaping an actor count against its service's breaker, for
@@ -90,10 +104,13 @@ class CircuitBreakerMiddleware(Middleware):
         (the service's own failures, never the job's own errors or bugs).
       index: the deferred-jobs index; default: in the backend's Redis, else in memory.
       on_defer: called with ``(message, deferred_job)`` after each deferral (job records use it
-        to show a job as deferred); it must not raise.
+        to show a job as deferred); its errors are logged, never raised.
+      on_requeue: called with ``(message)`` when a dead-lettered message comes back (requeued by
+        an operator); its errors are logged, never raised.
       max_deferral: default deferral budget in milliseconds (actor option ``max_deferral``).
       jitter_ratio, max_jitter: jitter added to each delay: uniform in
         ``[0, min(max_jitter, jitter_ratio * retry_after)]`` seconds, never negative.
+      owns_backend: close the backend with the middleware (default: when it was built here).
     """
 
     def __init__(
@@ -105,37 +122,50 @@ class CircuitBreakerMiddleware(Middleware):
         index: DeferredIndex | None = None,
         is_failure: Callable[[BaseException], bool] = is_service_failure,
         on_defer: Callable[[Any, DeferredJob], None] | None = None,
+        on_requeue: Callable[[Any], None] | None = None,
         max_deferral: int = DEFAULT_MAX_DEFERRAL,
         jitter_ratio: float = DEFAULT_JITTER_RATIO,
         max_jitter: float = DEFAULT_MAX_JITTER,
+        owns_backend: bool | None = None,
     ) -> None:
         self.settings = settings if settings is not None else load_settings()
+        self.owns_backend = backend is None if owns_backend is None else owns_backend
         if backend is None:
             url = self.settings.redis_url
             backend = RedisBackend.from_url(url) if url else MemoryBackend()
         self.backend = backend
+        client = backend.client if isinstance(backend, RedisBackend) else None
+        prefix = self.settings.key_prefix
         if index is None:
-            if isinstance(backend, RedisBackend):
-                index = RedisDeferredIndex(
-                    backend.client, prefix=f"{self.settings.key_prefix}:deferred"
-                )
+            if client is not None:
+                index = RedisDeferredIndex(client, prefix=f"{prefix}:deferred")
             else:
                 index = MemoryDeferredIndex()
         self.index = index
+        self.deferrals = Deferrals(
+            index,
+            HopMemory(client, prefix=f"{prefix}:deadletter-hops"),
+            on_defer=on_defer,
+            max_deferral=max_deferral,
+            jitter_ratio=jitter_ratio,
+            max_jitter=max_jitter,
+        )
         self.is_failure = is_failure
-        self.on_defer = on_defer
-        self.max_deferral = max_deferral
-        self.jitter_ratio = jitter_ratio
-        self.max_jitter = max_jitter
+        self.on_requeue = on_requeue
         self._breakers: dict[str, CircuitBreaker] = dict(breakers or {})
         self._breakers_lock = threading.Lock()
-        #: Per worker thread: the message being processed, its permit, whether it is deferred.
+        self._signatures: dict[str, inspect.Signature | None] = {}
+        #: Per worker thread: the tagged message being processed and what it holds.
         self._local = threading.local()
-        self._log_filter = _DeferralSkipFilter(self._local)
+        self._log_filter = _DeferralLogFilter(self._local)
 
     @property
     def actor_options(self) -> set[str]:
         return {"service", "max_deferral"}
+
+    @property
+    def max_deferral(self) -> int:
+        return self.deferrals.max_deferral
 
     def breaker(self, service: str) -> CircuitBreaker:
         """The breaker of ``service``, built from the settings on first use."""
@@ -151,40 +181,60 @@ class CircuitBreakerMiddleware(Middleware):
                     self._breakers[service] = breaker
         return breaker
 
-    # -- wiring --------------------------------------------------------------------------
+    def close(self) -> None:
+        """Write the deferred index's buffer; stop the backend's view watcher if owned here."""
+        try:
+            self.index.close()
+        except redis.RedisError as exc:
+            log.warning(f"Deferred index not flushed on close: {exc}", event_name="index.lost")
+        if self.owns_backend:
+            self.backend.close()
 
-    def after_declare_actor(self, broker: dramatiq.Broker, actor: dramatiq.Actor) -> None:
-        """Wrap the actor so a :class:`CircuitBreakerError` from inside defers the message."""
-        if getattr(actor.fn, "_defers_on_breaker_error", False):
-            return
-        actor.fn = self._deferring(broker, actor.fn)
+    # -- the worker's life ---------------------------------------------------------------
 
     def before_worker_boot(self, broker: dramatiq.Broker, worker: Any) -> None:
-        logging.getLogger(_WORKER_THREAD_LOGGER).addFilter(self._log_filter)
+        for name in _QUIETED_LOGGERS:
+            logger = logging.getLogger(name)
+            if self._log_filter not in logger.filters:
+                logger.addFilter(self._log_filter)
+        if self.owns_backend:
+            self.backend.reopen()
+        _check_order(broker, self)
 
     def after_worker_shutdown(self, broker: dramatiq.Broker, worker: Any) -> None:
-        logging.getLogger(_WORKER_THREAD_LOGGER).removeFilter(self._log_filter)
-        self.index.flush()
+        for name in _QUIETED_LOGGERS:
+            logging.getLogger(name).removeFilter(self._log_filter)
+        self.close()
 
     # -- the message's life --------------------------------------------------------------
 
     def before_process_message(self, broker: dramatiq.Broker, message: Any) -> None:
         local = self._local
-        local.message, local.permit, local.service, local.deferring = message, None, None, False
+        local.service = local.permit = local.hold = None
+        local.replaced = False
         options = message.options
         if options.get(DEAD_LETTER_REASON):
-            self._dead_letter_now(message)
-        service = options.get("service") or broker.get_actor(message.actor_name).options.get(
-            "service"
-        )
-        if service is not None:
-            try:
-                local.permit = self.breaker(service).acquire_sync()
-            except CircuitBreakerError as exc:
-                self._defer(broker, message, exc)
-            local.service = service
+            if self.deferrals.is_hop(message):
+                local.replaced = True  # dead-lettered as planned, not "skipped"
+                message.fail()
+                raise SkipMessage(options[DEAD_LETTER_REASON])
+            self._requeued(message)
+        service = self._service(broker, message)
+        if service is None:
+            return
+        local.service = service
+        problem = self._argument_problem(broker, message)
+        if problem is not None:
+            self._replace(broker, message, problem)
+            raise SkipMessage(problem)
+        try:
+            local.permit = self.breaker(service).acquire_sync()
+        except CircuitBreakerError as refusal:
+            self._replace(broker, message, _refusal_of(refusal))
+            raise SkipMessage("deferred by circuit breaker") from None
+        local.hold = hold(service)
         if options.get(DEFERRALS):
-            self.index.remove(options[DEFERRED_BY], message.message_id)
+            self.deferrals.forget(options[DEFERRED_BY], message.message_id)
 
     def after_process_message(
         self,
@@ -194,18 +244,18 @@ class CircuitBreakerMiddleware(Middleware):
         result: Any = None,
         exception: BaseException | None = None,
     ) -> None:
-        permit = self._take_permit()
-        if permit is None:
+        service, permit = self._end_message()
+        if service is None or permit is None:
             return
-        breaker = self.breaker(self._service(broker, message))
+        breaker = self.breaker(service)
         if exception is None:
             breaker.record_success_sync(permit)
-        elif isinstance(exception, TimeLimitExceeded):
-            breaker.record_failure_sync(permit)
-        elif isinstance(exception, NOT_SERVICE_FAILURES):
-            breaker.release_sync(permit)
-        else:
-            breaker.record_outcome_sync(permit, exception)
+            return
+        outcome = self._judge(service, breaker, permit, exception)
+        if outcome is None:
+            return  # the message's own failed attempt: Dramatiq's Retries takes it from here
+        self._replace(broker, message, outcome)
+        _keep_retries_away(message, exception)
 
     def after_skip_message(self, broker: dramatiq.Broker, message: Any) -> None:
         """A skipped message never ran to an outcome: give its trial slot back.
@@ -213,179 +263,220 @@ class CircuitBreakerMiddleware(Middleware):
         A previously deferred message skipped by another middleware (AgeLimit dead-letters it
         before this middleware sees it) leaves the deferred index here.
         """
-        self._release_permit(broker, message)
-        if not getattr(self._local, "deferring", False) and message.options.get(DEFERRALS):
-            self.index.remove(message.options[DEFERRED_BY], message.message_id)
-        self._local.deferring = False
-
-    # -- deferral ------------------------------------------------------------------------
-
-    def _deferring(self, broker: dramatiq.Broker, fn: Callable[..., Any]) -> Callable[..., Any]:
-        @functools.wraps(fn)
-        def run_or_defer(*args: Any, **kwargs: Any) -> Any:
-            service = getattr(self._local, "service", None)
-            try:
-                if service is None:
-                    return fn(*args, **kwargs)
-                with holding(service):  # the message holds this breaker's permit already
-                    return fn(*args, **kwargs)
-            except (CircuitBreakerError, RetryLater) as exc:
-                message = getattr(self._local, "message", None)
-                if message is None:
-                    raise
-                self._defer(broker, message, exc)
-            except MalformedMessage as exc:
-                message = getattr(self._local, "message", None)
-                if message is None:
-                    raise
-                self._release_permit(broker, message)
-                self._send_to_dead_letters(broker, message, service or "none", f"malformed: {exc}")
-            except Exception as exc:
-                message = getattr(self._local, "message", None)
-                judge = self.breaker(service).is_failure if service else self.is_failure
-                if message is None or not judge(exc):
-                    raise
-                self._defer(broker, message, self._after_service_failure(service, exc))
-
-        run_or_defer._defers_on_breaker_error = True  # type: ignore[attr-defined]
-        return run_or_defer
-
-    def _after_service_failure(self, service: str | None, exc: Exception) -> RetryLater:
-        """Count a service failure under a message, and say when the message should try again.
-
-        Outages must not burn retries: a failure of the actor's own service is recorded on its
-        breaker and the message is deferred (until the breaker's timeout when this failure opened
-        it, else briefly). A failure of another service (its client's guard counted it already)
-        only defers the message.
-        """
-        failed_service = getattr(exc, "service", None) or service or "unknown"
-        retry_after = getattr(exc, "retry_after", None) or SERVICE_FAILURE_BACKOFF
-        permit = self._take_permit()
+        service, permit = self._end_message()
         if permit is not None and service is not None:
-            breaker = self.breaker(service)
-            if failed_service == service:
-                transition = breaker.record_outcome_sync(permit, exc)
-                if transition is not None and transition.open_for:
-                    retry_after = max(retry_after, transition.open_for)
-            else:
-                breaker.release_sync(permit)
-        detail = str(exc).removeprefix(f"{failed_service}: ")
-        return RetryLater(failed_service, retry_after, f"service failed ({detail})")
-
-    def _defer(
-        self, broker: dramatiq.Broker, message: Any, refusal: CircuitBreakerError | RetryLater
-    ) -> None:
-        """Re-enqueue ``message`` after the refusal's ``retry_after``; always raises SkipMessage.
-
-        ``refusal`` is a breaker's (OPEN or HALF_OPEN and busy) or the job's own
-        :class:`RetryLater` (back-pressure, a busy shared rate limit).
-        """
-        now = _now_ms()
+            self.breaker(service).release_sync(permit)
         options = message.options
-        deferrals = options.get(DEFERRALS, 0) + 1
-        first_deferred_at = options.get(FIRST_DEFERRED_AT) or now
-        actor = broker.get_actor(message.actor_name)
-        budget = options.get("max_deferral") or actor.options.get("max_deferral", self.max_deferral)
-        if isinstance(refusal, CircuitBreakerError):
-            service, state = refusal.service_name, refusal.state.value
-        else:
-            service, state = refusal.service, "closed"
-        if now - first_deferred_at >= budget:
-            reason = (
-                f"deferred {deferrals - 1} times over {(now - first_deferred_at) / 1000:.1f} s "
-                f"by circuit breaker {service}, past the budget of {budget / 1000:.1f} s"
-            )
-            self._send_to_dead_letters(broker, message, service, reason)
-        delay = min(self._delay_ms(refusal.retry_after), MAX_DELAY)
-        history = {DEFERRALS: deferrals, FIRST_DEFERRED_AT: first_deferred_at, DEFERRED_BY: service}
-        broker.enqueue(message.copy(options=history), delay=delay)
-        deferred = DeferredJob(
-            message_id=message.message_id,
-            actor=message.actor_name,
-            queue=message.queue_name,
-            service=service,
-            eta=now + delay,
-            deferrals=deferrals,
-            first_deferred_at=first_deferred_at,
-            reason=str(refusal),
-        )
-        self.index.add(deferred)
-        if self.on_defer is not None:
-            self.on_defer(message, deferred)
-        log.warning(
-            str(refusal),
-            event_name="job.deferred",
-            circuit_breaker=service,
-            state=state,
-            retry_after=round(refusal.retry_after, 3),
-            delay=round(delay / 1000, 3),
-            message_id=message.message_id,
-            actor=message.actor_name,
-            service=service,
-            deferrals=deferrals,
-        )
-        self._skip_quietly(message)
+        if not getattr(self._local, "replaced", False) and options.get(DEFERRALS):
+            self.deferrals.forget(options[DEFERRED_BY], message.message_id)
+        self._local.replaced = False
 
-    def _delay_ms(self, retry_after: float) -> int:
-        jitter = random.uniform(0.0, min(self.max_jitter, self.jitter_ratio * retry_after))
-        # Rounded up: the message must never come back before ``retry_after``.
-        return int(-(-(retry_after + jitter) * 1000 // 1))
+    def after_nack(self, broker: dramatiq.Broker, message: Any) -> None:
+        if message.options.get(DEAD_LETTER_REASON):
+            self.deferrals.arrived_in_dead_letters(message)
 
-    def _send_to_dead_letters(
-        self, broker: dramatiq.Broker, message: Any, service: str, reason: str
-    ) -> None:
-        """Re-enqueue ``message`` marked with ``reason``; the worker dead-letters it on arrival.
+    # -- decisions -----------------------------------------------------------------------
 
-        The hop makes the reason part of the dead-lettered message on every broker (brokers
-        dead-letter the message as it was enqueued, not as a middleware changed it).
+    def _judge(
+        self,
+        service: str,
+        breaker: CircuitBreaker,
+        permit: Permit,
+        exc: BaseException,
+    ) -> Refusal | str | None:
+        """What an exception escaping a tagged actor means for its message.
+
+        A :class:`Refusal` defers it, a string dead-letters it with that reason, ``None`` leaves
+        it to Dramatiq (a success, a bug, or a failure after which its service's breaker is
+        still CLOSED: the message's own failed attempt).
         """
-        self.index.remove(message.options.get(DEFERRED_BY, service), message.message_id)
-        broker.enqueue(message.copy(options={DEAD_LETTER_REASON: reason, DEFERRED_BY: service}))
-        self._skip_quietly(message)
+        if isinstance(exc, HELD_BACK):
+            breaker.release_sync(permit)
+            if isinstance(exc, CircuitBreakerError):
+                return _refusal_of(exc)
+            return Refusal(exc.service, exc.retry_after, str(exc), self._state(exc.service))
+        if isinstance(exc, MalformedMessage):
+            breaker.release_sync(permit)
+            return f"malformed: {exc}"
+        if isinstance(exc, NOT_SERVICE_FAILURES):
+            breaker.release_sync(permit)
+            return None
+        if isinstance(exc, TimeLimitExceeded):
+            transition = breaker.record_failure_sync(permit)
+            return self._if_open(service, exc, transition.open_for if transition else None)
+        failed_service = getattr(exc, "service", None) or service
+        if failed_service != service:
+            # Another service's client counted this failure on its own breaker already.
+            breaker.release_sync(permit)
+            if not self.breaker(service).is_failure(exc):
+                return None
+            return self._if_open(failed_service, exc, None)
+        if not breaker.is_failure(exc):
+            breaker.release_sync(permit)
+            return None
+        transition = breaker.record_outcome_sync(permit, exc)
+        return self._if_open(service, exc, transition.open_for if transition else None)
 
-    def _dead_letter_now(self, message: Any) -> None:
-        log.error(
-            f"Message {message.message_id} dead-lettered: {message.options[DEAD_LETTER_REASON]}",
-            event_name="job.dead_lettered",
-            circuit_breaker=message.options.get(DEFERRED_BY),
-            state="open",
+    def _if_open(
+        self, service: str, exc: BaseException, opened_for: float | None
+    ) -> Refusal | None:
+        """Defer after a failure only when it left ``service``'s breaker OPEN."""
+        if opened_for is None:
+            stats = self.breaker(service).stats
+            if stats.state is not CircuitState.OPEN or not stats.retry_after:
+                return None
+            opened_for = stats.retry_after
+        retry_after = max(opened_for, getattr(exc, "retry_after", None) or 0.0)
+        detail = str(exc).removeprefix(f"{service}: ")
+        reason = (
+            f"Circuit breaker {service} is OPEN after a failure ({detail}). "
+            f"Retry after {retry_after:.1f} seconds."
+        )
+        return Refusal(service, retry_after, reason, CircuitState.OPEN.value)
+
+    def _state(self, service: str) -> str:
+        """The real state of ``service``'s breaker, for the logs (``unknown`` if unreadable)."""
+        try:
+            return self.breaker(service).stats.state.value
+        except Exception:  # noqa: BLE001 - a log field must not fail a deferral
+            return "unknown"
+
+    def _argument_problem(self, broker: dramatiq.Broker, message: Any) -> str | None:
+        """Why the actor cannot be called with the message's arguments, or ``None``."""
+        name = message.actor_name
+        if name not in self._signatures:
+            try:
+                self._signatures[name] = inspect.signature(broker.get_actor(name).fn)
+            except (TypeError, ValueError):
+                self._signatures[name] = None
+        signature = self._signatures[name]
+        if signature is None:
+            return None
+        try:
+            signature.bind(*message.args, **message.kwargs)
+        except TypeError as exc:
+            return f"malformed: wrong arguments for {name}: {exc}"
+        return None
+
+    # -- replacing a message -------------------------------------------------------------
+
+    def _replace(self, broker: dramatiq.Broker, message: Any, outcome: Refusal | str) -> None:
+        """Replace ``message`` by a deferred copy or a dead-letter hop; the original is acked.
+
+        When the broker refuses the copy, the original is failed instead (dead-lettered with
+        Dramatiq's own record, or left for redelivery if the broker is down): never lost.
+        """
+        try:
+            if isinstance(outcome, Refusal):
+                self.deferrals.defer(broker, message, outcome)
+            else:
+                self._dead_letter(broker, message, self._local.service or "none", outcome)
+        except Exception as exc:  # noqa: BLE001 - whatever the broker raised
+            log.error(
+                f"Message {message.message_id} could not be replaced ({exc}); it is failed "
+                "instead, so that it is not lost.",
+                event_name="job.replace_failed",
+                message_id=message.message_id,
+                actor=message.actor_name,
+            )
+            message.fail()
+            return
+        message.options["store_results"] = False
+        self._local.replaced = True
+
+    def _dead_letter(
+        self, broker: dramatiq.Broker, message: Any, service: str, reason: str
+    ) -> DeadLettered:
+        return self.deferrals.dead_letter(
+            broker, message, service, reason, state=self._state(service)
+        )
+
+    def _requeued(self, message: Any) -> None:
+        """A dead letter came back: it runs now, with a fresh deferral budget."""
+        for option in HISTORY_OPTIONS:
+            message.options.pop(option, None)
+        log.info(
+            f"Message {message.message_id} was requeued from the dead-letter queue.",
+            event_name="job.requeued",
             message_id=message.message_id,
             actor=message.actor_name,
-            reason=message.options[DEAD_LETTER_REASON],
         )
-        message.fail()
-        raise SkipMessage(message.options[DEAD_LETTER_REASON])
+        if self.on_requeue is not None:
+            try:
+                self.on_requeue(message)
+            except Exception as exc:  # noqa: BLE001 - bookkeeping must never fail a message
+                log.warning(f"on_requeue failed: {exc}", event_name="job.bookkeeping_failed")
 
-    def _skip_quietly(self, message: Any) -> None:
-        """Skip the original: no result stored for it, no "was skipped" warning logged."""
-        message.options["store_results"] = False
-        self._local.deferring = True
-        raise SkipMessage("deferred by circuit breaker")
+    # -- per-thread state ----------------------------------------------------------------
 
-    def _release_permit(self, broker: dramatiq.Broker, message: Any) -> None:
-        permit = self._take_permit()
-        if permit is not None:
-            self.breaker(self._service(broker, message)).release_sync(permit)
-
-    def _take_permit(self) -> Permit | None:
-        permit = getattr(self._local, "permit", None)
-        self._local.permit = None
-        return permit
+    def _end_message(self) -> tuple[str | None, Permit | None]:
+        local = self._local
+        service, permit = getattr(local, "service", None), getattr(local, "permit", None)
+        local.service = local.permit = None
+        held = getattr(local, "hold", None)
+        if held is not None:
+            release_hold(held)
+            local.hold = None
+        return service, permit
 
     @staticmethod
-    def _service(broker: dramatiq.Broker, message: Any) -> str:
-        return (
-            message.options.get("service")
-            or broker.get_actor(message.actor_name).options["service"]
+    def _service(broker: dramatiq.Broker, message: Any) -> str | None:
+        service = message.options.get("service")
+        if service is None:
+            actor = broker.actors.get(message.actor_name)
+            service = actor.options.get("service") if actor is not None else None
+        return service
+
+
+def _refusal_of(error: CircuitBreakerError) -> Refusal:
+    return Refusal(error.service_name, error.retry_after, str(error), error.state.value)
+
+
+def _keep_retries_away(message: Any, exception: BaseException) -> None:
+    """Stop Dramatiq's Retries from retrying or failing a message that was replaced.
+
+    Retries (whose ``after_process_message`` runs right after ours) leaves a message alone only
+    when its exception is in ``throws``, and then fails it. This delivery was replaced by a copy,
+    so it must be acknowledged: ``throws`` is set for this delivery alone, and failing it is made
+    a no-op on its proxy (the proxy lives only as long as this delivery).
+    """
+    message.options["throws"] = (type(exception),)
+    message.fail = _not_failed
+
+
+def _not_failed() -> None:
+    """Stands in for ``MessageProxy.fail`` on a delivery that was replaced by a copy."""
+
+
+def _check_order(broker: dramatiq.Broker, middleware: CircuitBreakerMiddleware) -> None:
+    """Log CRITICAL when Retries comes after the middleware: replaced messages would be retried."""
+    position = broker.middleware.index(middleware)
+    if any(isinstance(m, Retries) for m in broker.middleware[position + 1 :]):
+        log.critical(
+            "CircuitBreakerMiddleware must come after Retries in the middleware list "
+            "(broker.add_middleware(CircuitBreakerMiddleware(...)) with no position does that); "
+            "deferred messages would otherwise also be retried.",
+            event_name="middleware.misplaced",
         )
 
 
-class _DeferralSkipFilter(logging.Filter):
-    """Drops the worker's "Message ... was skipped." line for messages that were deferred."""
+class _DeferralLogFilter(logging.Filter):
+    """Drops Dramatiq's log lines that misdescribe a deferred or dead-lettered message.
+
+    The worker says "skipped" for a message deferred before it ran, logs an unhandled-exception
+    ERROR for an actor held back from inside, and Retries says "Aborting" for the replaced
+    original; each of these messages was deferred (``job.deferred``) or dead-lettered instead.
+    """
 
     def __init__(self, local: threading.local) -> None:
         super().__init__()
         self._local = local
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return not (record.msg == _SKIP_LOG_MESSAGE and getattr(self._local, "deferring", False))
+        local = self._local
+        if record.msg in (_SKIPPED, _ABORTED):
+            return not getattr(local, "replaced", False)
+        if record.msg == _FAILED and record.exc_info and getattr(local, "service", None):
+            exc = record.exc_info[1]
+            return not isinstance(exc, (*HELD_BACK, MalformedMessage))
+        return True

@@ -17,12 +17,13 @@ from soulspot_jobs.settings import load_settings
 EXPECTED_ORDER = [
     "AgeLimit",
     "TimeLimit",
-    "CircuitBreakerMiddleware",
     "ShutdownNotifications",
     "Callbacks",
     "Pipelines",
     "Retries",
-    "AsyncIO",
+    "CircuitBreakerMiddleware",
+    "DaemonAsyncIO",
+    "ParentWatch",
 ]
 
 
@@ -35,7 +36,7 @@ def _breaker_middleware(broker: RedisBroker) -> CircuitBreakerMiddleware:
     return middleware
 
 
-def test_the_breaker_sits_after_the_time_limit_and_before_retries(redis_url: str) -> None:
+def test_the_breaker_sits_after_retries_so_it_judges_outcomes_first(redis_url: str) -> None:
     # Given settings naming a Redis server
     settings = load_settings(REDIS_URL=redis_url)
     # When a broker is built from them

@@ -35,13 +35,15 @@ from soulspot_jobs.circuit_breaker import (
     CircuitState,
     RedisBackend,
 )
-from soulspot_jobs.errors import ServiceUnavailableError, is_service_failure
+from soulspot_jobs.deferred import RedisDeferredIndex
+from soulspot_jobs.errors import RetryLater, ServiceUnavailableError, is_service_failure
 from soulspot_jobs.middleware import (
     DEAD_LETTER_REASON,
     DEFERRALS,
     DEFERRED_BY,
     CircuitBreakerMiddleware,
 )
+from soulspot_jobs.redis_server import EmbeddedRedis
 from soulspot_jobs.settings import load_settings
 from tests.polling import wait_until
 
@@ -547,11 +549,11 @@ def test_an_excluded_exception_fails_the_message_without_tripping_or_deferring(
 
 
 def test_a_time_limit_exceeded_counts_as_a_failure_and_opens_the_breaker(
-    harness: Harness, logs: LogWatch
+    harness: Harness, logs: LogWatch, redis_client: redis.Redis
 ) -> None:
     # Given a breaker that opens at the first failure and an actor that outlives its time limit
     slskd = harness.breaker("slskd-api", config(failure_threshold=1, timeout=60.0))
-    broker, _ = harness.broker(slskd)
+    broker, middleware = harness.broker(slskd)
 
     @dramatiq.actor(
         broker=broker, queue_name=QUEUE, service="slskd-api", time_limit=50, max_retries=0
@@ -565,16 +567,24 @@ def test_a_time_limit_exceeded_counts_as_a_failure_and_opens_the_breaker(
     # process boot, which the dramatiq CLI announces in each worker process; a bare Worker
     # does not, so the test announces it; the daemon watchdog idles once no deadline is set)
     broker.emit_after("process_boot")
-    hang.send()
-    worker = harness.start_worker(broker)
+    message = hang.send()
+    harness.start_worker(broker)
 
     # Then the breaker counts the failure and opens
     (opened,) = logs.wait_for("circuit_breaker.opened")
     assert opened["circuit_breaker"] == "slskd-api"
-    drain(broker, worker)
     stats = slskd.stats
     assert stats.state is CircuitState.OPEN
     assert stats.total_failures == 1
+
+    # And the message, whose failure opened the breaker, waits out the timeout instead of being
+    # failed: deferred by about 60 s, not dead-lettered, no retry spent
+    (deferred,) = logs.wait_for("job.deferred")
+    assert deferred["message_id"] == message.message_id
+    assert deferred["state"] == "open"
+    assert deferred["retry_after"] >= 59
+    assert middleware.index.counts() == {"slskd-api": 1}
+    assert redis_client.zcard(DEAD_LETTERS) == 0
 
 
 def test_a_message_past_its_deferral_budget_is_dead_lettered_with_a_reason(
@@ -610,6 +620,137 @@ def test_a_message_past_its_deferral_budget_is_dead_lettered_with_a_reason(
     assert dead["reason"] == lettered.options[DEAD_LETTER_REASON]
     assert runs.times == []
     assert middleware.index.counts() == {}
+
+
+def test_a_requeued_dead_letter_runs_with_a_fresh_budget(
+    harness: Harness, logs: LogWatch, redis_client: redis.Redis
+) -> None:
+    # Given a message dead-lettered past its deferral budget while the breaker was OPEN
+    slskd = harness.breaker("slskd-api", config(timeout=60.0))
+    requeued: list[str] = []
+    broker, middleware = harness.broker(slskd, on_requeue=lambda m: requeued.append(m.message_id))
+    runs = Runs(1)
+
+    @dramatiq.actor(broker=broker, queue_name=QUEUE, service="slskd-api", max_deferral=1)
+    def download(n: int) -> None:
+        runs.record()
+
+    force_open(slskd, HOLD_OPEN)
+    message = download.send(1)
+    worker = harness.start_worker(broker)
+    logs.wait_for("job.deferred")
+    wait_until(lambda: slskd.state is CircuitState.HALF_OPEN, "the breaker to half-open")
+    force_open(slskd, 30.0)
+    logs.wait_for("job.dead_lettered")
+    wait_until(lambda: redis_client.zcard(DEAD_LETTERS) == 1, "the message to be dead-lettered")
+    (lettered,) = dead_lettered(redis_client)
+
+    # When the service recovers and a tool re-enqueues the dead letter exactly as it is stored
+    # (reason and history included), as dramatiq-dashboard does
+    slskd.reset_sync()
+    broker.enqueue(lettered)
+
+    # Then it runs once, with no deferral history, and the requeue is reported
+    runs.wait()
+    drain(broker, worker)
+    assert runs.ids == [message.message_id]
+    options = runs.options[message.message_id]
+    assert DEAD_LETTER_REASON not in options and DEFERRALS not in options
+    assert requeued == [message.message_id]
+    assert logs.named("job.requeued")
+    assert len(logs.named("job.dead_lettered")) == 1
+
+
+def test_deferral_logs_carry_the_breakers_real_state(harness: Harness, logs: LogWatch) -> None:
+    # Given a tagged actor that asks to be retried later (back-pressure) while its breaker is
+    # HALF_OPEN
+    slskd = harness.breaker("slskd-api", config(timeout=0.2, success_threshold=5))
+    broker, _ = harness.broker(slskd)
+    runs = Runs(1)
+
+    @dramatiq.actor(broker=broker, queue_name=QUEUE, service="slskd-api")
+    def search() -> None:
+        if not logs.named("job.deferred"):
+            raise RetryLater("slskd-api", 0.2, "only one concurrent search")
+        runs.record()
+
+    force_open(slskd, 0.2)
+    wait_until(lambda: slskd.state is CircuitState.HALF_OPEN, "the breaker to half-open")
+
+    # When the message runs as a trial and raises RetryLater
+    search.send()
+    harness.start_worker(broker)
+    runs.wait()
+
+    # Then its job.deferred line names the breaker's real state, not a hard-coded "closed"
+    (deferred,) = logs.named("job.deferred")
+    assert deferred["state"] == "half_open"
+
+
+def test_the_deferred_index_follows_a_message_deferred_by_two_services(
+    harness: Harness, logs: LogWatch
+) -> None:
+    # Given a message refused by slskd-api's OPEN breaker, then held back by musicbrainz-api
+    slskd = harness.breaker("slskd-api", config(timeout=HOLD_OPEN, success_threshold=1))
+    broker, middleware = harness.broker(slskd)
+    runs = Runs(1)
+    held_back = threading.Event()
+    release = threading.Event()
+
+    @dramatiq.actor(broker=broker, queue_name=QUEUE, service="slskd-api")
+    def enrich() -> None:
+        if not held_back.is_set():
+            held_back.set()
+            raise RetryLater("musicbrainz-api", 1.0, "rate limit busy")
+        runs.record()
+
+    force_open(slskd, HOLD_OPEN)
+    message = enrich.send()
+    worker = harness.start_worker(broker)
+
+    # When it is deferred first by slskd-api, then by musicbrainz-api
+    logs.wait_for("job.deferred", count=2)
+
+    # Then the index lists it once, under the service that holds it now
+    assert middleware.index.counts() == {"musicbrainz-api": 1}
+    (job,) = middleware.index.jobs()
+    assert job.message_id == message.message_id and job.deferrals == 2
+    release.set()
+
+    # And once it ran, the index is empty, as the broker's queues are
+    runs.wait()
+    drain(broker, worker)
+    assert middleware.index.counts() == {}
+
+
+def test_an_unreachable_deferred_index_never_fails_or_duplicates_a_deferral(
+    harness: Harness, logs: LogWatch, redis_client: redis.Redis
+) -> None:
+    # Given a deferred index on a Redis that is down (the broker and breakers are fine)
+    with EmbeddedRedis() as index_server:
+        index = RedisDeferredIndex(redis.Redis.from_url(index_server.url, socket_timeout=1))
+    slskd = harness.breaker("slskd-api", config(timeout=HOLD_OPEN, success_threshold=1))
+    broker, _ = harness.broker(slskd, index=index)
+    runs = Runs(1)
+
+    @dramatiq.actor(broker=broker, queue_name=QUEUE, service="slskd-api", max_retries=3)
+    def download() -> None:
+        runs.record()
+
+    # When a message is deferred while OPEN (its index entry is due soon: written at once)
+    force_open(slskd, HOLD_OPEN)
+    message = download.send()
+    worker = harness.start_worker(broker)
+    logs.wait_for("job.deferred")
+
+    # Then the failed index write is logged, and the message still runs exactly once, with no
+    # retry spent and nothing dead-lettered
+    runs.wait()
+    drain(broker, worker)
+    assert runs.ids == [message.message_id]
+    assert runs.options[message.message_id].get("retries", 0) == 0
+    assert redis_client.zcard(DEAD_LETTERS) == 0
+    assert logs.named("job.bookkeeping_failed")
 
 
 # -- cost for untagged actors ------------------------------------------------------------------
@@ -775,16 +916,23 @@ def test_a_caller_waiting_for_a_deferred_messages_result_gets_the_real_result(
         results_client.close()
 
 
-def test_a_service_failure_under_a_message_defers_it_without_spending_a_retry(
+def test_a_service_failure_that_leaves_the_breaker_closed_spends_a_retry(
     harness: Harness, logs: LogWatch
 ) -> None:
-    # Given a tagged actor whose service fails once, then answers
+    # Given a tagged actor whose service fails once, then answers, on a breaker that stays CLOSED
     slskd = harness.breaker("slskd-api", config(failure_threshold=5), is_failure=is_service_failure)
     broker, _ = harness.broker(slskd)
     runs = Runs(1)
     failures_left = [1]
 
-    @dramatiq.actor(broker=broker, queue_name=QUEUE, service="slskd-api", max_retries=3)
+    @dramatiq.actor(
+        broker=broker,
+        queue_name=QUEUE,
+        service="slskd-api",
+        max_retries=3,
+        min_backoff=10,
+        max_backoff=10,
+    )
     def search() -> None:
         if failures_left[0]:
             failures_left[0] -= 1
@@ -796,13 +944,11 @@ def test_a_service_failure_under_a_message_defers_it_without_spending_a_retry(
     harness.start_worker(broker)
     runs.wait()
 
-    # Then the failure was counted by the breaker, the message deferred and run again, and no
-    # Dramatiq retry was spent on it
-    [deferral] = logs.named("job.deferred")
-    assert deferral["message_id"] == message.message_id
-    assert deferral["service"] == "slskd-api"
-    assert runs.options[message.message_id].get("retries", 0) == 0
-    assert runs.options[message.message_id][DEFERRALS] == 1
+    # Then the failure was counted by the breaker and the message retried by Dramatiq (its own
+    # failed attempt, bounded by max_retries), not deferred
+    assert logs.named("job.deferred") == []
+    assert runs.options[message.message_id]["retries"] == 1
+    assert DEFERRALS not in runs.options[message.message_id]
     assert slskd.stats.total_failures == 1
 
 

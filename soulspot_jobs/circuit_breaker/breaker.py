@@ -13,7 +13,7 @@ import inspect
 import uuid
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
-from contextvars import ContextVar
+from contextvars import ContextVar, Token
 from typing import Any, ParamSpec, TypeVar
 
 import structlog
@@ -50,11 +50,22 @@ _held: ContextVar[frozenset[str]] = ContextVar("soulspot_held_breakers", default
 def holding(name: str) -> Iterator[None]:
     """Within this block, calls guarded by breakers named ``name`` run unguarded: the caller
     holds a permit of that breaker and reports the outcome itself."""
-    token = _held.set(_held.get() | {name})
+    token = hold(name)
     try:
         yield
     finally:
-        _held.reset(token)
+        release_hold(token)
+
+
+def hold(name: str) -> Token[frozenset[str]]:
+    """Start holding ``name``'s permit in the current context (see :func:`holding`); the token
+    ends it with :func:`release_hold`, in the same context."""
+    return _held.set(_held.get() | {name})
+
+
+def release_hold(token: Token[frozenset[str]]) -> None:
+    """End what :func:`hold` started."""
+    _held.reset(token)
 
 
 class Permit:

@@ -79,8 +79,9 @@ def test_an_slskd_outage_mid_chain_defers_slskd_jobs_while_musicbrainz_jobs_run(
     deferred = [e for e in logs if e.get("event_name") == "job.deferred"]
     assert deferred and {e["service"] for e in deferred} == {"slskd-api"}
     assert {e["actor"] for e in deferred} <= {"search_track", "poll_download"}
-    # No Dramatiq retry was spent on the outage
-    assert retries.highest == 0
+    # The outage cost each message at most the one failed attempt made before the breaker
+    # opened (a Dramatiq retry); every later refusal was a deferral
+    assert retries.highest <= 1
 
 
 def test_a_musicbrainz_404_fails_only_that_job(redis_url: str, fakes: Fakes) -> None:

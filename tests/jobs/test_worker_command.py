@@ -3,16 +3,21 @@ processes configured from the environment."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
 import sys
 
+import psutil
+
 from soulspot_jobs.app import SoulspotJobs
 from soulspot_jobs.fakes.catalog import CATALOG
 from soulspot_jobs.jobs import JobState
+from soulspot_jobs.redis_server import EmbeddedRedis
 from soulspot_jobs.settings import load_settings
 from tests.jobs.conftest import CLIENT_MARGIN, Fakes, finished
+from tests.polling import wait_until
 
 #: Seconds the worker command may take to shut down after SIGTERM.
 SHUTDOWN_DEADLINE = 30
@@ -53,3 +58,57 @@ def test_the_dramatiq_worker_command_runs_a_download_job_to_done(
         except subprocess.TimeoutExpired:
             worker.kill()
             worker.wait()
+
+
+def test_worker_processes_orphaned_while_redis_is_down_exit_within_their_shutdown_timeout(
+    fakes: Fakes,
+) -> None:
+    # Given the worker command on its own Redis, busy with jobs whose upstreams are unreachable
+    # (so every worker thread logs), with a short shutdown timeout
+    shutdown_timeout = 3.0
+    with EmbeddedRedis() as server:
+        env = {
+            **os.environ,
+            "REDIS_URL": server.url,
+            "SLSKD_URL": "http://127.0.0.1:9",
+            "SLSKD_API_KEY": "test-key",
+            "MUSICBRAINZ_URL": "http://127.0.0.1:9",
+            "LOG_FORMAT": "json",
+        }
+        producer = SoulspotJobs(load_settings(REDIS_URL=server.url))
+        job_ids = [producer.enqueue_download(f"Artist {n} - Title {n}") for n in range(20)]
+        job_ids += [producer.enqueue_enrichment("Artist", f"Title {n}") for n in range(20)]
+        command = [sys.executable, "-m", "dramatiq", "soulspot_jobs.worker", "-p", "2", "-t", "4"]
+        parent = subprocess.Popen(
+            [*command, "--worker-shutdown-timeout", str(int(shutdown_timeout * 1000))],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        children: list[psutil.Process] = []
+        try:
+            wait_until(
+                lambda: any(producer.job(j).attempts for j in job_ids),
+                "the worker processes to take jobs",
+                30,
+            )
+            producer.close()
+            children = psutil.Process(parent.pid).children()
+            assert len(children) == 2
+
+            # When Redis goes away, then the parent is killed and the children get SIGTERM
+            server.stop()
+            parent.kill()
+            parent.wait()
+            for child in children:
+                child.send_signal(signal.SIGTERM)
+
+            # Then every worker process exits within its shutdown timeout (plus slack)
+            _, alive = psutil.wait_procs(children, timeout=shutdown_timeout + 10)
+            assert alive == [], f"still running: {[p.pid for p in alive]}"
+        finally:
+            parent.kill()
+            parent.wait()
+            for process in children:
+                with contextlib.suppress(psutil.NoSuchProcess):
+                    process.kill()

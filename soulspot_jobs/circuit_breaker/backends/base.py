@@ -73,7 +73,10 @@ class Backend(ABC):
         """A monitoring snapshot of the breaker ``name``."""
 
     def close(self) -> None:  # noqa: B027 - most backends hold nothing to release
-        """Release connections and background threads; the backend is unusable afterwards."""
+        """Stop background threads and write what is buffered; :meth:`reopen` undoes it."""
+
+    def reopen(self) -> None:  # noqa: B027 - most backends hold nothing to restart
+        """Allow background threads again after :meth:`close` (a new worker on the backend)."""
 
     def begin_outage(self) -> bool:
         """Note that the store failed; True only for the first failure of an episode."""

@@ -194,6 +194,9 @@ class RedisBackend(Backend):
                 record.total_rejections += view.rejections
         return policy.stats(record, config, name, float(now_text))
 
+    def reopen(self) -> None:
+        self._closed = False
+
     def close(self) -> None:
         self._closed = True
         if self._watcher is not None:
