@@ -206,6 +206,10 @@ class FakeMusicBrainz(FakeServer):
         self.route("GET", "/ws/2/recording/{mbid}", self._gated(self._lookup))
         self.route("GET", "/ws/2/isrc/{isrc}", self._gated(self._isrc))
 
+    def error_body(self, status: int, message: str) -> Any:
+        """MusicBrainz's error shape, also for the base faults' answers."""
+        return {"error": message, "help": HELP}
+
     # -- what MusicBrainz checks before serving anything --------------------------------------
 
     def _gated(self, handler: Handler) -> Handler:

@@ -67,9 +67,15 @@ Handler = Callable[[Request], Response]
 class Faults:
     """Thread-safe fault switches of one fake server."""
 
-    def __init__(self, on_refuse: Callable[[float], None]) -> None:
+    def __init__(
+        self,
+        on_refuse: Callable[[float], None],
+        error_body: Callable[[int, str], Any] = lambda status, message: {"error": message},
+    ) -> None:
         self._lock = threading.Lock()
         self._on_refuse = on_refuse
+        #: The body of a fault's answer in the service's own error shape, from status and text.
+        self._error_body = error_body
         self.clear()
 
     def clear(self) -> None:
@@ -133,14 +139,16 @@ class Faults:
         with self._lock:
             latency = self.latency
             if time.monotonic() < self.unavailable_until:
-                answer = Response(503, {"error": "Service Unavailable"})
+                answer = Response(503, self._error_body(503, "Service Unavailable"))
             elif self.failures_left > 0:
                 self.failures_left -= 1
-                answer = Response(self.failure_status, {"error": "injected failure"})
+                status = self.failure_status
+                answer = Response(status, self._error_body(status, "injected failure"))
             elif self.rate_limited_left > 0:
                 self.rate_limited_left -= 1
                 retry_after = f"{self.retry_after:g}"
-                answer = Response(429, {"error": "Too Many Requests"}, {"Retry-After": retry_after})
+                body = self._error_body(429, "Too Many Requests")
+                answer = Response(429, body, {"Retry-After": retry_after})
             else:
                 answer = None
         if latency:
@@ -158,11 +166,15 @@ class FakeServer:
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
         self._stopped = False
-        self.faults = Faults(self._refuse_for)
+        self.faults = Faults(self._refuse_for, self.error_body)
         #: Every request received (method, path), in order; for tests and the demo.
         self.requests: list[tuple[str, str]] = []
         #: When each of ``requests`` arrived (``time.monotonic()``), same order.
         self.request_times: list[float] = []
+
+    def error_body(self, status: int, message: str) -> Any:
+        """The body of an error answer in the service's shape; fakes of other shapes override."""
+        return {"error": message}
 
     # -- routes ----------------------------------------------------------------------------
 

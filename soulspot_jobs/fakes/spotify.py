@@ -216,6 +216,10 @@ class FakeSpotify(FakeServer):
             self._expired.update(self._tokens)
             self._tokens.clear()
 
+    def error_body(self, status: int, message: str) -> Any:
+        """Spotify's error object, also for the base faults' answers (429, 5xx)."""
+        return {"error": {"status": status, "message": message}}
+
     def _control(self, request: Request) -> Response:
         controls: dict[str, Callable[[dict[str, Any]], None]] = {
             "expire_tokens": lambda _: self.expire_tokens(),

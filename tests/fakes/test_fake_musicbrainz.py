@@ -308,6 +308,7 @@ def test_injected_faults_answer_before_the_musicbrainz_rules(
     response = search(http, phrase_query(TRACK.artist, TRACK.title))
     # Then it gets the outage's 503, and is not an accepted request
     assert response.status_code == 503
+    assert response.json() == {"error": "Service Unavailable", "help": HELP}
     assert fake.accepted_times == []
     fake.faults.clear()
     assert search(http, phrase_query(TRACK.artist, TRACK.title)).status_code == 200

@@ -325,6 +325,7 @@ def test_the_rate_limit_fault_answers_429_with_retry_after(fake: FakeSpotify, ht
 
     assert limited.status_code == 429
     assert limited.headers["Retry-After"] == "4"
+    assert limited.json() == {"error": {"status": 429, "message": "Too Many Requests"}}
     assert after.status_code == 200
 
 
