@@ -210,11 +210,12 @@ class SpotifyClient:
     def _send(
         self, method: str, url: str, token: str, credential: str, **kwargs: Any
     ) -> httpx.Response:
-        """One request with ``token``; a 403, or a 401 of a given token, says what is needed."""
+        """One request with ``token``; a playlist's 403, or a 401 of a given token, says what
+        is needed."""
         try:
             return self._api.request(method, url, headers=_bearer(token), **kwargs)
         except UpstreamRequestError as exc:
-            if exc.status == 403:
+            if exc.status == 403 and "/playlists/" in urlsplit(url).path:
                 raise _explained(exc, _REFUSED_403[credential]) from None
             if exc.status == 401 and credential == GIVEN:
                 hint = "the token passed was refused (expired or revoked): pass a fresh one"
