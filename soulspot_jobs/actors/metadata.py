@@ -4,7 +4,9 @@ By ISRC when the job knows one (falling back to artist and title when MusicBrain
 ISRC), by recording id when given, else by artist and title; the best match by score and
 duration (:func:`~soulspot_jobs.clients.musicbrainz.best_match`) is recorded on the job. An ISRC
 lookup carries no releases, so its match is looked up once more by recording id (a second
-request, spaced by the shared rate limiter like every other) to record its release.
+request, spaced by the shared rate limiter like every other) to record its release. The match is
+remembered first (``details["isrc_match"]``): a job deferred while waiting for that request's
+slot resumes at the recording lookup instead of asking for the ISRC again.
 """
 
 from __future__ import annotations
@@ -31,8 +33,9 @@ def declare(broker: dramatiq.Broker, runtime: Runtime) -> None:
         details = store.get(job_id).details
         musicbrainz = runtime.musicbrainz
         duration_ms = details.get("duration_ms")
-        if details.get("mbid"):
-            match: Recording | None = musicbrainz.get_recording(details["mbid"])
+        mbid = details.get("mbid") or details.get("isrc_match")
+        if mbid:
+            match: Recording | None = musicbrainz.get_recording(mbid)
         else:
             recordings: list[Recording] = []
             by_isrc = False
@@ -49,6 +52,7 @@ def declare(broker: dramatiq.Broker, runtime: Runtime) -> None:
                 )
             match = best_match(recordings, duration_ms=duration_ms)
             if match is not None and by_isrc and not match.releases:
+                store.update(job_id, details={"isrc_match": match.id})
                 match = musicbrainz.get_recording(match.id)
         if match is None:
             raise JobFailed("MusicBrainz has no recording that matches well enough")

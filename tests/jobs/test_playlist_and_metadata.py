@@ -100,3 +100,25 @@ def test_an_isrc_enrichment_follows_up_with_a_recording_lookup_for_the_release(
     assert fakes.musicbrainz.rate_limited == 0
     first, second = fakes.musicbrainz.accepted_times
     assert second - first >= fakes.musicbrainz.min_interval - fakes.musicbrainz.tolerance
+
+
+def test_an_isrc_enrichment_deferred_before_its_recording_lookup_resumes_there(
+    redis_url: str, fakes: Fakes
+) -> None:
+    # Given workers whose MusicBrainz limiter spaces requests wider than a worker may wait for
+    # its slot (5 s), so the follow-up lookup cannot run right after the ISRC lookup
+    track = CATALOG[2]
+    app = SoulspotJobs(settings_for(redis_url, fakes, musicbrainz_interval=5.5))
+    with running(app):
+        # When a track is enriched by its ISRC
+        [job] = finished(app, [app.enqueue_enrichment(isrc=track.isrc)])
+
+    # Then the job was deferred once, and on its next run went straight to the recording
+    # lookup: the ISRC was asked for once, and the release is recorded
+    assert job.state is JobState.DONE, job
+    assert job.details["metadata"]["release_id"] == track.release_mbid
+    assert fakes.musicbrainz.requests == [
+        ("GET", f"/ws/2/isrc/{track.isrc}"),
+        ("GET", f"/ws/2/recording/{track.mbid}"),
+    ]
+    assert job.attempts == 2
