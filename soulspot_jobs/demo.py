@@ -95,6 +95,7 @@ def _pointed_at(
                     "accounts_url": spotify.url,
                     "client_id": DEFAULT_CLIENT_ID,
                     "client_secret": SecretStr(DEFAULT_CLIENT_SECRET),
+                    "refresh_token": SecretStr(""),
                 }
             ),
         }

@@ -143,7 +143,8 @@ class MusicBrainzSettings(BaseSettings):
 
 
 class SpotifySettings(BaseSettings):
-    """The Spotify Web API with client-credentials auth (``SPOTIFY_*``)."""
+    """The Spotify Web API (``SPOTIFY_*``): the app's client credentials, and optionally a user's
+    refresh token for playlists an app token may not read."""
 
     model_config = _env_config("SPOTIFY_")
 
@@ -151,6 +152,8 @@ class SpotifySettings(BaseSettings):
     accounts_url: str = "https://accounts.spotify.com"
     client_id: str = ""
     client_secret: SecretStr = SecretStr("")
+    #: A user's refresh token (authorization-code flow); when set, the client acts as that user.
+    refresh_token: SecretStr = SecretStr("")
     timeout: float = Field(10.0, gt=0)
 
 

@@ -2,7 +2,11 @@
 
 By ISRC when the job knows one (falling back to artist and title when MusicBrainz has no such
 ISRC), by recording id when given, else by artist and title; the best match by score and
-duration (:func:`~soulspot_jobs.clients.musicbrainz.best_match`) is recorded on the job.
+duration (:func:`~soulspot_jobs.clients.musicbrainz.best_match`) is recorded on the job. An ISRC
+lookup carries no releases, so its match is looked up once more by recording id (a second
+request, spaced by the shared rate limiter like every other) to record its release. The match is
+remembered first (``details["isrc_match"]``): a job deferred while waiting for that request's
+slot resumes at the recording lookup instead of asking for the ISRC again.
 """
 
 from __future__ import annotations
@@ -29,13 +33,16 @@ def declare(broker: dramatiq.Broker, runtime: Runtime) -> None:
         details = store.get(job_id).details
         musicbrainz = runtime.musicbrainz
         duration_ms = details.get("duration_ms")
-        if details.get("mbid"):
-            match: Recording | None = musicbrainz.get_recording(details["mbid"])
+        mbid = details.get("mbid") or details.get("isrc_match")
+        if mbid:
+            match: Recording | None = musicbrainz.get_recording(mbid)
         else:
             recordings: list[Recording] = []
+            by_isrc = False
             if details.get("isrc"):
                 try:
                     recordings = musicbrainz.lookup_isrc(details["isrc"])
+                    by_isrc = True
                 except NotFoundError:
                     if not details.get("title"):
                         raise
@@ -44,6 +51,9 @@ def declare(broker: dramatiq.Broker, runtime: Runtime) -> None:
                     details.get("artist", ""), details["title"]
                 )
             match = best_match(recordings, duration_ms=duration_ms)
+            if match is not None and by_isrc and not match.releases:
+                store.update(job_id, details={"isrc_match": match.id})
+                match = musicbrainz.get_recording(match.id)
         if match is None:
             raise JobFailed("MusicBrainz has no recording that matches well enough")
         store.update(job_id, state=JobState.DONE, details={"metadata": describe(match)})
@@ -61,6 +71,7 @@ def describe(recording: Recording) -> dict:
         "isrcs": list(recording.isrcs),
         "release_id": release.id if release else None,
         "release": release.title if release else None,
+        "release_type": release.primary_type if release else None,
         "date": (release.date if release and release.date else recording.first_release_date),
         "score": recording.score,
     }

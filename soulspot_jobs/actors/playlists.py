@@ -1,4 +1,10 @@
-"""``import_playlist`` (service ``spotify-api``): one download job per track of a playlist."""
+"""``import_playlist`` (service ``spotify-api``): one download job per track of a playlist.
+
+Entries that are not tracks to download (podcast episodes, local files, tracks no longer on
+Spotify) are left out and counted in the job's details (``skipped``), so that nothing is dropped
+without a trace. A playlist Spotify refuses to the client's credential (403: an app token may not
+read a user's playlist) fails the job with a message saying which credential is needed.
+"""
 
 from __future__ import annotations
 
@@ -24,7 +30,7 @@ def declare(
     @job_step(store, JobState.SEARCHING, SERVICE, max_retries=MAX_RETRIES)
     def import_playlist(job_id: str) -> None:
         playlist_id = store.get(job_id).details["playlist_id"]
-        tracks = runtime.spotify.get_playlist_tracks(playlist_id)
+        playlist = runtime.spotify.get_playlist(playlist_id)
         job_ids = [
             enqueue_download(
                 track.query,
@@ -33,6 +39,15 @@ def declare(
                 spotify_id=track.id,
                 playlist_job_id=job_id,
             )
-            for track in tracks
+            for track in playlist.tracks
         ]
-        store.update(job_id, state=JobState.DONE, details={"tracks": len(tracks), "jobs": job_ids})
+        store.update(
+            job_id,
+            state=JobState.DONE,
+            details={
+                "name": playlist.name,
+                "tracks": len(playlist.tracks),
+                "skipped": dict(playlist.skipped),
+                "jobs": job_ids,
+            },
+        )

@@ -3,14 +3,18 @@
 Connection errors, timeouts, 5xx, 429 and 503 are failures of the service
 (:class:`ServiceUnavailableError`, counted by its breaker; a ``Retry-After`` travels with it).
 Other 4xx are the job's own errors (:class:`UpstreamRequestError`, :class:`NotFoundError`),
-never counted. The translation happens here, once, for all three clients.
+never counted. A success whose body is not the JSON the API promises (an HTML page from a proxy,
+a truncated body, an object without the fields every answer has) is the service misbehaving too:
+:func:`json_body` makes it a :class:`ServiceUnavailableError`. The translation happens here,
+once, for all three clients.
 """
 
 from __future__ import annotations
 
 import email.utils
 import time
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import httpx
 
@@ -18,6 +22,10 @@ from soulspot_jobs.errors import NotFoundError, ServiceUnavailableError, Upstrea
 
 #: Longest ``Retry-After`` honoured, in seconds (a broken header must not stall a service a day).
 MAX_RETRY_AFTER = 3600.0
+
+T = TypeVar("T")
+#: Reads a service's own error message out of an error answer (``None``: use the raw body).
+ErrorMessage = Callable[[httpx.Response], "str | None"]
 
 
 class UpstreamHttp:
@@ -31,8 +39,10 @@ class UpstreamHttp:
         timeout: float,
         headers: dict[str, str] | None = None,
         auth: httpx.Auth | None = None,
+        error_message: ErrorMessage | None = None,
     ) -> None:
         self.service = service
+        self._error_message = error_message
         self._http = httpx.Client(base_url=base_url, timeout=timeout, headers=headers, auth=auth)
 
     def request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
@@ -45,20 +55,26 @@ class UpstreamHttp:
             raise ServiceUnavailableError(
                 self.service, f"{method} {path} failed: {type(exc).__name__}: {exc}"
             ) from exc
-        raise_for_status(self.service, response)
+        raise_for_status(self.service, response, self._error_message)
         return response
 
     def close(self) -> None:
         self._http.close()
 
 
-def raise_for_status(service: str, response: httpx.Response) -> None:
-    """Raise the error that ``response``'s status means; do nothing for a success."""
+def raise_for_status(
+    service: str, response: httpx.Response, error_message: ErrorMessage | None = None
+) -> None:
+    """Raise the error that ``response``'s status means; do nothing for a success.
+
+    The message quotes the service's own words: ``error_message(response)`` when given and it
+    finds them, else the start of the body.
+    """
     status = response.status_code
     if status < 400:
         return
-    where = f"{response.request.method} {response.request.url.path}"
-    detail = f"{where} answered {status}: {_excerpt(response)}"
+    said = error_message(response) if error_message is not None else None
+    detail = f"{_where(response)} answered {status}: {said or _excerpt(response)}"
     if status == 429 or status >= 500:
         raise ServiceUnavailableError(
             service, detail, status=status, retry_after=retry_after_seconds(response)
@@ -66,6 +82,40 @@ def raise_for_status(service: str, response: httpx.Response) -> None:
     if status == 404:
         raise NotFoundError(service, detail, status=status)
     raise UpstreamRequestError(service, detail, status=status)
+
+
+def json_body(
+    service: str, response: httpx.Response, parse: Callable[[Any], T] | None = None
+) -> Any:
+    """The decoded JSON of a success, read by ``parse`` when given.
+
+    A body that is not JSON, or JSON of a shape ``parse`` cannot read (it raises ``KeyError``,
+    ``TypeError``, ``ValueError`` or ``AttributeError``), is the service misbehaving: a
+    :class:`ServiceUnavailableError`, counted by its breaker, with the same classification in
+    every client. The message names the request, the content type and the size, never the
+    body (it may hold a token).
+    """
+    try:
+        data = response.json()
+    except ValueError:
+        kind = response.headers.get("Content-Type", "no content type")
+        raise ServiceUnavailableError(
+            service,
+            f"{_where(response)} answered {response.status_code} with a body that is not JSON "
+            f"({kind}, {len(response.content)} bytes)",
+            status=response.status_code,
+        ) from None
+    if parse is None:
+        return data
+    try:
+        return parse(data)
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise ServiceUnavailableError(
+            service,
+            f"{_where(response)} answered {response.status_code} with JSON of an unexpected "
+            f"shape: {type(exc).__name__}: {exc}",
+            status=response.status_code,
+        ) from None
 
 
 def retry_after_seconds(response: httpx.Response) -> float | None:
@@ -84,6 +134,10 @@ def retry_after_seconds(response: httpx.Response) -> float | None:
     if seconds <= 0:
         return None
     return min(seconds, MAX_RETRY_AFTER)
+
+
+def _where(response: httpx.Response) -> str:
+    return f"{response.request.method} {response.request.url.path}"
 
 
 def _excerpt(response: httpx.Response, limit: int = 200) -> str:

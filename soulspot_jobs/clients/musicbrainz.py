@@ -6,6 +6,12 @@ second per source IP; beyond that it answers 503. Every request here therefore s
 :class:`~soulspot_jobs.rate_limit.RedisRateLimiter` across all workers, see
 :func:`shared_rate_limiter`). A 503 is a :class:`ServiceUnavailableError` (rate limit or
 overload; its ``Retry-After``, when sent, travels with it), so it counts against the breaker.
+
+What a lookup includes follows musicbrainz-server's ``inc`` rules: a recording lookup asks for
+releases with their release groups (a release's ``release-group``, and so its primary type,
+comes only with ``inc=release-groups``); an ISRC lookup never lists releases (and refuses
+``release-groups``), so it asks only for artists and ISRCs: a caller wanting the release follows
+up with :meth:`MusicBrainzClient.get_recording`, which waits for its own rate-limit slot.
 """
 
 from __future__ import annotations
@@ -20,12 +26,8 @@ from urllib.parse import quote
 import redis
 
 from soulspot_jobs.clients.guarded import GuardedClient
-from soulspot_jobs.clients.http import UpstreamHttp
-from soulspot_jobs.errors import (
-    ConfigurationError,
-    ServiceUnavailableError,
-    UpstreamRequestError,
-)
+from soulspot_jobs.clients.http import UpstreamHttp, json_body
+from soulspot_jobs.errors import ConfigurationError, UpstreamRequestError
 from soulspot_jobs.rate_limit import RateLimiter, RedisRateLimiter
 from soulspot_jobs.settings import MusicBrainzSettings
 
@@ -35,8 +37,10 @@ SERVICE = "musicbrainz-api"
 RATE_LIMIT_KEY = "soulspot:rate-limit:musicbrainz-api"
 #: Longest a request waits for its rate-limit slot, in seconds, before ``RetryLater``.
 DEFAULT_MAX_WAIT = 5.0
-#: What every lookup includes: artist credits, releases, ISRCs.
-LOOKUP_INC = "artists releases isrcs"
+#: What a recording lookup includes: artist credits, releases with their groups, ISRCs.
+LOOKUP_INC = "artists releases release-groups isrcs"
+#: What an ISRC lookup includes (it has no releases to give): artist credits, ISRCs.
+ISRC_INC = "artists isrcs"
 #: Largest page MusicBrainz serves for a search.
 MAX_SEARCH_LIMIT = 100
 
@@ -176,52 +180,38 @@ class MusicBrainzClient:
         if not artist.strip() or not title.strip():
             raise UpstreamRequestError(SERVICE, "a search needs a non-empty artist and title")
         query = f'artist:"{escape_lucene(artist)}" AND recording:"{escape_lucene(title)}"'
-        data = self._get("/ws/2/recording", query=query, limit=limit)
-        return _parse(data, _recordings)
+        return self._get("/ws/2/recording", _recordings, query=query, limit=limit)
 
     def get_recording(self, mbid: str) -> Recording:
-        """The recording ``mbid``, with its artists, releases and ISRCs.
+        """The recording ``mbid``, with its artists, releases (and their types) and ISRCs.
 
         Raises :class:`~soulspot_jobs.errors.NotFoundError` when MusicBrainz has no such id.
         """
-        data = self._get(f"/ws/2/recording/{quote(mbid, safe='')}", inc=LOOKUP_INC)
-        return _parse(data, Recording.from_json)
+        path = f"/ws/2/recording/{quote(mbid, safe='')}"
+        return self._get(path, Recording.from_json, inc=LOOKUP_INC)
 
     def lookup_isrc(self, isrc: str) -> list[Recording]:
-        """The recordings carrying ``isrc`` (usually one).
+        """The recordings carrying ``isrc`` (usually one), with artists and ISRCs but no
+        releases: MusicBrainz lists none in an ISRC lookup (see :meth:`get_recording`).
 
         Raises :class:`~soulspot_jobs.errors.NotFoundError` when no recording has it.
         """
-        data = self._get(f"/ws/2/isrc/{quote(isrc, safe='')}", inc=LOOKUP_INC)
-        return _parse(data, _recordings)
+        return self._get(f"/ws/2/isrc/{quote(isrc, safe='')}", _recordings, inc=ISRC_INC)
 
     def close(self) -> None:
         self._http.close()
 
-    def _get(self, path: str, **params: Any) -> Any:
+    def _get(self, path: str, parse: Callable[[Any], T], **params: Any) -> T:
+        """GET ``path`` in its rate-limit slot; the answer read by ``parse`` (a body that is
+        not the JSON promised is the service's failure, see :func:`json_body`)."""
         if self._limiter is not None:
             self._limiter.acquire(max_wait=self._max_wait)
         response = self._http.request("GET", path, params={**params, "fmt": "json"})
-        try:
-            return response.json()
-        except ValueError as exc:
-            raise ServiceUnavailableError(
-                SERVICE, f"GET {path} answered {response.status_code} without JSON"
-            ) from exc
+        return json_body(SERVICE, response, parse)
 
 
 def _recordings(data: Mapping[str, Any]) -> list[Recording]:
     return [Recording.from_json(r) for r in data["recordings"]]
-
-
-def _parse(data: Any, parse: Callable[[Any], T]) -> T:
-    """``parse(data)``; an answer of an unexpected shape is the service's failure."""
-    try:
-        return parse(data)
-    except (KeyError, TypeError, ValueError) as exc:
-        raise ServiceUnavailableError(
-            SERVICE, f"unexpected answer: {type(exc).__name__}: {exc}"
-        ) from exc
 
 
 def shared_rate_limiter(

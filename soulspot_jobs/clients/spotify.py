@@ -1,9 +1,19 @@
-"""Spotify Web API client: client-credentials auth and the playlist and track lookups jobs use.
+"""Spotify Web API client: the app's or a user's token, and the playlist and track lookups jobs use.
 
-The access token is fetched from the accounts service, cached until shortly before it expires
-and shared by every thread using the client; a 401 (the token expired early, or was revoked)
-fetches a new one and retries the request once. Tokens and the client secret never reach an
-exception message or a log line: only the answers' bodies and the request paths do.
+Which token a call uses:
+
+* a ``token`` passed to the call (a user's access token the caller holds) is used as given;
+* otherwise the client's own: with ``SPOTIFY_REFRESH_TOKEN`` set, a user's token obtained with
+  the authorization-code refresh grant (a new refresh token the accounts service hands back
+  replaces the old one and is used next); without it, an app token (client credentials).
+
+The own token is cached until shortly before it expires and shared by every thread using the
+client; a 401 (the token expired early, or was revoked) fetches a new one and retries the request
+once. A 403 is the job's own error whose message says which credential Spotify wants instead:
+playlist entries are served only to a user who owns or collaborates on the playlist, never to an
+app token. Spotify's error answers (``{"error": {"status", "message"}}``) become the message of
+the error raised. Tokens, refresh tokens and the client secret never reach an exception message
+or a log line: only Spotify's messages and the request paths do.
 """
 
 from __future__ import annotations
@@ -11,8 +21,9 @@ from __future__ import annotations
 import base64
 import threading
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections import Counter
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote, urlsplit
 
@@ -20,7 +31,7 @@ import httpx
 import structlog
 
 from soulspot_jobs.clients.guarded import GuardedClient
-from soulspot_jobs.clients.http import UpstreamHttp
+from soulspot_jobs.clients.http import UpstreamHttp, json_body
 from soulspot_jobs.errors import UpstreamError, UpstreamRequestError
 from soulspot_jobs.settings import SpotifySettings
 
@@ -28,10 +39,32 @@ log = structlog.get_logger("soulspot_jobs.clients.spotify")
 
 #: Name of the service in errors and of its circuit breaker.
 SERVICE = "spotify-api"
-#: Items asked for per playlist page (the API's maximum).
-PAGE_SIZE = 100
+#: Entries asked for per playlist page (the most ``/playlists/{id}/items`` serves).
+PAGE_SIZE = 50
+#: Entry types asked for: episodes too, so that they are told apart from tracks and counted.
+ADDITIONAL_TYPES = "track,episode"
+#: Fields of a playlist that :meth:`SpotifyClient.get_playlist` reads.
+PLAYLIST_FIELDS = "id,name,owner.id"
 #: Seconds before its announced expiry at which a token is replaced (at most a tenth of its life).
 TOKEN_EXPIRY_MARGIN = 30.0
+
+#: Which credential a request carried, for the messages of 401 and 403 answers.
+APP, OWN_USER, GIVEN = "app", "own_user", "given"
+_REFUSED_403 = {
+    APP: (
+        "Spotify serves this only to a user who owns or collaborates on the playlist, never "
+        "to an app (client-credentials) token: pass that user's token, or set "
+        "SPOTIFY_REFRESH_TOKEN to that user's refresh token"
+    ),
+    OWN_USER: (
+        "the user of SPOTIFY_REFRESH_TOKEN may not read this (not the playlist's owner or a "
+        "collaborator): set SPOTIFY_REFRESH_TOKEN to the refresh token of a user who is"
+    ),
+    GIVEN: (
+        "the user whose token was passed may not read this (not the playlist's owner or a "
+        "collaborator): pass the token of a user who is"
+    ),
+}
 
 
 @dataclass(frozen=True)
@@ -54,6 +87,30 @@ class Track:
         return f"{self.artists[0]} - {self.name}"
 
 
+@dataclass(frozen=True)
+class PlaylistItems:
+    """A playlist's tracks in playlist order, and how many entries were left out, by reason.
+
+    Reasons: ``episodes`` (podcast episodes), ``local`` (local files added in the Spotify app),
+    ``unavailable`` (entries whose object is ``null``: removed from Spotify), ``other`` (an
+    object of a type this client does not know).
+    """
+
+    tracks: tuple[Track, ...]
+    skipped: Mapping[str, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Playlist:
+    """A playlist: its name and owner, its tracks, and the entries left out (see PlaylistItems)."""
+
+    id: str
+    name: str
+    owner_id: str | None
+    tracks: tuple[Track, ...]
+    skipped: Mapping[str, int] = field(default_factory=dict)
+
+
 class SpotifyClient:
     """Synchronous Spotify Web API client, safe to share between worker threads.
 
@@ -65,37 +122,63 @@ class SpotifyClient:
     ) -> None:
         self._settings = settings
         self._clock = clock
-        self._accounts = UpstreamHttp(SERVICE, settings.accounts_url, timeout=settings.timeout)
-        self._api = UpstreamHttp(SERVICE, settings.api_url, timeout=settings.timeout)
+        self._accounts = UpstreamHttp(
+            SERVICE, settings.accounts_url, timeout=settings.timeout, error_message=_error_message
+        )
+        self._api = UpstreamHttp(
+            SERVICE, settings.api_url, timeout=settings.timeout, error_message=_error_message
+        )
         self._api_origin = _origin(settings.api_url)
         self._token_lock = threading.Lock()
         self._token: str | None = None
         self._token_expires_at = 0.0
+        #: The user's refresh token (replaced when the accounts service rotates it), or "".
+        self._refresh_token = settings.refresh_token.get_secret_value()
 
     def __repr__(self) -> str:
         return f"SpotifyClient(api_url={self._settings.api_url!r})"
 
-    def get_playlist_tracks(self, playlist_id: str) -> list[Track]:
-        """Every track of the playlist, in playlist order, following ``next`` through all pages.
+    @property
+    def acts_as_user(self) -> bool:
+        """Whether the client's own token is a user's (``SPOTIFY_REFRESH_TOKEN`` is set)."""
+        return bool(self._refresh_token)
 
-        Local files and items whose track is no longer available (``track: null``) or is not a
-        track (a podcast episode) are left out.
+    def get_playlist(self, playlist_id: str, token: str | None = None) -> Playlist:
+        """The playlist's name, owner and every track (see :meth:`get_playlist_items`)."""
+        path = f"/v1/playlists/{quote(playlist_id, safe='')}"
+        about = self._get_json(path, token, _playlist_about, params={"fields": PLAYLIST_FIELDS})
+        items = self.get_playlist_items(playlist_id, token)
+        return Playlist(*about, tracks=items.tracks, skipped=items.skipped)
+
+    def get_playlist_items(self, playlist_id: str, token: str | None = None) -> PlaylistItems:
+        """Every track of the playlist in playlist order, following ``next`` through all pages.
+
+        Episodes, local files and entries no longer available are left out and counted.
+        ``token``: a user's access token to use instead of the client's own.
         """
         page = self._get_json(
-            f"/v1/playlists/{quote(playlist_id, safe='')}/tracks",
-            params={"limit": PAGE_SIZE, "offset": 0},
+            f"/v1/playlists/{quote(playlist_id, safe='')}/items",
+            token,
+            _page,
+            params={"limit": PAGE_SIZE, "offset": 0, "additional_types": ADDITIONAL_TYPES},
         )
         tracks: list[Track] = []
+        skipped: Counter[str] = Counter()
         while True:
-            page_tracks, next_url = _parse(_page, page)
+            page_tracks, page_skipped, next_url = page
             tracks.extend(page_tracks)
+            skipped.update(page_skipped)
             if not next_url:
-                return tracks
-            page = self._get_json(self._checked_next(next_url))
+                return PlaylistItems(tuple(tracks), dict(skipped))
+            page = self._get_json(self._checked_next(next_url), token, _page)
 
-    def get_track(self, track_id: str) -> Track:
+    def get_playlist_tracks(self, playlist_id: str, token: str | None = None) -> list[Track]:
+        """Every track of the playlist, in playlist order (see :meth:`get_playlist_items`)."""
+        return list(self.get_playlist_items(playlist_id, token).tracks)
+
+    def get_track(self, track_id: str, token: str | None = None) -> Track:
         """The track ``track_id``; raises :class:`NotFoundError` when Spotify has no such track."""
-        return _parse(_track, self._get_json(f"/v1/tracks/{quote(track_id, safe='')}"))
+        return self._get_json(f"/v1/tracks/{quote(track_id, safe='')}", token, _track)
 
     def close(self) -> None:
         self._api.close()
@@ -103,20 +186,41 @@ class SpotifyClient:
 
     # -- requests ---------------------------------------------------------------------------
 
-    def _get_json(self, url: str, **kwargs: Any) -> Any:
-        response = self._authorized("GET", url, **kwargs)
-        return _parse(lambda r: r.json(), response)
+    def _get_json(
+        self, url: str, token: str | None, parse: Callable[[Any], Any], **kwargs: Any
+    ) -> Any:
+        return json_body(SERVICE, self._authorized("GET", url, token, **kwargs), parse)
 
-    def _authorized(self, method: str, url: str, **kwargs: Any) -> httpx.Response:
-        """Send with the current token; on a 401, fetch a new token and send once more."""
-        token = self._current_token()
+    def _authorized(
+        self, method: str, url: str, token: str | None, **kwargs: Any
+    ) -> httpx.Response:
+        """Send with ``token``, or with the own token: on a 401 a new one, and send once more."""
+        if token is not None:
+            return self._send(method, url, token, GIVEN, **kwargs)
+        credential = OWN_USER if self.acts_as_user else APP
+        own = self._current_token()
         try:
-            return self._api.request(method, url, headers=_bearer(token), **kwargs)
+            return self._send(method, url, own, credential, **kwargs)
         except UpstreamRequestError as exc:
             if exc.status != 401:
                 raise
-        token = self._current_token(rejected=token)
-        return self._api.request(method, url, headers=_bearer(token), **kwargs)
+        own = self._current_token(rejected=own)
+        return self._send(method, url, own, credential, **kwargs)
+
+    def _send(
+        self, method: str, url: str, token: str, credential: str, **kwargs: Any
+    ) -> httpx.Response:
+        """One request with ``token``; a playlist's 403, or a 401 of a given token, says what
+        is needed."""
+        try:
+            return self._api.request(method, url, headers=_bearer(token), **kwargs)
+        except UpstreamRequestError as exc:
+            if exc.status == 403 and "/playlists/" in urlsplit(url).path:
+                raise _explained(exc, _REFUSED_403[credential]) from None
+            if exc.status == 401 and credential == GIVEN:
+                hint = "the token passed was refused (expired or revoked): pass a fresh one"
+                raise _explained(exc, hint) from None
+            raise
 
     def _checked_next(self, next_url: str) -> str:
         """``next_url``, if it points at the configured API (the token must go nowhere else)."""
@@ -126,7 +230,7 @@ class SpotifyClient:
             )
         return next_url
 
-    # -- the access token -------------------------------------------------------------------
+    # -- the own token ----------------------------------------------------------------------
 
     def _current_token(self, *, rejected: str | None = None) -> str:
         """A token believed valid; one thread at a time fetches a new one, the others wait.
@@ -145,24 +249,43 @@ class SpotifyClient:
             return token
 
     def _fetch_token(self) -> tuple[str, float]:
-        """A new token and the seconds it may be used, from the accounts service."""
-        credentials = (
-            f"{self._settings.client_id}:{self._settings.client_secret.get_secret_value()}"
-        )
-        basic = base64.b64encode(credentials.encode()).decode()
-        response = self._accounts.request(
-            "POST",
-            "/api/token",
-            data={"grant_type": "client_credentials"},
-            headers={"Authorization": f"Basic {basic}"},
-        )
-        token, expires_in = _parse(_token_answer, response)
+        """A new token and the seconds it may be used, from the accounts service.
+
+        With a refresh token, the refresh grant (and a rotated refresh token is kept); else
+        the client-credentials grant. Called with the token lock held.
+        """
+        grant = "refresh_token" if self._refresh_token else "client_credentials"
+        form = {"grant_type": grant}
+        if self._refresh_token:
+            form["refresh_token"] = self._refresh_token
+        try:
+            response = self._accounts.request(
+                "POST", "/api/token", data=form, headers={"Authorization": self._basic()}
+            )
+        except UpstreamRequestError as exc:
+            if grant == "refresh_token" and exc.status == 400:
+                hint = "SPOTIFY_REFRESH_TOKEN was refused: authorize again and set the new one"
+                raise _explained(exc, hint) from None
+            raise
+        token, expires_in, rotated = json_body(SERVICE, response, _token_answer)
+        if rotated and rotated != self._refresh_token:
+            self._refresh_token = rotated
+            log.info(
+                "Spotify rotated the refresh token; the new one is used from now on.",
+                event_name="spotify.refresh_token_rotated",
+            )
         log.debug(
             f"Spotify access token obtained, valid for {expires_in:.0f} seconds.",
             event_name="spotify.token_obtained",
             expires_in=expires_in,
+            grant=grant,
         )
         return token, expires_in - min(TOKEN_EXPIRY_MARGIN, expires_in / 10)
+
+    def _basic(self) -> str:
+        secret = self._settings.client_secret.get_secret_value()
+        credentials = f"{self._settings.client_id}:{secret}"
+        return "Basic " + base64.b64encode(credentials.encode()).decode()
 
 
 class CircuitBreakerSpotifyClient(GuardedClient):
@@ -171,34 +294,79 @@ class CircuitBreakerSpotifyClient(GuardedClient):
     service = SERVICE
 
 
-# -- parsing --------------------------------------------------------------------------------
+# -- answers --------------------------------------------------------------------------------
 
 
-def _parse(parser: Callable[[Any], Any], value: Any) -> Any:
-    """``parser(value)``; an answer of an unexpected shape becomes an :class:`UpstreamError`."""
+def _error_message(response: httpx.Response) -> str | None:
+    """Spotify's own words in an error answer, if it has any.
+
+    The Web API answers ``{"error": {"status": 404, "message": "..."}}``; the accounts service
+    ``{"error": "invalid_client", "error_description": "..."}``.
+    """
     try:
-        return parser(value)
-    except (KeyError, TypeError, ValueError, AttributeError) as exc:
-        raise UpstreamError(SERVICE, f"unexpected answer: {type(exc).__name__}: {exc}") from None
+        error = response.json()["error"]
+    except (ValueError, KeyError, TypeError):
+        return None
+    if isinstance(error, dict):
+        message = error.get("message")
+        return str(message) if message else None
+    if isinstance(error, str):
+        description = response.json().get("error_description")
+        return f"{error}: {description}" if description else error
+    return None
 
 
-def _token_answer(response: httpx.Response) -> tuple[str, float]:
-    answer = response.json()
+def _explained(exc: UpstreamRequestError, hint: str) -> UpstreamRequestError:
+    """``exc`` again, its message followed by ``hint`` (what the caller can do about it)."""
+    message = str(exc).removeprefix(f"{exc.service}: ")
+    return UpstreamRequestError(exc.service, f"{message}; {hint}", status=exc.status)
+
+
+def _token_answer(answer: dict[str, Any]) -> tuple[str, float, str | None]:
     token = answer["access_token"]
     if not isinstance(token, str) or not token:
         raise ValueError("no access_token in the token answer")
-    return token, float(answer["expires_in"])
+    rotated = answer.get("refresh_token")
+    return token, float(answer["expires_in"]), rotated if isinstance(rotated, str) else None
 
 
-def _page(page: dict[str, Any]) -> tuple[list[Track], str | None]:
-    """The tracks of one paging object and the URL of the next page (``None`` on the last)."""
-    tracks = []
-    for item in page["items"]:
-        track = item.get("track")
-        if not track or item.get("is_local") or track.get("type", "track") != "track":
-            continue
-        tracks.append(_track(track))
-    return tracks, page.get("next")
+def _playlist_about(data: dict[str, Any]) -> tuple[str, str, str | None]:
+    owner = data.get("owner") or {}
+    return data["id"], data["name"], owner.get("id")
+
+
+def _page(page: dict[str, Any]) -> tuple[list[Track], Counter[str], str | None]:
+    """The tracks of one page of entries, the skipped entries by reason, and the next page."""
+    tracks: list[Track] = []
+    skipped: Counter[str] = Counter()
+    for entry in page["items"]:
+        reason = _skip_reason(entry)
+        if reason:
+            skipped[reason] += 1
+        else:
+            tracks.append(_track(_entry_object(entry)))
+    return tracks, skipped, page.get("next")
+
+
+def _entry_object(entry: dict[str, Any]) -> dict[str, Any] | None:
+    """The track or episode of a playlist entry: ``item``, else the deprecated ``track``."""
+    item = entry.get("item")
+    return item if item is not None else entry.get("track")
+
+
+def _skip_reason(entry: dict[str, Any]) -> str | None:
+    """Why an entry is not a track to download (``None``: it is one)."""
+    item = _entry_object(entry)
+    if entry.get("is_local") or (item is not None and item.get("is_local")):
+        return "local"
+    if item is None:
+        return "unavailable"
+    kind = item.get("type", "track")
+    if kind == "episode" or item.get("episode") is True:
+        return "episodes"
+    if kind != "track":
+        return "other"
+    return None
 
 
 def _track(data: dict[str, Any]) -> Track:

@@ -8,9 +8,14 @@ It serves the three endpoints the client uses, with the JSON shapes MusicBrainz 
   the artist). Each catalog track has the exact recording (score 100) and near matches:
   the same song on a compilation (also 100, a little longer), a live version, a radio edit
   and a cover, each with its own length and a lower score.
-* ``GET /ws/2/recording/<mbid>?inc=...`` and ``GET /ws/2/isrc/<isrc>?inc=...`` look up; ``inc``
-  adds ``artist-credit`` (``artists``), ``releases`` and ``isrcs`` as MusicBrainz does, and
-  an unknown ``inc`` is a 400. Unknown ids are a 404 ``{"error": "Not Found", "help": ...}``.
+* ``GET /ws/2/recording/<mbid>?inc=...`` and ``GET /ws/2/isrc/<isrc>?inc=...`` look up, with
+  musicbrainz-server's ``inc`` rules (its ws/2 validator and JSON serializers): ``inc`` values
+  are joined by ``+`` or a space; ``artists`` adds ``artist-credit`` (to the recording and its
+  releases), ``isrcs`` the ISRCs, ``releases`` the releases of a recording lookup, each with its
+  ``release-group`` only when ``release-groups`` is asked for too. An ISRC lookup never lists
+  releases (its recordings are not serialized as top level) and refuses ``release-groups``.
+  ``media`` needs ``releases``. A value the resource does not accept is a 400 worded as
+  MusicBrainz words it. Unknown ids are a 404 ``{"error": "Not Found", "help": ...}``.
 
 Like MusicBrainz it refuses (403) requests without a meaningful ``User-Agent`` (missing, or a
 library's default such as ``python-httpx/0.28``), answers JSON only when asked (``fmt=json``
@@ -59,27 +64,66 @@ GENERIC_AGENTS = (
     "node-fetch/",
     "libwww-perl/",
 )
-#: ``inc`` values a recording (or ISRC) lookup accepts.
-RECORDING_INCS = frozenset(
-    [
-        "artists",
-        "artist-credits",
-        "releases",
-        "isrcs",
-        "media",
-        "discids",
-        "aliases",
-        "tags",
-        "ratings",
-        "genres",
-        "annotation",
-        "url-rels",
-        "artist-rels",
-        "work-rels",
-        "release-rels",
-        "recording-rels",
+#: Relationship ``inc`` values every lookup accepts (``<entity>-rels``).
+RELATION_INCS = frozenset(
+    f"{entity}-rels"
+    for entity in [
+        "area",
+        "artist",
+        "event",
+        "genre",
+        "instrument",
+        "label",
+        "place",
+        "recording",
+        "release",
+        "release-group",
+        "series",
+        "url",
+        "work",
     ]
 )
+#: ``inc`` values of a recording lookup (musicbrainz-server's ``WS::2::Recording``).
+RECORDING_INCS = RELATION_INCS | frozenset(
+    [
+        "artists",
+        "releases",
+        "artist-credits",
+        "puids",
+        "isrcs",
+        "aliases",
+        "tags",
+        "user-tags",
+        "genres",
+        "user-genres",
+        "ratings",
+        "user-ratings",
+        "release-groups",
+        "work-level-rels",
+        "annotation",
+    ]
+)
+#: ``inc`` values of an ISRC lookup (``WS::2::ISRC``): no ``release-groups``, no ``genres``.
+ISRC_INCS = RELATION_INCS | frozenset(
+    [
+        "artists",
+        "releases",
+        "puids",
+        "isrcs",
+        "artist-credits",
+        "aliases",
+        "tags",
+        "user-tags",
+        "ratings",
+        "user-ratings",
+    ]
+)
+#: ``inc`` values accepted only beside another one (the validator's ``%extra_inc``).
+EXTRA_INCS = {
+    "releases": frozenset(["artist-credits", "discids", "media", "status", "type"]),
+    "release-groups": frozenset(["artist-credits", "type"]),
+    "recordings": frozenset(["artist-credits", "puids", "isrcs"]),
+}
 #: Seconds by which a request may arrive early and still be accepted. A client spacing its
 #: requests exactly ``min_interval`` apart sees them arrive a few milliseconds early or late
 #: (measured here: up to 5.5 ms on loopback), so an exact rule would refuse well-behaved clients
@@ -162,6 +206,10 @@ class FakeMusicBrainz(FakeServer):
         self.route("GET", "/ws/2/recording/{mbid}", self._gated(self._lookup))
         self.route("GET", "/ws/2/isrc/{isrc}", self._gated(self._isrc))
 
+    def error_body(self, status: int, message: str) -> Any:
+        """MusicBrainz's error shape, also for the base faults' answers."""
+        return {"error": message, "help": HELP}
+
     # -- what MusicBrainz checks before serving anything --------------------------------------
 
     def _gated(self, handler: Handler) -> Handler:
@@ -216,7 +264,7 @@ class FakeMusicBrainz(FakeServer):
 
     def _lookup(self, request: Request) -> Response:
         mbid = request.params["mbid"]
-        incs = _incs(request)
+        incs = _incs(request, "recording", RECORDING_INCS)
         if isinstance(incs, Response):
             return incs
         if not _UUID.match(mbid):
@@ -228,7 +276,7 @@ class FakeMusicBrainz(FakeServer):
 
     def _isrc(self, request: Request) -> Response:
         isrc = request.params["isrc"]
-        incs = _incs(request)
+        incs = _incs(request, "isrc", ISRC_INCS)
         if isinstance(incs, Response):
             return incs
         if not _ISRC.match(isrc):
@@ -236,7 +284,8 @@ class FakeMusicBrainz(FakeServer):
         found = [r for r in self.recordings if isrc in r.isrcs]
         if not found:
             return _error(404, "Not Found")
-        return Response(200, {"isrc": isrc, "recordings": [_lookup_json(r, incs) for r in found]})
+        recordings = [_lookup_json(r, incs, toplevel=False) for r in found]
+        return Response(200, {"isrc": isrc, "recordings": recordings})
 
 
 # -- the catalog as MusicBrainz would hold it ---------------------------------------------------
@@ -416,11 +465,20 @@ def _check_format(request: Request) -> Response | None:
     return Response(406, text="This fake MusicBrainz serves JSON only: send fmt=json.\n")
 
 
-def _incs(request: Request) -> frozenset[str] | Response:
-    incs = frozenset(request.query.get("inc", "").split())
-    unknown = sorted(incs - RECORDING_INCS)
-    if unknown:
-        return _error(400, f"{unknown[0]} is not a valid inc parameter for the recording resource.")
+def _incs(request: Request, resource: str, accepted: frozenset[str]) -> frozenset[str] | Response:
+    """The ``inc`` values asked for, or the 400 MusicBrainz answers to one ``resource`` refuses."""
+    incs = frozenset(i for i in re.split(r"[+ ]", request.query.get("inc", "")) if i)
+    extra = frozenset().union(*(EXTRA_INCS.get(i, ()) for i in incs))
+    for inc in sorted(incs - accepted - extra):
+        needs = sorted(other for other, allowed in EXTRA_INCS.items() if inc in allowed)
+        if needs:
+            return _error(
+                400,
+                f"{inc} is not a valid option for the inc parameter for the {resource} resource "
+                f"unless you specify one of the following other inc parameters: "
+                f"{', '.join(needs)}",
+            )
+        return _error(400, f"{inc} is not a valid inc parameter for the {resource} resource.")
     return incs
 
 
@@ -443,7 +501,9 @@ def _sort_name(name: str) -> str:
     return f"{name[4:]}, The" if name.startswith("The ") else name
 
 
-def _release_json(recording: FakeRecording, *, media: bool) -> dict[str, Any]:
+def _release_json(
+    recording: FakeRecording, *, media: bool, group: bool = True, credit: bool = False
+) -> dict[str, Any]:
     release = recording.release
     data: dict[str, Any] = {
         "id": release.id,
@@ -452,8 +512,11 @@ def _release_json(recording: FakeRecording, *, media: bool) -> dict[str, Any]:
         "date": release.date,
         "country": release.country,
         "track-count": release.track_count,
-        "release-group": {"id": release.group_id, "primary-type": release.primary_type},
     }
+    if group:
+        data["release-group"] = {"id": release.group_id, "primary-type": release.primary_type}
+    if credit:
+        data["artist-credit"] = _artist_credit(recording)
     if media:
         track = {
             "id": _uuid(recording.id, release.id, "track"),
@@ -493,12 +556,19 @@ def _search_json(recording: FakeRecording, score: int) -> dict[str, Any]:
     return data
 
 
-def _lookup_json(recording: FakeRecording, incs: frozenset[str]) -> dict[str, Any]:
+def _lookup_json(
+    recording: FakeRecording, incs: frozenset[str], *, toplevel: bool = True
+) -> dict[str, Any]:
+    """A looked-up recording; only a top-level one (not an ISRC lookup's) lists releases."""
     data = _base_json(recording)
-    if incs & {"artists", "artist-credits"}:
+    credit = bool(incs & {"artists", "artist-credits"})
+    if credit:
         data["artist-credit"] = _artist_credit(recording)
     if "isrcs" in incs:
         data["isrcs"] = list(recording.isrcs)
-    if "releases" in incs:
-        data["releases"] = [_release_json(recording, media="media" in incs)]
+    if toplevel and "releases" in incs:
+        release = _release_json(
+            recording, media="media" in incs, group="release-groups" in incs, credit=credit
+        )
+        data["releases"] = [release]
     return data

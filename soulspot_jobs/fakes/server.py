@@ -10,6 +10,8 @@ JSON body):
 * ``rate_limit`` ``{"count": 2, "retry_after": 4}``: the next ``count`` requests get 429 with
   ``Retry-After``;
 * ``latency`` ``{"seconds": 0.2}``: every answer is delayed that long;
+* ``bad_body`` ``{"count": 1, "kind": "html" | "truncated"}``: the next ``count`` successes
+  with a JSON body come as 200 with an HTML page (as from a proxy) or their JSON cut in half;
 * ``clear`` ``{}``: back to healthy.
 """
 
@@ -28,6 +30,8 @@ from urllib.parse import parse_qs, urlsplit
 
 #: Path prefix of the fault-control endpoints.
 FAULTS_PATH = "/_faults/"
+#: What a proxy in front of a service answers when the service behind it misbehaves.
+PROXY_PAGE = "<html><head><title>Bad Gateway</title></head><body>upstream error</body></html>"
 
 
 @dataclass
@@ -53,6 +57,8 @@ class Response:
     body: Any = None
     headers: dict[str, str] = field(default_factory=dict)
     text: str | None = None
+    #: Content type of ``text`` (default plain text).
+    content_type: str | None = None
 
 
 Handler = Callable[[Request], Response]
@@ -61,9 +67,15 @@ Handler = Callable[[Request], Response]
 class Faults:
     """Thread-safe fault switches of one fake server."""
 
-    def __init__(self, on_refuse: Callable[[float], None]) -> None:
+    def __init__(
+        self,
+        on_refuse: Callable[[float], None],
+        error_body: Callable[[int, str], Any] = lambda status, message: {"error": message},
+    ) -> None:
         self._lock = threading.Lock()
         self._on_refuse = on_refuse
+        #: The body of a fault's answer in the service's own error shape, from status and text.
+        self._error_body = error_body
         self.clear()
 
     def clear(self) -> None:
@@ -74,6 +86,8 @@ class Faults:
             self.rate_limited_left = 0
             self.retry_after = 1.0
             self.latency = 0.0
+            self.bad_bodies_left = 0
+            self.bad_body_kind = "html"
 
     def outage(self, seconds: float, mode: str = "503") -> None:
         """Be down for ``seconds``: refuse connections (``"refuse"``) or answer 503."""
@@ -99,19 +113,42 @@ class Faults:
         with self._lock:
             self.latency = seconds
 
+    def bad_body(self, count: int, kind: str = "html") -> None:
+        """Spoil the body of the next ``count`` JSON successes: ``"html"`` or ``"truncated"``."""
+        if kind not in ("html", "truncated"):
+            raise ValueError(f"unknown bad body {kind!r}: use 'html' or 'truncated'")
+        with self._lock:
+            self.bad_bodies_left, self.bad_body_kind = count, kind
+
+    def spoil(self, response: Response) -> Response:
+        """``response``, or in its place a body that is not its JSON while ``bad_body`` lasts."""
+        if not 200 <= response.status < 300 or response.body is None:
+            return response
+        with self._lock:
+            if self.bad_bodies_left <= 0:
+                return response
+            self.bad_bodies_left -= 1
+            kind = self.bad_body_kind
+        if kind == "html":
+            return Response(200, text=PROXY_PAGE, content_type="text/html; charset=utf-8")
+        payload = json.dumps(response.body)
+        return Response(200, text=payload[: len(payload) // 2], content_type="application/json")
+
     def intercept(self) -> Response | None:
         """The fault answer for the next request, if a fault applies (consumes counted ones)."""
         with self._lock:
             latency = self.latency
             if time.monotonic() < self.unavailable_until:
-                answer = Response(503, {"error": "Service Unavailable"})
+                answer = Response(503, self._error_body(503, "Service Unavailable"))
             elif self.failures_left > 0:
                 self.failures_left -= 1
-                answer = Response(self.failure_status, {"error": "injected failure"})
+                status = self.failure_status
+                answer = Response(status, self._error_body(status, "injected failure"))
             elif self.rate_limited_left > 0:
                 self.rate_limited_left -= 1
                 retry_after = f"{self.retry_after:g}"
-                answer = Response(429, {"error": "Too Many Requests"}, {"Retry-After": retry_after})
+                body = self._error_body(429, "Too Many Requests")
+                answer = Response(429, body, {"Retry-After": retry_after})
             else:
                 answer = None
         if latency:
@@ -129,11 +166,15 @@ class FakeServer:
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
         self._stopped = False
-        self.faults = Faults(self._refuse_for)
+        self.faults = Faults(self._refuse_for, self.error_body)
         #: Every request received (method, path), in order; for tests and the demo.
         self.requests: list[tuple[str, str]] = []
         #: When each of ``requests`` arrived (``time.monotonic()``), same order.
         self.request_times: list[float] = []
+
+    def error_body(self, status: int, message: str) -> Any:
+        """The body of an error answer in the service's shape; fakes of other shapes override."""
+        return {"error": message}
 
     # -- routes ----------------------------------------------------------------------------
 
@@ -154,7 +195,7 @@ class FakeServer:
             match = regex.match(request.path)
             if match and method == request.method:
                 request.params = match.groupdict()
-                return handler(request)
+                return self.faults.spoil(handler(request))
         return Response(404, {"error": f"no route for {request.method} {request.path}"})
 
     # -- life cycle ------------------------------------------------------------------------
@@ -223,6 +264,8 @@ class FakeServer:
                 self.faults.rate_limit(int(options["count"]), float(options["retry_after"]))
             elif name == "latency":
                 self.faults.set_latency(float(options["seconds"]))
+            elif name == "bad_body":
+                self.faults.bad_body(int(options["count"]), str(options.get("kind", "html")))
             elif name == "clear":
                 self.faults.clear()
             else:
@@ -260,7 +303,8 @@ def _handler_for(server: FakeServer) -> type[BaseHTTPRequestHandler]:
             )
             response = server.dispatch(request)
             if response.text is not None:
-                payload, content_type = response.text.encode(), "text/plain; charset=utf-8"
+                payload = response.text.encode()
+                content_type = response.content_type or "text/plain; charset=utf-8"
             elif response.body is None:
                 payload, content_type = b"", "application/json"
             else:

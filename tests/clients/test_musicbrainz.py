@@ -171,11 +171,28 @@ def test_get_recording_returns_artists_releases_and_isrcs(client: MusicBrainzCli
     assert recording.releases[0].title == TRACK.album
 
 
+def test_get_recording_asks_for_release_groups_so_the_release_type_is_known(
+    client: MusicBrainzClient,
+) -> None:
+    # When a recording is looked up (the fake, like MusicBrainz, sends a release's
+    # release-group only with inc=release-groups)
+    release = client.get_recording(TRACK.mbid).releases[0]
+    # Then its release says what it is
+    assert release.primary_type == "Album"
+
+
 def test_lookup_isrc_returns_the_recordings_carrying_it(client: MusicBrainzClient) -> None:
     [recording] = client.lookup_isrc(TRACK.isrc)
     assert recording.id == TRACK.mbid
     assert recording.artist_credit == TRACK.artist
     assert TRACK.isrc in recording.isrcs
+
+
+def test_lookup_isrc_gives_recordings_without_releases(client: MusicBrainzClient) -> None:
+    # When an ISRC is looked up (the fake refuses inc values an ISRC lookup does not take)
+    [recording] = client.lookup_isrc(TRACK.isrc)
+    # Then the recording has no releases: MusicBrainz lists none there
+    assert recording.releases == ()
 
 
 @pytest.mark.parametrize(
@@ -227,6 +244,25 @@ def test_outages_raise_service_unavailable(
     with pytest.raises(ServiceUnavailableError) as down:
         client.search_recordings(TRACK.artist, TRACK.title)
     assert is_service_failure(down.value)
+
+
+@pytest.mark.parametrize("kind", ["html", "truncated"])
+def test_a_200_that_is_not_json_is_a_service_failure(fake: FakeMusicBrainz, kind: str) -> None:
+    # Given a guarded client, and a proxy spoiling MusicBrainz's next answer
+    client = CircuitBreakerMusicBrainzClient(
+        MusicBrainzClient(settings_for(fake)), backend=MemoryBackend()
+    )
+    fake.faults.bad_body(1, kind)
+    # When it looks a recording up
+    with pytest.raises(ServiceUnavailableError) as raised:
+        client.get_recording(TRACK.mbid)
+    client.close()
+    # Then the service misbehaved: counted by the breaker
+    assert is_service_failure(raised.value)
+    assert f"GET /ws/2/recording/{TRACK.mbid} answered 200 with a body that is not JSON" in str(
+        raised.value
+    )
+    assert client.circuit_breaker.stats.failure_count == 1
 
 
 # -- best_match ----------------------------------------------------------------------------------

@@ -6,22 +6,31 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterator
 
+import httpx
 import pytest
 import structlog
 
 from soulspot_jobs.circuit_breaker import CircuitBreakerError, CircuitState, RedisBackend
-from soulspot_jobs.clients.spotify import CircuitBreakerSpotifyClient, SpotifyClient, Track
+from soulspot_jobs.clients.spotify import (
+    CircuitBreakerSpotifyClient,
+    Playlist,
+    SpotifyClient,
+    Track,
+)
 from soulspot_jobs.errors import (
     NotFoundError,
     ServiceUnavailableError,
     UpstreamError,
     UpstreamRequestError,
+    is_service_failure,
 )
 from soulspot_jobs.fakes.catalog import CATALOG
 from soulspot_jobs.fakes.spotify import (
     DEFAULT_CLIENT_ID,
     DEFAULT_CLIENT_SECRET,
+    DEFAULT_USER,
     DEMO_PLAYLIST,
+    Episode,
     FakeSpotify,
     LocalFile,
 )
@@ -48,12 +57,15 @@ def fake() -> Iterator[FakeSpotify]:
         yield server  # type: ignore[misc]
 
 
-def settings_for(fake: FakeSpotify, secret: str = DEFAULT_CLIENT_SECRET) -> SpotifySettings:
+def settings_for(
+    fake: FakeSpotify, secret: str = DEFAULT_CLIENT_SECRET, refresh_token: str = ""
+) -> SpotifySettings:
     return SpotifySettings(
         api_url=fake.url,
         accounts_url=fake.url,
         client_id=DEFAULT_CLIENT_ID,
         client_secret=secret,
+        refresh_token=refresh_token,
         timeout=5,
     )
 
@@ -114,25 +126,85 @@ def test_a_track_is_looked_up_with_its_isrc(client: SpotifyClient):
 
 
 def test_every_page_of_a_250_track_playlist_is_followed(fake: FakeSpotify, client: SpotifyClient):
-    # Given a playlist three pages long
+    # Given a playlist five pages of 50 (the most /items serves) long
     fake.add_playlist("big", size=250)
 
     # When its tracks are listed
     tracks = client.get_playlist_tracks("big")
 
-    # Then all 250 come back, in order, from three page requests
+    # Then all 250 come back, in order, from five page requests to /items
     assert len(tracks) == 250
     assert len({track.id for track in tracks}) == 250
     assert [track.name for track in tracks] == [CATALOG[i % 5].title for i in range(250)]
-    assert fake.requests.count(("GET", "/v1/playlists/big/tracks")) == 3
+    assert fake.requests.count(("GET", "/v1/playlists/big/items")) == 5
+    assert ("GET", "/v1/playlists/big/tracks") not in fake.requests
 
 
-def test_local_files_and_unavailable_tracks_are_skipped(fake: FakeSpotify, client: SpotifyClient):
-    fake.add_playlist("mixed", [CATALOG[0], LocalFile("Me", "Demo tape"), None, CATALOG[1]])
+def test_episodes_local_files_and_unavailable_tracks_are_skipped_and_counted(
+    fake: FakeSpotify, client: SpotifyClient
+):
+    # Given a playlist mixing tracks with an episode, two local files and a removed track
+    entries = [
+        CATALOG[0],
+        LocalFile("Me", "Demo tape"),
+        Episode("Tech Talk", "Circuit breakers"),
+        None,
+        LocalFile("Me", "Rehearsal"),
+        CATALOG[1],
+    ]
+    fake.add_playlist("mixed", entries)
 
-    tracks = client.get_playlist_tracks("mixed")
+    # When its items are read
+    items = client.get_playlist_items("mixed")
 
-    assert [track.id for track in tracks] == [CATALOG[0].spotify_id, CATALOG[1].spotify_id]
+    # Then only the tracks come back, and every other entry is counted by reason
+    assert [track.id for track in items.tracks] == [CATALOG[0].spotify_id, CATALOG[1].spotify_id]
+    assert items.skipped == {"local": 2, "episodes": 1, "unavailable": 1}
+    assert [t.id for t in client.get_playlist_tracks("mixed")] == [t.id for t in items.tracks]
+
+
+def test_entries_are_read_under_item_without_the_deprecated_track(
+    fake: FakeSpotify, client: SpotifyClient
+):
+    # Given Spotify's /items answer with each object under "item" only (the fake's default)
+    assert fake.legacy_track_field is False
+
+    # When the playlist is read, then every track is there
+    assert len(client.get_playlist_tracks(DEMO_PLAYLIST)) == len(CATALOG)
+
+
+def test_entries_with_only_the_deprecated_track_field_are_read_too():
+    # Given a Spotify that still lists entries under "track" alone
+    class TrackFieldOnly(FakeSpotify):
+        def _item(self, added_at, entry, fields):  # type: ignore[no-untyped-def]
+            return super()._item(added_at, entry, ("track",))
+
+    with TrackFieldOnly() as old:
+        client = SpotifyClient(settings_for(old))
+        try:
+            # When the playlist is read
+            tracks = client.get_playlist_tracks(DEMO_PLAYLIST)
+        finally:
+            client.close()
+
+    # Then the tracks are found under "track"
+    assert [track.id for track in tracks] == [t.spotify_id for t in CATALOG]
+
+
+def test_a_playlist_comes_with_its_name_owner_tracks_and_skipped_entries(
+    fake: FakeSpotify, client: SpotifyClient
+):
+    fake.add_playlist("road", [CATALOG[2], None], name="Road trip")
+
+    playlist = client.get_playlist("road")
+
+    assert playlist == Playlist(
+        id="road",
+        name="Road trip",
+        owner_id="spotify",
+        tracks=(client.get_track(CATALOG[2].spotify_id),),
+        skipped={"unavailable": 1},
+    )
 
 
 def test_an_unknown_track_is_not_found(client: SpotifyClient):
@@ -145,9 +217,9 @@ def test_an_unknown_track_is_not_found(client: SpotifyClient):
 def test_a_next_page_on_another_host_is_not_followed(fake: FakeSpotify):
     # Given a Spotify whose next links point at another host
     class Redirecting(FakeSpotify):
-        def _paging(self, path, items, limit, offset):  # type: ignore[no-untyped-def]
-            page = super()._paging(path, items, 2, offset)
-            page["next"] = "http://198.51.100.7/v1/playlists/big/tracks?offset=2&limit=2"
+        def _paging(self, request, items, limit, offset, fields):  # type: ignore[no-untyped-def]
+            page = super()._paging(request, items, 2, offset, fields)
+            page["next"] = "http://198.51.100.7/v1/playlists/big/items?offset=2&limit=2"
             return page
 
     with Redirecting() as other:
@@ -262,8 +334,9 @@ def test_a_second_401_is_an_upstream_request_error_without_tokens(
     # Then it tried exactly once more, with one new token, and gives up
     assert raised.value.status == 401
     assert fake.requests[seen:] == [TRACK_CALL, TOKEN_CALL, TRACK_CALL]
-    # And no token appears in the message
-    assert len(fake.issued_tokens) == 2
+    assert fake.token_requests == 2
+    # And no token appears in the message, which is Spotify's own
+    assert "The access token expired" in str(raised.value)
     assert not any(token in str(raised.value) for token in fake.issued_tokens)
 
 
@@ -338,3 +411,193 @@ def test_a_404_never_trips_the_breaker(
     # Then the breaker stays CLOSED and the next call reaches Spotify
     assert worker.circuit_breaker.state is CircuitState.CLOSED
     assert worker.get_track(TRACK_ID).id == TRACK_ID
+
+
+# -- Spotify's error object -------------------------------------------------------------------
+
+
+def test_spotifys_error_message_is_the_errors_message(client: SpotifyClient):
+    with pytest.raises(NotFoundError) as raised:
+        client.get_track("0000000000000000000000")
+
+    assert str(raised.value) == (
+        "spotify-api: GET /v1/tracks/0000000000000000000000 answered 404: Resource not found"
+    )
+
+
+# -- user tokens and the 403 of playlists an app may not read --------------------------------
+
+
+def user_token(fake: FakeSpotify) -> str:
+    """An access token of the fake's default user, as a caller holding one would pass it."""
+    with httpx.Client(base_url=fake.url) as http:
+        answer = http.post(
+            "/api/token",
+            data={"grant_type": "refresh_token", "refresh_token": fake.refresh_token},
+            auth=(DEFAULT_CLIENT_ID, DEFAULT_CLIENT_SECRET),
+        )
+    return answer.json()["access_token"]
+
+
+def test_an_app_token_refused_403_says_which_credential_is_needed(
+    fake: FakeSpotify, client: SpotifyClient
+):
+    # Given a playlist only its owner may read
+    fake.add_playlist("mine", [CATALOG[0]], owner=DEFAULT_USER)
+
+    # When the client reads it with its app token
+    with pytest.raises(UpstreamRequestError) as raised:
+        client.get_playlist_tracks("mine")
+
+    # Then the 403 is the job's own error, naming the credential that would work
+    assert raised.value.status == 403
+    assert not is_service_failure(raised.value)
+    message = str(raised.value)
+    assert "answered 403: Forbidden" in message
+    assert "app (client-credentials) token" in message
+    assert "SPOTIFY_REFRESH_TOKEN" in message
+    assert not any(token in message for token in fake.issued_tokens)
+
+
+def test_a_403_never_trips_the_breaker(
+    fake: FakeSpotify, workers: list[CircuitBreakerSpotifyClient]
+):
+    # Given a guarded client and a playlist its app token may not read
+    worker = workers[0]
+    fake.add_playlist("mine", [CATALOG[0]], owner=DEFAULT_USER)
+
+    # When it is refused more often than the breaker's failure threshold
+    for _ in range(worker.circuit_breaker.config.failure_threshold + 1):
+        with pytest.raises(UpstreamRequestError):
+            worker.get_playlist_tracks("mine")
+
+    # Then the breaker stays CLOSED
+    assert worker.circuit_breaker.state is CircuitState.CLOSED
+
+
+def test_a_token_passed_to_the_call_is_used_instead_of_the_clients_own(
+    fake: FakeSpotify, client: SpotifyClient
+):
+    # Given the owner's access token, held by the caller
+    fake.add_playlist("mine", [CATALOG[0], CATALOG[1]], owner=DEFAULT_USER)
+    token = user_token(fake)
+    requests_before = fake.token_requests
+
+    # When the playlist is read with it
+    playlist = client.get_playlist("mine", token=token)
+    track = client.get_track(CATALOG[3].spotify_id, token=token)
+
+    # Then it is served, and the client never fetched a token of its own
+    assert [t.id for t in playlist.tracks] == [CATALOG[0].spotify_id, CATALOG[1].spotify_id]
+    assert track.id == CATALOG[3].spotify_id
+    assert fake.token_requests == requests_before
+
+
+def test_an_expired_token_passed_to_the_call_is_not_replaced(
+    fake: FakeSpotify, client: SpotifyClient
+):
+    # Given a caller's token that has expired
+    token = user_token(fake)
+    fake.expire_tokens()
+    requests_before = fake.token_requests
+
+    # When it is used
+    with pytest.raises(UpstreamRequestError) as raised:
+        client.get_track(TRACK_ID, token=token)
+
+    # Then the 401 says to pass a fresh one; the client cannot refresh a token it does not own
+    assert raised.value.status == 401
+    assert "pass a fresh one" in str(raised.value)
+    assert token not in str(raised.value)
+    assert fake.token_requests == requests_before
+
+
+def test_with_a_refresh_token_the_client_acts_as_that_user(fake: FakeSpotify):
+    # Given a client configured with the owner's refresh token
+    fake.add_playlist("mine", [CATALOG[0]], owner=DEFAULT_USER)
+    client = SpotifyClient(settings_for(fake, refresh_token=fake.refresh_token))
+    try:
+        # When it reads the owner's playlist
+        with structlog.testing.capture_logs() as logs:
+            tracks = client.get_playlist_tracks("mine")
+    finally:
+        client.close()
+
+    # Then it is served through a token of the refresh grant, and no token is logged
+    assert [track.id for track in tracks] == [CATALOG[0].spotify_id]
+    assert [entry.get("grant") for entry in logs] == ["refresh_token"]
+    assert not any(token in repr(logs) for token in fake.issued_tokens)
+
+
+def test_a_rotated_refresh_token_is_kept_and_used_next(fake: FakeSpotify):
+    # Given an accounts service that rotates refresh tokens (the old one dies on use)
+    fake.rotate_refresh_tokens = True
+    client = SpotifyClient(settings_for(fake, refresh_token=fake.refresh_token))
+    try:
+        with structlog.testing.capture_logs() as logs:
+            client.get_track(TRACK_ID)
+            # When the access token expires and a new one is needed
+            fake.expire_tokens()
+            track = client.get_track(TRACK_ID)
+    finally:
+        client.close()
+
+    # Then the client refreshed with the rotated token (the original would be refused)
+    assert track.id == TRACK_ID
+    assert fake.token_requests == 2
+    events = [entry["event_name"] for entry in logs]
+    assert events.count("spotify.refresh_token_rotated") == 2
+    assert not any(token in repr(logs) for token in fake.issued_tokens)
+
+
+def test_a_refused_refresh_token_says_to_authorize_again(fake: FakeSpotify):
+    client = SpotifyClient(settings_for(fake, refresh_token="revoked-refresh-token"))
+    try:
+        with pytest.raises(UpstreamRequestError) as raised:
+            client.get_track(TRACK_ID)
+    finally:
+        client.close()
+
+    assert raised.value.status == 400
+    assert "invalid_grant: Invalid refresh token" in str(raised.value)
+    assert "SPOTIFY_REFRESH_TOKEN was refused" in str(raised.value)
+    assert "revoked-refresh-token" not in str(raised.value)
+
+
+# -- answers that are not the JSON promised ----------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["html", "truncated"])
+def test_a_200_that_is_not_json_is_a_service_failure(
+    fake: FakeSpotify, workers: list[CircuitBreakerSpotifyClient], kind: str
+):
+    # Given a guarded client with a token, and a proxy spoiling the next answer
+    worker = workers[0]
+    worker.get_track(TRACK_ID)
+    fake.faults.bad_body(1, kind)
+
+    # When the client calls
+    with pytest.raises(ServiceUnavailableError) as raised:
+        worker.get_track(TRACK_ID)
+
+    # Then it is the service misbehaving: counted by the breaker, never retried as a bug
+    assert is_service_failure(raised.value)
+    assert "not JSON" in str(raised.value)
+    assert worker.circuit_breaker.stats.failure_count == 1
+
+
+def test_json_of_the_wrong_shape_is_a_service_failure(fake: FakeSpotify):
+    # Given a Spotify whose playlist pages lack their items
+    class Shapeless(FakeSpotify):
+        def _paging(self, request, items, limit, offset, fields):  # type: ignore[no-untyped-def]
+            return {"total": len(items)}
+
+    with Shapeless() as broken:
+        client = SpotifyClient(settings_for(broken))
+        try:
+            with pytest.raises(ServiceUnavailableError) as raised:
+                client.get_playlist_tracks(DEMO_PLAYLIST)
+        finally:
+            client.close()
+
+    assert "unexpected shape: KeyError: 'items'" in str(raised.value)

@@ -17,6 +17,7 @@ AGENT = "soulspot-jobs-tests/1.0 ( tests@example.org )"
 TRACK = CATALOG[0]
 SEARCH = "/ws/2/recording"
 LOOKUP_INC = "artists releases isrcs"
+GROUPS_INC = "artists releases release-groups isrcs"
 
 
 @pytest.fixture
@@ -151,10 +152,45 @@ def test_a_recording_lookup_includes_only_what_inc_asks_for(http: httpx.Client) 
 
 def test_an_unknown_inc_is_a_bad_request(http: httpx.Client) -> None:
     response = http.get(
-        f"/ws/2/recording/{TRACK.mbid}", params={"fmt": "json", "inc": "artists+releases"}
+        f"/ws/2/recording/{TRACK.mbid}", params={"fmt": "json", "inc": "artists+labels"}
     )
     assert response.status_code == 400
-    assert "not a valid inc parameter" in response.json()["error"]
+    assert response.json()["error"] == (
+        "labels is not a valid inc parameter for the recording resource."
+    )
+
+
+def test_inc_values_may_be_joined_by_a_plus_as_well_as_a_space(http: httpx.Client) -> None:
+    # When the plus itself is sent (encoded as %2B), not a space
+    response = http.get(
+        f"/ws/2/recording/{TRACK.mbid}", params={"fmt": "json", "inc": "artists+releases"}
+    )
+    # Then MusicBrainz splits on it all the same
+    assert response.status_code == 200
+    assert {"artist-credit", "releases"} <= set(response.json())
+
+
+def test_a_release_has_its_release_group_only_with_inc_release_groups(http: httpx.Client) -> None:
+    # When a recording is looked up with releases, then with releases and their groups
+    without = http.get(
+        f"/ws/2/recording/{TRACK.mbid}", params={"fmt": "json", "inc": LOOKUP_INC}
+    ).json()
+    with_groups = http.get(
+        f"/ws/2/recording/{TRACK.mbid}", params={"fmt": "json", "inc": GROUPS_INC}
+    ).json()
+
+    # Then only the second one's release says what type of release it is
+    assert "release-group" not in without["releases"][0]
+    assert with_groups["releases"][0]["release-group"]["primary-type"] == "Album"
+
+
+def test_media_needs_releases(http: httpx.Client) -> None:
+    response = http.get(f"/ws/2/recording/{TRACK.mbid}", params={"fmt": "json", "inc": "media"})
+    assert response.status_code == 400
+    assert response.json()["error"] == (
+        "media is not a valid option for the inc parameter for the recording resource unless "
+        "you specify one of the following other inc parameters: releases"
+    )
 
 
 def test_an_isrc_lookup_lists_the_recordings_carrying_it(http: httpx.Client) -> None:
@@ -162,6 +198,24 @@ def test_an_isrc_lookup_lists_the_recordings_carrying_it(http: httpx.Client) -> 
     body = response.json()
     assert body["isrc"] == TRACK.isrc
     assert [r["id"] for r in body["recordings"]] == [TRACK.mbid]
+    assert body["recordings"][0]["artist-credit"][0]["name"] == TRACK.artist
+    assert body["recordings"][0]["isrcs"] == [TRACK.isrc]
+
+
+def test_an_isrc_lookup_never_lists_releases(http: httpx.Client) -> None:
+    # When an ISRC is looked up asking for releases
+    response = http.get(f"/ws/2/isrc/{TRACK.isrc}", params={"fmt": "json", "inc": LOOKUP_INC})
+    # Then its recordings come without them, as MusicBrainz serializes them below top level
+    assert response.status_code == 200
+    assert "releases" not in response.json()["recordings"][0]
+
+
+def test_an_isrc_lookup_refuses_release_groups(http: httpx.Client) -> None:
+    response = http.get(f"/ws/2/isrc/{TRACK.isrc}", params={"fmt": "json", "inc": GROUPS_INC})
+    assert response.status_code == 400
+    assert response.json()["error"] == (
+        "release-groups is not a valid inc parameter for the isrc resource."
+    )
 
 
 @pytest.mark.parametrize(
@@ -254,6 +308,7 @@ def test_injected_faults_answer_before_the_musicbrainz_rules(
     response = search(http, phrase_query(TRACK.artist, TRACK.title))
     # Then it gets the outage's 503, and is not an accepted request
     assert response.status_code == 503
+    assert response.json() == {"error": "Service Unavailable", "help": HELP}
     assert fake.accepted_times == []
     fake.faults.clear()
     assert search(http, phrase_query(TRACK.artist, TRACK.title)).status_code == 200
