@@ -23,7 +23,7 @@ from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import parse_qs
 
-from soulspot_jobs.fakes.catalog import CATALOG, CatalogTrack
+from soulspot_jobs.fakes.catalog import CATALOG, MIXTAPE, CatalogTrack
 from soulspot_jobs.fakes.server import FakeServer, Request, Response
 
 #: The playlist every fake Spotify has: the whole catalog.
@@ -35,6 +35,9 @@ DEFAULT_CLIENT_SECRET = "soulspot-secret"
 DEFAULT_LIMIT = MAX_LIMIT = 100
 
 _BASE62 = string.digits + string.ascii_letters
+
+#: The playlist of the :data:`MIXTAPE` tracks a fake's catalog holds (listed when it holds any).
+MIXTAPE_PLAYLIST = "0SoulspotDemoMixtape50"
 
 
 @dataclass(frozen=True)
@@ -107,6 +110,9 @@ class FakeSpotify(FakeServer):
         self._playlists: dict[str, list[tuple[str, PlaylistEntry]]] = {}
         self.catalog = tuple(catalog)
         self.add_playlist(DEMO_PLAYLIST, list(self.catalog))
+        mixtape = [track for track in self.catalog if track in MIXTAPE]
+        if mixtape:
+            self.add_playlist(MIXTAPE_PLAYLIST, mixtape)
         self.route("POST", "/api/token", self._token)
         self.route("GET", "/v1/playlists/{playlist_id}/tracks", self._playlist_items)
         self.route("GET", "/v1/playlists/{playlist_id}/items", self._playlist_items)
