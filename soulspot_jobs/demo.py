@@ -20,13 +20,11 @@ import math
 import os
 import re
 import signal
-import subprocess
-import sys
 import tempfile
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
@@ -37,6 +35,7 @@ from rich.console import Console
 from soulspot_jobs.app import SoulspotJobs
 from soulspot_jobs.circuit_breaker import CircuitState
 from soulspot_jobs.circuit_breaker.config import CircuitBreakerFields
+from soulspot_jobs.demo_processes import DemoError, WorkerProcesses
 from soulspot_jobs.demo_tally import read_tally
 from soulspot_jobs.demo_view import (
     BreakerView,
@@ -63,9 +62,6 @@ from soulspot_jobs.settings import CircuitBreakerOverrides, Settings
 #: Tracks in the demo playlist, and seconds slskd is down.
 TRACKS = 50
 OUTAGE = 6.0
-#: Worker processes and threads per process.
-PROCESSES = 2
-THREADS = 4
 #: The breakers' settings in the demo: open after 2 failures in a row, for 1.5 s.
 FAILURE_THRESHOLD = 2
 BREAKER_TIMEOUT = 1.5
@@ -85,8 +81,6 @@ OUTAGE_AT = 0.25
 REFRESH = 0.25
 #: Seconds the demo waits for its jobs, from its start, before giving up.
 DEADLINE = 110.0
-#: Seconds the worker processes get to stop after SIGTERM before they are killed.
-WORKER_STOP_TIMEOUT = 10.0
 #: Exit status after Ctrl-C or SIGTERM (128 + SIGINT, as shells report it).
 EXIT_INTERRUPTED = 130
 SERVICES = ("spotify-api", "slskd-api", "musicbrainz-api")
@@ -102,22 +96,6 @@ _SETTINGS_ENV_PREFIXES = (
     "CIRCUIT_BREAKER_",
     "LOG_",
 )
-
-
-#: Run by a fresh interpreter before it becomes the worker command (Linux): asks the kernel for
-#: SIGTERM when the demo dies, so even a killed demo leaves no worker behind. It runs after
-#: exec, not between fork and exec, where a multi-threaded parent's locks make code unsafe.
-_DIE_WITH_PARENT = """
-import ctypes, os, signal, sys
-ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM, 0, 0, 0)  # PR_SET_PDEATHSIG
-if os.getppid() != int(sys.argv[1]):
-    sys.exit(1)  # the demo died before the request was made
-os.execv(sys.executable, [sys.executable, *sys.argv[2:]])
-"""
-
-
-class DemoError(Exception):
-    """The demo cannot go on (its worker processes exited)."""
 
 
 def run(
@@ -174,7 +152,7 @@ def run(
                 )
             )
             console.print(
-                f"{PROCESSES} worker processes ({THREADS} threads each), "
+                f"{workers.processes} worker processes ({workers.threads} threads each), "
                 f"logs in {workers.log_path}",
                 highlight=False,
                 soft_wrap=True,
@@ -285,76 +263,6 @@ def _delete_keys(client: redis.Redis, prefix: str) -> None:
                 batch.clear()
         if batch:
             client.delete(*batch)
-
-
-class WorkerProcesses:
-    """``dramatiq soulspot_jobs.worker soulspot_jobs.demo_worker`` in a process group of its
-    own, logging to ``log_path``; stopped group-wide, so no worker process outlives the demo.
-
-    The group's leader gets SIGTERM if the demo dies without cleaning up (Linux), and passes it
-    on to its worker processes.
-    """
-
-    def __init__(self, env: Mapping[str, str], *, log_path: Path, cwd: Path) -> None:
-        self.env = dict(env)
-        self.log_path = log_path
-        self.cwd = cwd
-        self.process: subprocess.Popen[bytes] | None = None
-
-    @property
-    def command(self) -> list[str]:
-        return [
-            sys.executable,
-            "-m",
-            "dramatiq",
-            "soulspot_jobs.worker",
-            "soulspot_jobs.demo_worker",
-            "--processes",
-            str(PROCESSES),
-            "--threads",
-            str(THREADS),
-        ]
-
-    def __enter__(self) -> WorkerProcesses:
-        command = self.command
-        if sys.platform.startswith("linux"):
-            command = [sys.executable, "-c", _DIE_WITH_PARENT, str(os.getpid()), *command[1:]]
-        with open(self.log_path, "ab") as log:
-            self.process = subprocess.Popen(
-                command,
-                env=self.env,
-                cwd=self.cwd,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-    def check(self) -> None:
-        """Raise :class:`DemoError` if the worker command has exited."""
-        if self.process is not None and self.process.poll() is not None:
-            raise DemoError(
-                f"the worker processes exited with status {self.process.returncode}; "
-                f"see {self.log_path}"
-            )
-
-    def stop(self) -> None:
-        """SIGTERM to the worker command (it stops its worker processes and waits for them),
-        then SIGKILL to whatever is left of the group after the timeout."""
-        if self.process is None:
-            return
-        group = self.process.pid  # the leader of a new session leads its own process group
-        self.process.send_signal(signal.SIGTERM)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            self.process.wait(timeout=WORKER_STOP_TIMEOUT)
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(group, signal.SIGKILL)
-        self.process.wait()
-        self.process = None
 
 
 @dataclass

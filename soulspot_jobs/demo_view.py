@@ -224,7 +224,7 @@ def render(snapshot: Snapshot) -> Group:
 
 def print_summary(console: Console, summary: Summary, *, as_json: bool) -> None:
     """The summary as a table, then (with ``as_json``) as one JSON line, the last of the output."""
-    table = Table(title="Demo summary")
+    table = Table(title="Demo summary", show_header=False)
     table.add_column("")
     table.add_column("", justify="right")
     rows = (
