@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from types import TracebackType
 from typing import Any
 
@@ -90,10 +90,10 @@ class Summary:
     worker_log: str
     #: Why the demo ended early (``timed out``, ``workers exited``); empty when it ran through.
     problem: str = ""
-    deferrals_total: int = field(init=False)
 
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "deferrals_total", sum(self.deferrals.values()))
+    @property
+    def deferrals_total(self) -> int:
+        return sum(self.deferrals.values())
 
     @property
     def succeeded(self) -> bool:
@@ -102,6 +102,7 @@ class Summary:
     def as_dict(self) -> dict[str, Any]:
         values = asdict(self)
         values["wall_seconds"] = round(self.wall_seconds, 1)
+        values["deferrals_total"] = self.deferrals_total
         values["ok"] = self.succeeded
         return values
 
