@@ -139,10 +139,10 @@ def run(
                 soft_wrap=True,
             )
             demo_settings = _demo_settings(settings, url)
+            if settings.redis_url:  # runs last: after the workers and the producer stopped
+                stack.callback(_delete_keys, url, demo_settings.key_prefix)
             app = SoulspotJobs(demo_settings)
             stack.callback(app.close)
-            if settings.redis_url:
-                stack.callback(_delete_keys, app.broker.client, demo_settings.key_prefix)
             log_dir = Path(tempfile.mkdtemp(prefix="soulspot-demo-"))
             workers = stack.enter_context(
                 WorkerProcesses(
@@ -251,10 +251,11 @@ def _worker_env(
     return env
 
 
-def _delete_keys(client: redis.Redis, prefix: str) -> None:
+def _delete_keys(url: str, prefix: str) -> None:
     """Delete every key under the demo's own ``prefix`` (an external Redis keeps nothing)."""
     pattern = re.sub(r"([*?\[\]\\])", r"\\\1", prefix) + ":*"
-    with contextlib.suppress(redis.RedisError):
+    client = redis.Redis.from_url(url)
+    try:
         batch: list[bytes] = []
         for key in client.scan_iter(match=pattern, count=500):
             batch.append(key)
@@ -263,6 +264,10 @@ def _delete_keys(client: redis.Redis, prefix: str) -> None:
                 batch.clear()
         if batch:
             client.delete(*batch)
+    except redis.RedisError:
+        pass  # the user's Redis went away: nothing more can be cleaned
+    finally:
+        client.close()
 
 
 @dataclass

@@ -140,7 +140,7 @@ class PlainView:
         return None
 
     def event(self, text: str) -> None:
-        self.console.print(f"-- {text}", highlight=False, soft_wrap=True)
+        self.console.print(f"-- {text}", highlight=False, soft_wrap=True, markup=False)
 
     def show(self, snapshot: Snapshot) -> None:
         """Print the snapshot's line when it changed and the last one is a second old."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -31,8 +32,8 @@ START_DEADLINE = 60.0
 def test_the_demo_imports_a_playlist_through_worker_processes_and_survives_an_slskd_outage(
     redis_url: str, redis_client: redis.Redis, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    # Given the settings a user has, on the test Redis
-    settings = load_settings(REDIS_URL=redis_url)
+    # Given the settings a user has, on the test Redis, logging at INFO
+    settings = load_settings(REDIS_URL=redis_url, log_level="INFO")
 
     # When a short form of the demo runs, its summary asked for as JSON
     status = demo.run(settings, tracks=SHORT_TRACKS, outage=SHORT_OUTAGE, json_summary=True)
@@ -55,6 +56,7 @@ def test_the_demo_imports_a_playlist_through_worker_processes_and_survives_an_sl
     log = Path(summary["worker_log"])
     assert f"logs in {log}" in out
     assert "Worker process is ready for action" in log.read_text()
+    shutil.rmtree(log.parent)
     # ... and it left no key in the user's Redis
     assert redis_client.dbsize() == 0
 
@@ -78,6 +80,7 @@ def _left_behind(processes: list[psutil.Process]) -> list[str]:
 def test_ctrl_c_during_the_demo_stops_every_process_it_started(tmp_path: Path) -> None:
     # Given the demo command running on its embedded Redis, its jobs under way
     env = {name: value for name, value in os.environ.items() if name != "REDIS_URL"}
+    env["TMPDIR"] = str(tmp_path)  # the worker log and the embedded Redis go under tmp_path
     command = [sys.executable, "-m", "soulspot_jobs.cli", "demo"]
     options = ["--tracks", str(SHORT_TRACKS), "--outage", "30"]
     process = subprocess.Popen(
