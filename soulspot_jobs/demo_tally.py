@@ -8,7 +8,10 @@ middleware) under the message id. Both only grow over a message's life, so the s
 message id, once all jobs are done, is the number of retries spent and of deferrals made.
 
 Layout (one hash per count, message id -> the highest count seen):
-``<prefix>:demo:retries`` and ``<prefix>:demo:deferrals:<service>``. Each write renews a TTL.
+``<prefix>:demo:retries`` and ``<prefix>:demo:deferrals:<service>``, the service being the one
+that deferred the message last (the demo's actors are only ever deferred by their own service).
+Each write renews a TTL. While the demo runs, deferrals of messages still waiting are not in the
+tally yet; they are once every job is done.
 """
 
 from __future__ import annotations
