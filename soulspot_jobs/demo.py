@@ -83,6 +83,7 @@ REFRESH = 0.25
 DEADLINE = 110.0
 #: Exit status after Ctrl-C or SIGTERM (128 + SIGINT, as shells report it).
 EXIT_INTERRUPTED = 130
+#: The breakers the demo shows, in this order.
 SERVICES = ("spotify-api", "slskd-api", "musicbrainz-api")
 #: States of a download job that got past its search.
 UNDER_WAY = (JobState.DOWNLOADING, JobState.ENRICHING, JobState.DONE)
