@@ -32,13 +32,24 @@ def _settings_or_exit() -> Settings:
 
 
 @app.command()
-def demo() -> None:
-    """Run the demo against REDIS_URL, or against an embedded redis-server when it is unset."""
+def demo(
+    tracks: int = typer.Option(50, "--tracks", min=1, help="Tracks in the demo playlist."),
+    outage: float = typer.Option(
+        6.0, "--outage", min=1.0, help="Seconds slskd is down midway (its breaker opens)."
+    ),
+    json_summary: bool = typer.Option(
+        False, "--json", help="Print the summary as one JSON line, the last of the output."
+    ),
+) -> None:
+    """Run the demo: two worker processes import a playlist through the fake upstreams while
+    slskd goes down and comes back. Uses REDIS_URL, or an embedded redis-server when unset."""
     from soulspot_jobs import demo as scenario
 
     settings = _settings_or_exit()
     configure_logging(settings)
-    raise typer.Exit(scenario.run(settings))
+    raise typer.Exit(
+        scenario.run(settings, tracks=tracks, outage=outage, json_summary=json_summary)
+    )
 
 
 @app.command("settings")

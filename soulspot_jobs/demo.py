@@ -1,188 +1,408 @@
-"""``soulspot-jobs demo``: the whole product on one machine, in about fifteen seconds.
+"""``soulspot-jobs demo``: the whole product on one machine, in well under two minutes.
 
 It starts a Redis (embedded unless ``REDIS_URL`` is set), fake slskd, MusicBrainz and Spotify
-servers on loopback, and a Dramatiq worker. It imports the demo playlist from Spotify (one
-download job per track), takes slskd down while the downloads run, shows the slskd jobs being
-deferred (not failed) while MusicBrainz jobs go on, and shows every job finishing once slskd
-is back, with no retry spent on the outage.
+servers on loopback in this process, and two Dramatiq worker processes
+(``dramatiq soulspot_jobs.worker``, with the :mod:`~soulspot_jobs.demo_worker` tally) whose logs
+go to a file. It imports a Spotify playlist of fifty tracks through the real actor chain (one
+download job per track: search on slskd, download, poll, MusicBrainz lookup). Once a quarter of
+the downloads are under way slskd goes down long enough for its breaker to open: the slskd jobs
+are deferred, not failed, and all of them finish once slskd is back. A summary ends the run:
+jobs done and failed, deferrals, Dramatiq retries spent, wall time.
+
+Ctrl-C (or SIGTERM) stops everything the demo started: the worker processes (their whole
+process group), the embedded Redis and the fakes; keys it wrote to an external Redis are deleted.
 """
 
 from __future__ import annotations
 
 import contextlib
+import math
+import os
+import re
+import signal
+import tempfile
+import threading
 import time
-from collections.abc import Callable
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from types import FrameType
 
-import dramatiq
-from pydantic import SecretStr
+import redis
 from rich.console import Console
-from rich.table import Table
 
 from soulspot_jobs.app import SoulspotJobs
+from soulspot_jobs.circuit_breaker import CircuitState
+from soulspot_jobs.circuit_breaker.config import CircuitBreakerFields
+from soulspot_jobs.demo_processes import DemoError, WorkerProcesses
+from soulspot_jobs.demo_tally import read_tally
+from soulspot_jobs.demo_view import (
+    BreakerView,
+    LiveView,
+    PlainView,
+    Snapshot,
+    Summary,
+    print_summary,
+)
+from soulspot_jobs.fakes.catalog import MIXTAPE
 from soulspot_jobs.fakes.musicbrainz import FakeMusicBrainz
 from soulspot_jobs.fakes.slskd import FakeSlskd
 from soulspot_jobs.fakes.spotify import (
     DEFAULT_CLIENT_ID,
     DEFAULT_CLIENT_SECRET,
-    DEMO_PLAYLIST,
+    MIXTAPE_PLAYLIST,
     FakeSpotify,
 )
 from soulspot_jobs.jobs import FINAL_STATES, JobState
 from soulspot_jobs.logging import redact_url
 from soulspot_jobs.redis_server import EmbeddedRedis
-from soulspot_jobs.settings import Settings
+from soulspot_jobs.settings import CircuitBreakerOverrides, Settings
 
-#: Seconds slskd is down in the demo, and seconds the breakers stay OPEN.
-OUTAGE = 4.0
+#: Tracks in the demo playlist, and seconds slskd is down.
+TRACKS = 50
+OUTAGE = 6.0
+#: The breakers' settings in the demo: open after 2 failures in a row, for 1.5 s.
+FAILURE_THRESHOLD = 2
 BREAKER_TIMEOUT = 1.5
-#: Seconds the demo waits for its jobs before giving up.
-DEADLINE = 60.0
+#: Seconds the fake slskd takes for a search and for a download.
+SEARCH_DURATION = 0.5
+TRANSFER_DURATION = 2.0
+#: Seconds between two looks of a job at its search and at its download.
+SEARCH_POLL_INTERVAL = 0.25
+DOWNLOAD_POLL_INTERVAL = 0.5
+#: Seconds between two requests the fake MusicBrainz accepts (the real one: 1.0), and the
+#: workers' spacing, a margin wider so a late arrival is not refused.
+MUSICBRAINZ_INTERVAL = 0.3
+MUSICBRAINZ_CLIENT_INTERVAL = 0.45
+#: Share of the downloads under way (downloading or later) when slskd goes down.
+OUTAGE_AT = 0.25
+#: Seconds between two looks at the jobs.
+REFRESH = 0.25
+#: Seconds the demo waits for its jobs, from its start, before giving up.
+DEADLINE = 110.0
+#: Exit status after Ctrl-C or SIGTERM (128 + SIGINT, as shells report it).
+EXIT_INTERRUPTED = 130
+#: The breakers the demo shows, in this order.
 SERVICES = ("spotify-api", "slskd-api", "musicbrainz-api")
+#: States of a download job that got past its search.
+UNDER_WAY = (JobState.DOWNLOADING, JobState.ENRICHING, JobState.DONE)
+#: Prefixes of the environment variables the settings read; the workers get only the demo's.
+_SETTINGS_ENV_PREFIXES = (
+    "REDIS_URL",
+    "SOULSPOT_",
+    "SLSKD_",
+    "MUSICBRAINZ_",
+    "SPOTIFY_",
+    "CIRCUIT_BREAKER_",
+    "LOG_",
+)
 
 
-def run(settings: Settings) -> int:
-    """Run the demo; exit status 0 when every job finished as expected."""
-    console = Console()
-    with contextlib.ExitStack() as stack:
-        url = settings.redis_url or stack.enter_context(EmbeddedRedis()).url
-        slskd = stack.enter_context(FakeSlskd(search_duration=0.5, transfer_duration=3.0))
-        musicbrainz = stack.enter_context(FakeMusicBrainz(min_interval=1.0))
-        spotify = stack.enter_context(FakeSpotify())
-        console.print(
-            f"[bold]Redis[/bold] {redact_url(url)}; fake slskd {slskd.url}, "
-            f"MusicBrainz {musicbrainz.url}, Spotify {spotify.url}"
-        )
-        demo_settings = _pointed_at(settings, url, slskd, musicbrainz, spotify)
-        app = SoulspotJobs(demo_settings)
-        stack.callback(app.close)
-        worker = dramatiq.Worker(app.broker, worker_threads=4, worker_timeout=100)
-        worker.start()
-        stack.callback(worker.stop)
-        return _scenario(console, app, slskd)
-    return 1
-
-
-def _pointed_at(
+def run(
     settings: Settings,
-    url: str,
-    slskd: FakeSlskd,
-    musicbrainz: FakeMusicBrainz,
-    spotify: FakeSpotify,
-) -> Settings:
-    """``settings`` with Redis, the fakes and demo-sized breaker timings."""
+    *,
+    tracks: int = TRACKS,
+    outage: float = OUTAGE,
+    json_summary: bool = False,
+    console: Console | None = None,
+) -> int:
+    """Run the demo; 0 when every job is done, 1 otherwise, 130 when interrupted.
+
+    ``tracks`` and ``outage`` (seconds) size the run; ``json_summary`` prints the summary as a
+    JSON line at the very end. A terminal gets the live view, anything else plain lines.
+    """
+    if tracks < 1:
+        raise ValueError(f"tracks must be at least 1, got {tracks}")
+    if not outage > 0:
+        raise ValueError(f"outage must be a positive number of seconds, got {outage}")
+    console = console or Console()
+    started = time.monotonic()
+    try:
+        with _interruptible(), contextlib.ExitStack() as stack:
+            url = settings.redis_url or stack.enter_context(EmbeddedRedis()).url
+            slskd = stack.enter_context(
+                FakeSlskd(
+                    catalog=MIXTAPE,
+                    search_duration=SEARCH_DURATION,
+                    transfer_duration=TRANSFER_DURATION,
+                )
+            )
+            musicbrainz = stack.enter_context(
+                FakeMusicBrainz(catalog=MIXTAPE, min_interval=MUSICBRAINZ_INTERVAL)
+            )
+            spotify = stack.enter_context(FakeSpotify(catalog=MIXTAPE))
+            spotify.add_playlist(MIXTAPE_PLAYLIST, MIXTAPE, size=tracks)
+            console.print(
+                f"Redis {redact_url(url)}; fake slskd {slskd.url}, "
+                f"MusicBrainz {musicbrainz.url}, Spotify {spotify.url}",
+                highlight=False,
+                soft_wrap=True,
+            )
+            demo_settings = _demo_settings(settings, url)
+            if settings.redis_url:  # runs last: after the workers and the producer stopped
+                stack.callback(_delete_keys, url, demo_settings.key_prefix)
+            app = SoulspotJobs(demo_settings)
+            stack.callback(app.close)
+            log_dir = Path(tempfile.mkdtemp(prefix="soulspot-demo-"))
+            workers = stack.enter_context(
+                WorkerProcesses(
+                    _worker_env(demo_settings, slskd, musicbrainz, spotify),
+                    log_path=log_dir / "worker.log",
+                    cwd=log_dir,
+                )
+            )
+            console.print(
+                f"{workers.processes} worker processes ({workers.threads} threads each), "
+                f"logs in {workers.log_path}",
+                highlight=False,
+                soft_wrap=True,
+            )
+            view = LiveView(console) if console.is_terminal else PlainView(console)
+            with view:
+                scenario = _Scenario(app, slskd, workers, view, tracks, outage, started)
+                summary = scenario.play()
+            print_summary(console, summary, as_json=json_summary)
+            return 0 if summary.succeeded else 1
+    except KeyboardInterrupt:
+        console.print("Interrupted: the demo stopped everything it started.")
+        return EXIT_INTERRUPTED
+    except DemoError as exc:
+        console.print(f"[red]error: {exc}[/red]")
+        return 1
+
+
+@contextlib.contextmanager
+def _interruptible() -> Iterator[None]:
+    """SIGINT and SIGTERM raise ``KeyboardInterrupt`` once; further ones are ignored, so the
+    clean-up that follows cannot itself be cut short and leave processes behind."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum: int, frame: FrameType | None) -> None:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        raise KeyboardInterrupt
+
+    previous = {sig: signal.signal(sig, interrupt) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _demo_settings(settings: Settings, url: str) -> Settings:
+    """The demo's settings: its Redis, its own key prefix, demo-sized breakers for every
+    service (the user's breaker settings do not apply to the demo)."""
+    no_overrides = CircuitBreakerOverrides()
     breaker = settings.observability.circuit_breaker.model_copy(
-        update={"failure_threshold": 2, "timeout": BREAKER_TIMEOUT}
+        update={
+            **CircuitBreakerFields(
+                failure_threshold=FAILURE_THRESHOLD, timeout=BREAKER_TIMEOUT
+            ).model_dump(),
+            "slskd_api": no_overrides,
+            "spotify_api": no_overrides,
+            "musicbrainz_api": no_overrides,
+        }
     )
     return settings.model_copy(
         update={
             "redis_url": url,
             "key_prefix": f"{settings.key_prefix}-demo-{time.time_ns()}",
             "observability": settings.observability.model_copy(update={"circuit_breaker": breaker}),
-            "slskd": settings.slskd.model_copy(
-                update={
-                    "url": slskd.url,
-                    "api_key": SecretStr("test-key"),
-                    "search_poll_interval": 0.2,
-                    "download_poll_interval": 0.3,
-                }
-            ),
-            "musicbrainz": settings.musicbrainz.model_copy(
-                update={"url": musicbrainz.url, "min_interval": 1.0}
-            ),
-            "spotify": settings.spotify.model_copy(
-                update={
-                    "api_url": spotify.url,
-                    "accounts_url": spotify.url,
-                    "client_id": DEFAULT_CLIENT_ID,
-                    "client_secret": SecretStr(DEFAULT_CLIENT_SECRET),
-                    "refresh_token": SecretStr(""),
-                }
-            ),
         }
     )
 
 
-def _scenario(console: Console, app: SoulspotJobs, slskd: FakeSlskd) -> int:
-    console.print(f"\n[bold]1. Import the Spotify playlist {DEMO_PLAYLIST!r}[/bold]")
-    playlist_id = app.enqueue_playlist(DEMO_PLAYLIST)
-    _wait(lambda: app.job(playlist_id).state in FINAL_STATES)
-    track_jobs = app.job(playlist_id).details.get("jobs", [])
-    console.print(f"   {len(track_jobs)} download jobs enqueued")
-
-    console.print("\n[bold]2. slskd goes down while the downloads run[/bold]")
-    _wait(lambda: any(app.job(j).state is JobState.DOWNLOADING for j in track_jobs))
-    slskd.faults.outage(OUTAGE, mode="refuse")
-    down_until = time.monotonic() + OUTAGE
-    lookup = app.enqueue_enrichment("Massive Attack", "Teardrop")
-    _wait(lambda: app.middleware.index.counts().get("slskd-api", 0) > 0)
-    _wait(lambda: app.job(lookup).state in FINAL_STATES)
-    still_down = time.monotonic() < down_until
-    console.print(
-        f"   a MusicBrainz job finished meanwhile: {app.job(lookup).state}"
-        f"{' (slskd still down)' if still_down else ''}"
+def _worker_env(
+    settings: Settings, slskd: FakeSlskd, musicbrainz: FakeMusicBrainz, spotify: FakeSpotify
+) -> dict[str, str]:
+    """The worker processes' environment: this one without any soulspot-jobs setting, plus the
+    demo's Redis, key prefix, breakers and fakes."""
+    env = {
+        name: value
+        for name, value in os.environ.items()
+        if not name.startswith(_SETTINGS_ENV_PREFIXES)
+    }
+    breaker = settings.observability.circuit_breaker
+    for name in CircuitBreakerFields.model_fields:
+        value = getattr(breaker, name)
+        env[f"CIRCUIT_BREAKER_{name.upper()}"] = "none" if value is None else str(value)
+    env.update(
+        {
+            "REDIS_URL": settings.redis_url or "",
+            "SOULSPOT_KEY_PREFIX": settings.key_prefix,
+            "LOG_LEVEL": settings.log_level,
+            "LOG_FORMAT": "json",
+            "SLSKD_URL": slskd.url,
+            "SLSKD_API_KEY": slskd.api_key,
+            "SLSKD_SEARCH_POLL_INTERVAL": str(SEARCH_POLL_INTERVAL),
+            "SLSKD_DOWNLOAD_POLL_INTERVAL": str(DOWNLOAD_POLL_INTERVAL),
+            "MUSICBRAINZ_URL": musicbrainz.url,
+            "MUSICBRAINZ_MIN_INTERVAL": str(MUSICBRAINZ_CLIENT_INTERVAL),
+            "SPOTIFY_API_URL": spotify.url,
+            "SPOTIFY_ACCOUNTS_URL": spotify.url,
+            "SPOTIFY_CLIENT_ID": DEFAULT_CLIENT_ID,
+            "SPOTIFY_CLIENT_SECRET": DEFAULT_CLIENT_SECRET,
+            "PYTHONUNBUFFERED": "1",
+        }
     )
-    _show_deferred(console, app)
-
-    console.print("\n[bold]3. slskd is back: every job finishes[/bold]")
-    _wait(lambda: all(app.job(j).state in FINAL_STATES for j in track_jobs))
-    _show_jobs(console, app, track_jobs)
-    _show_breakers(console, app)
-    done = all(app.job(j).state is JobState.DONE for j in track_jobs)
-    return 0 if done else 1
+    return env
 
 
-def _wait(condition: Callable[[], bool]) -> None:
-    deadline = time.monotonic() + DEADLINE
-    while not condition():
-        if time.monotonic() > deadline:
-            raise TimeoutError("the demo's jobs did not finish in time")
-        time.sleep(0.05)
+def _delete_keys(url: str, prefix: str) -> None:
+    """Delete every key under the demo's own ``prefix`` (an external Redis keeps nothing)."""
+    pattern = re.sub(r"([*?\[\]\\])", r"\\\1", prefix) + ":*"
+    client = redis.Redis.from_url(url)
+    try:
+        batch: list[bytes] = []
+        for key in client.scan_iter(match=pattern, count=500):
+            batch.append(key)
+            if len(batch) >= 500:
+                client.delete(*batch)
+                batch.clear()
+        if batch:
+            client.delete(*batch)
+    except redis.RedisError:
+        pass  # the user's Redis went away: nothing more can be cleaned
+    finally:
+        client.close()
 
 
-def _show_deferred(console: Console, app: SoulspotJobs) -> None:
-    table = Table(title="Deferred jobs (the middleware's index)")
-    for column in ("actor", "service", "due in", "deferrals", "why"):
-        table.add_column(column)
-    now_ms = time.time() * 1000
-    for job in app.middleware.index.jobs():
-        table.add_row(
-            job.actor,
-            job.service,
-            f"{max(job.eta - now_ms, 0) / 1000:.1f} s",
-            str(job.deferrals),
-            job.reason[:70],
+@dataclass
+class _Outage:
+    """The slskd outage: when it began and ends (monotonic seconds), once it began."""
+
+    seconds: float
+    began: float | None = None
+    announced_end: bool = False
+
+    @property
+    def ends(self) -> float:
+        return math.inf if self.began is None else self.began + self.seconds
+
+    def over(self, now: float) -> bool:
+        return self.began is not None and now >= self.ends
+
+
+class _Scenario:
+    """The demo's story: import the playlist, take slskd down midway, wait for every job."""
+
+    def __init__(
+        self,
+        app: SoulspotJobs,
+        slskd: FakeSlskd,
+        workers: WorkerProcesses,
+        view: LiveView | PlainView,
+        tracks: int,
+        outage: float,
+        started: float,
+    ) -> None:
+        self.app = app
+        self.slskd = slskd
+        self.workers = workers
+        self.view = view
+        self.tracks = tracks
+        self.outage = _Outage(outage)
+        self.started = started
+        self.prefix = app.settings.key_prefix
+        self.slskd_opened = False
+
+    def play(self) -> Summary:
+        self.view.event(f"Importing the Spotify playlist {MIXTAPE_PLAYLIST} ({self.tracks} tracks)")
+        playlist_id = self.app.enqueue_playlist(MIXTAPE_PLAYLIST)
+        track_ids: list[str] = []
+        problem = ""
+        while True:
+            self.workers.check()
+            now = time.monotonic()
+            playlist = self.app.job(playlist_id)
+            if not track_ids and playlist is not None and playlist.state is JobState.DONE:
+                track_ids = list(playlist.details.get("jobs", []))
+                self.view.event(f"{len(track_ids)} download jobs enqueued")
+            states = self._states(track_ids)
+            self._drive_outage(states, now)
+            snapshot = self._snapshot(states, len(track_ids) or self.tracks, now)
+            self.view.show(snapshot)
+            finished = sum(states[state] for state in FINAL_STATES)
+            if playlist is not None and playlist.state is JobState.FAILED:
+                problem = f"the playlist import failed: {playlist.last_error}"
+                break
+            if track_ids and finished == len(track_ids) and self.outage.over(now):
+                break
+            if now - self.started > DEADLINE:
+                problem = f"timed out after {DEADLINE:.0f} s"
+                break
+            time.sleep(REFRESH)
+        return self._summary(playlist_id, track_ids, problem)
+
+    def _states(self, job_ids: list[str]) -> Counter[JobState]:
+        jobs = (self.app.job(job_id) for job_id in job_ids)
+        return Counter(job.state for job in jobs if job is not None)
+
+    def _drive_outage(self, states: Counter[JobState], now: float) -> None:
+        """Take slskd down once enough downloads are under way; announce when it is back."""
+        under_way = sum(states[state] for state in UNDER_WAY)
+        if self.outage.began is None and under_way >= max(1, math.ceil(OUTAGE_AT * self.tracks)):
+            self.slskd.faults.outage(self.outage.seconds, mode="refuse")
+            self.outage.began = now
+            self.view.event(
+                f"slskd goes down for {self.outage.seconds:.1f} s "
+                f"({under_way} of {self.tracks} downloads under way)"
+            )
+        elif self.outage.over(now) and not self.outage.announced_end:
+            self.outage.announced_end = True
+            self.view.event("slskd is back")
+
+    def _phase(self, now: float) -> str:
+        if self.outage.began is None:
+            return "slskd up"
+        if not self.outage.over(now):
+            return f"slskd DOWN, back in {self.outage.ends - now:.1f} s"
+        return "slskd back"
+
+    def _snapshot(self, states: Counter[JobState], total: int, now: float) -> Snapshot:
+        breakers = []
+        for service in SERVICES:
+            stats = self.app.middleware.breaker(service).stats
+            if service == "slskd-api" and stats.state is CircuitState.OPEN:
+                self.slskd_opened = True
+            breakers.append(
+                BreakerView(service, stats.state.value, stats.retry_after, stats.total_failures)
+            )
+        tally = read_tally(self.app.broker.client, self.prefix, SERVICES)
+        return Snapshot(
+            elapsed=now - self.started,
+            phase=self._phase(now),
+            jobs={state.value: count for state, count in states.items()},
+            total=total,
+            breakers=tuple(breakers),
+            deferred_now=self.app.middleware.index.counts(),
+            deferrals=tally["deferrals"],
+            retries=tally["retries"],
         )
-    console.print(table)
 
-
-def _show_jobs(console: Console, app: SoulspotJobs, job_ids: list[str]) -> None:
-    table = Table(title="Download jobs")
-    for column in ("track", "state", "attempts", "file", "MusicBrainz recording"):
-        table.add_column(column)
-    for job_id in job_ids:
-        job = app.job(job_id)
-        metadata = job.details.get("metadata", {})
-        table.add_row(
-            job.details.get("query", ""),
-            job.state.value,
-            str(job.attempts),
-            job.details.get("filename", "").rsplit("\\", 1)[-1],
-            metadata.get("recording_id", job.last_error or ""),
+    def _summary(self, playlist_id: str, track_ids: list[str], problem: str) -> Summary:
+        states = self._states([playlist_id, *track_ids])
+        tally = read_tally(self.app.broker.client, self.prefix, SERVICES)
+        slskd = self.app.middleware.breaker("slskd-api").stats
+        jobs = 1 + (len(track_ids) or self.tracks)
+        done, failed = states[JobState.DONE], states[JobState.FAILED]
+        return Summary(
+            tracks=self.tracks,
+            jobs=jobs,
+            done=done,
+            failed=failed,
+            unfinished=jobs - done - failed,
+            deferrals=tally["deferrals"],
+            retries=tally["retries"],
+            slskd_failures=slskd.total_failures,
+            failure_threshold=FAILURE_THRESHOLD,
+            slskd_opened=self.slskd_opened,
+            outage_seconds=self.outage.seconds if self.outage.began is not None else 0.0,
+            wall_seconds=time.monotonic() - self.started,
+            worker_log=str(self.workers.log_path),
+            problem=problem,
         )
-    console.print(table)
-
-
-def _show_breakers(console: Console, app: SoulspotJobs) -> None:
-    table = Table(title="Circuit breakers (shared by every worker through Redis)")
-    for column in ("service", "state", "requests", "failures", "rejections"):
-        table.add_column(column)
-    for service in SERVICES:
-        stats = app.middleware.breaker(service).stats
-        table.add_row(
-            service,
-            stats.state.name,
-            str(stats.total_requests),
-            str(stats.total_failures),
-            str(stats.total_rejections),
-        )
-    console.print(table)

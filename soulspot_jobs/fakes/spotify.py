@@ -40,7 +40,7 @@ from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import parse_qs, urlencode
 
-from soulspot_jobs.fakes.catalog import CATALOG, CatalogTrack
+from soulspot_jobs.fakes.catalog import CATALOG, MIXTAPE, CatalogTrack
 from soulspot_jobs.fakes.server import FAULTS_PATH, FakeServer, Request, Response
 
 #: The playlist every fake Spotify has: the whole catalog. A valid Spotify id (22 base-62
@@ -57,6 +57,9 @@ MAX_ITEMS_LIMIT, MAX_TRACKS_LIMIT = 50, 100
 DEFAULT_USER = "soulspot-user"
 
 _BASE62 = string.digits + string.ascii_letters
+
+#: The playlist of the :data:`MIXTAPE` tracks a fake's catalog holds (listed when it holds any).
+MIXTAPE_PLAYLIST = "0SoulspotDemoMixtape50"
 
 
 @dataclass(frozen=True)
@@ -162,6 +165,9 @@ class FakeSpotify(FakeServer):
         #: The refresh token of :data:`DEFAULT_USER`, as an authorization-code flow gives it.
         self.refresh_token = self.add_user(DEFAULT_USER)
         self.add_playlist(DEMO_PLAYLIST, list(self.catalog))
+        mixtape = [track for track in self.catalog if track in MIXTAPE]
+        if mixtape:
+            self.add_playlist(MIXTAPE_PLAYLIST, mixtape)
         self.route("POST", "/api/token", self._token)
         self.route("GET", "/v1/playlists/{playlist_id}", self._playlist)
         self.route("GET", "/v1/playlists/{playlist_id}/tracks", self._playlist_items)
