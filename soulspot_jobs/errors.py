@@ -52,6 +52,23 @@ class NotFoundError(UpstreamRequestError):
     """The service answered 404: what the job asked for does not exist."""
 
 
+class PeerUnavailableError(UpstreamRequestError):
+    """slskd works, but one Soulseek peer could not give us a file: the peer is offline,
+    unreachable, refused or timed out, or slskd declined to enqueue that file.
+
+    Peers come and go all the time on Soulseek, so this is never a failure of the ``slskd-api``
+    breaker; a download job remembers ``username`` and moves on to its next candidate.
+    ``reason`` is slskd's own explanation.
+    """
+
+    def __init__(
+        self, service: str, username: str, reason: str, *, status: int | None = None
+    ) -> None:
+        super().__init__(service, f"peer {username!r} is unavailable: {reason}", status=status)
+        self.username = username
+        self.reason = reason
+
+
 def is_service_failure(exc: BaseException) -> bool:
     """Whether ``exc`` says the upstream service is unhealthy (and should trip its breaker).
 

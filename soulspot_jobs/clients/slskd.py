@@ -5,11 +5,25 @@ at a time, two enqueue requests at a time). That is back-pressure, not an outage
 calls raise :class:`RetryLater` instead of :class:`ServiceUnavailableError`, so the job is
 deferred and the ``slskd-api`` circuit breaker counts nothing.
 
+A peer is not slskd. slskd's enqueue endpoint answers 500 with the exception's message for
+whatever went wrong, including the remote user being offline, unreachable or too slow; those
+answers are told apart from slskd's own failures in one place, :func:`peer_failure_reason`, and
+raise :class:`PeerUnavailableError` (never counted by the breaker) instead.
+
+What slskd's source says, and this client relies on: a search's state reads ``Completed`` a
+moment before its responses are stored together with ``endedAt`` (so an empty answer means
+"no results" only once ``endedAt`` is there); the enqueue answer's ``failed`` list holds file
+names (0.24-0.25) or objects serialized as ``{}`` (0.26), and older versions answer a bare 201;
+a file already being downloaded is listed there ("Skipped: Already in progress") and its
+existing transfer is the one to follow; new transfers start ``"Queued, Locally"``; and null
+fields are left out of every answer.
+
 :func:`choose_best` ranks the files peers offer for one track; see its docstring for the rules.
 """
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -20,7 +34,12 @@ import httpx
 
 from soulspot_jobs.clients.guarded import GuardedClient
 from soulspot_jobs.clients.http import UpstreamHttp
-from soulspot_jobs.errors import RetryLater, ServiceUnavailableError, UpstreamRequestError
+from soulspot_jobs.errors import (
+    NotFoundError,
+    PeerUnavailableError,
+    RetryLater,
+    ServiceUnavailableError,
+)
 from soulspot_jobs.settings import SlskdSettings
 
 __all__ = [
@@ -29,12 +48,15 @@ __all__ = [
     "SERVICE",
     "Candidate",
     "CircuitBreakerSlskdClient",
+    "EnqueueFailure",
     "PeerResponse",
     "Search",
     "SharedFile",
     "SlskdClient",
     "Transfer",
     "choose_best",
+    "parse_failed",
+    "peer_failure_reason",
 ]
 
 #: The circuit breaker's name and the ``service`` of every error raised here.
@@ -45,6 +67,20 @@ RESPONSE_LIMIT = 100
 FILE_LIMIT = 10_000
 #: Seconds to wait before trying again when a 429 came without ``Retry-After``.
 DEFAULT_RETRY_AFTER = 1.0
+#: Lower-case phrases of the Soulseek library's and slskd's messages that blame the remote peer
+#: (offline, no connection, no answer in time, refused; slskd 0.23 and older waited for the
+#: peer's "Transfer rejected: ..." too); an enqueue answered 500 with one of them is a peer's
+#: failure. Every phrase holds a space, so none can come from a user name in the request's
+#: path, which is URL-quoted.
+PEER_FAILURE_PHRASES = (
+    "appears to be offline",
+    "failed to connect to user",
+    "failed to retrieve endpoint for user",
+    "direct or indirect message connection",
+    "timed out",
+    "transfer rejected",
+    "connection refused",
+)
 
 #: File extensions (lower case, no dot) that hold audio a track can be made of.
 AUDIO_EXTENSIONS = frozenset(
@@ -73,18 +109,31 @@ class Search:
     is_complete: bool
     response_count: int
     file_count: int
+    #: ISO time slskd recorded the search's end, with its responses; absent until then.
+    ended_at: str | None = None
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Search:
         state = str(data.get("state") or "")
+        is_complete = data.get("isComplete")
         return cls(
             id=str(data["id"]),
             search_text=str(data.get("searchText") or ""),
             state=state,
-            is_complete=bool(data.get("isComplete", "Completed" in _flags(state))),
+            is_complete="Completed" in _flags(state) if is_complete is None else bool(is_complete),
             response_count=int(data.get("responseCount") or 0),
             file_count=int(data.get("fileCount") or 0),
+            ended_at=data.get("endedAt") or None,
         )
+
+    @property
+    def ended(self) -> bool:
+        """slskd stored the search's end and its responses: an empty answer is now final.
+
+        ``is_complete`` alone is not enough: slskd marks the search ``Completed`` a moment
+        before it stores the responses (and ``endedAt``) with it.
+        """
+        return self.is_complete and self.ended_at is not None
 
 
 @dataclass(frozen=True)
@@ -158,9 +207,12 @@ class Transfer:
     percent_complete: float
     #: slskd's reason when the transfer failed, else ``None``.
     exception: str | None
+    #: ISO time slskd created the transfer (``""`` if it sent none).
+    requested_at: str = ""
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Transfer:
+        """Every field but ``id`` may be missing: slskd leaves null fields out."""
         return cls(
             id=str(data["id"]),
             username=str(data.get("username") or ""),
@@ -170,6 +222,7 @@ class Transfer:
             bytes_transferred=int(data.get("bytesTransferred") or 0),
             percent_complete=float(data.get("percentComplete") or 0.0),
             exception=data.get("exception") or None,
+            requested_at=str(data.get("requestedAt") or ""),
         )
 
     @property
@@ -197,6 +250,68 @@ class Transfer:
     def active(self) -> bool:
         """Initializing or in progress."""
         return not self.done and bool(_flags(self.state) & _ACTIVE_FLAGS)
+
+
+@dataclass(frozen=True)
+class EnqueueFailure:
+    """One entry of the ``failed`` list slskd answers an enqueue with."""
+
+    #: The file it is about, when slskd said so (not on 0.26, whose entries read ``{}``).
+    filename: str | None
+    #: slskd's reason, when it gave one.
+    message: str | None
+
+
+def parse_failed(items: Any, *, requested: str) -> list[EnqueueFailure]:
+    """The ``failed`` list of an enqueue answer in whichever shape this slskd writes it.
+
+    slskd 0.24-0.25 list plain strings (the file names); 0.26 lists objects that serialize as
+    ``{}`` (the name and reason are lost on the way); a later version may fill them in as
+    ``{"filename", "message"}``. A string that is not the ``requested`` file name is kept as a
+    reason. Entries of any other kind are kept as their text, never a crash.
+    """
+    if not isinstance(items, list):
+        return []
+    failures = []
+    for item in items:
+        if isinstance(item, str):
+            if item == requested:
+                failures.append(EnqueueFailure(filename=item, message=None))
+            else:
+                failures.append(EnqueueFailure(filename=None, message=item or None))
+        elif isinstance(item, dict):
+            filename = item.get("filename") or item.get("Filename")
+            message = item.get("message") or item.get("Message")
+            failures.append(
+                EnqueueFailure(
+                    filename=None if filename is None else str(filename),
+                    message=None if message is None else str(message),
+                )
+            )
+        elif item is not None:
+            failures.append(EnqueueFailure(filename=None, message=str(item)))
+    return failures
+
+
+def peer_failure_reason(exc: ServiceUnavailableError) -> str | None:
+    """slskd's message when ``exc``, from an enqueue request, is a peer's failure; else ``None``.
+
+    This is where a peer's failure is told apart from slskd's own. slskd's enqueue endpoint
+    (``TransfersController.EnqueueAsync``) turns every exception into a 500 with the
+    exception's message, whether the remote user is offline ("User x appears to be offline"),
+    unreachable ("Failed to connect to user x: Failed to establish a direct or indirect message
+    connection ...") or too slow ("The wait timed out after 5000 milliseconds"), or slskd itself
+    is broken ("The server connection must be connected and logged in ...", a database error).
+    Only a 500 whose message holds one of :data:`PEER_FAILURE_PHRASES` is the peer's failure;
+    every other 500, and connection errors, timeouts, 502/503/504 and 429, are slskd's.
+    """
+    if exc.status != 500:
+        return None
+    text = str(exc)
+    if not any(phrase in text.casefold() for phrase in PEER_FAILURE_PHRASES):
+        return None
+    _, _, body = text.partition(" answered 500: ")
+    return _unquoted(body or text)
 
 
 @dataclass(frozen=True)
@@ -321,32 +436,45 @@ class SlskdClient:
     # -- downloads -------------------------------------------------------------------------
 
     def enqueue_download(self, username: str, filename: str, size: int) -> Transfer:
-        """Ask slskd to download ``filename`` from ``username``; the transfer it created.
+        """Ask slskd to download ``filename`` from ``username``; the transfer to follow.
 
-        Raises :class:`UpstreamRequestError` with slskd's reason when it refuses the file, and
-        :class:`RetryLater` when slskd is busy with other enqueue requests.
+        When slskd reports the file as not enqueued because it is already being downloaded
+        ("Skipped: Already in progress"; 0.24-0.26 do not always say why), the existing
+        transfer is returned instead of a duplicate; so is the new one after the bare 201 of
+        older versions. Raises :class:`PeerUnavailableError` when the peer is offline,
+        unreachable or refuses, or slskd did not enqueue the file and has no transfer of it
+        (never a failure of slskd's breaker), and :class:`RetryLater` when slskd is busy with
+        other enqueue requests.
         """
-        response = self._back_pressured(
-            "POST",
-            f"/api/v0/transfers/downloads/{_segment(username)}",
-            "other downloads are being enqueued",
-            [{"filename": filename, "size": size}],
-        )
+        try:
+            response = self._back_pressured(
+                "POST",
+                f"/api/v0/transfers/downloads/{_segment(username)}",
+                "other downloads are being enqueued",
+                [{"filename": filename, "size": size}],
+            )
+        except ServiceUnavailableError as exc:
+            reason = peer_failure_reason(exc)
+            if reason is None:
+                raise
+            raise PeerUnavailableError(SERVICE, username, reason, status=exc.status) from exc
         result = _json_or_none(response)
         if not isinstance(result, dict):
-            return self._find_download(username, filename)
-        for failure in result.get("failed") or ():
-            if failure.get("filename") == filename:
-                message = failure.get("message") or "no reason given"
-                raise UpstreamRequestError(
-                    SERVICE,
-                    f"slskd did not enqueue {filename!r} from {username!r}: {message}",
-                    status=response.status_code,
-                )
+            return self._existing_download(username, filename, "slskd answered with no transfer")
         for item in result.get("enqueued") or ():
-            if item.get("filename") == filename:
-                return Transfer.from_json(item)
-        return self._find_download(username, filename)
+            if isinstance(item, dict) and item.get("filename") == filename and item.get("id"):
+                return Transfer.from_json({"username": username, **item})
+        failures = [
+            failure
+            for failure in parse_failed(result.get("failed"), requested=filename)
+            if failure.filename in (None, filename)
+        ]
+        reasons = [failure.message for failure in failures if failure.message]
+        if failures:
+            reason = "; ".join(reasons) or "slskd listed the file as failed, without a reason"
+        else:
+            reason = "slskd answered with no transfer"
+        return self._existing_download(username, filename, reason)
 
     def get_transfer(self, username: str, transfer_id: str) -> Transfer:
         """The download's current state and progress."""
@@ -378,24 +506,29 @@ class SlskdClient:
             retry_after = exc.retry_after or DEFAULT_RETRY_AFTER
             raise RetryLater(SERVICE, retry_after, f"slskd is busy: {reason}") from exc
 
-    def _find_download(self, username: str, filename: str) -> Transfer:
-        """The latest transfer of ``filename`` from ``username`` in slskd's list of downloads
-        (older slskd versions answer an enqueue with an empty 201)."""
-        response = self._http.request("GET", "/api/v0/transfers/downloads")
+    def _existing_download(self, username: str, filename: str, reason: str) -> Transfer:
+        """The transfer of ``filename`` from ``username`` slskd already has, to follow instead of
+        a new one: an unfinished one first, else the latest. Raises
+        :class:`PeerUnavailableError` with ``reason`` when slskd lists none."""
+        try:
+            response = self._http.request(
+                "GET", f"/api/v0/transfers/downloads/{_segment(username)}"
+            )
+        except NotFoundError:
+            response = None
+        group = _json_or_none(response) if response is not None else None
         matches = [
             item
-            for group in response.json() or ()
-            if group.get("username") == username
-            for directory in group.get("directories") or ()
+            for directory in (group.get("directories") if isinstance(group, dict) else None) or ()
             for item in directory.get("files") or ()
-            if item.get("filename") == filename
+            if item.get("filename") == filename and item.get("id") and not item.get("removed")
         ]
         if not matches:
-            raise UpstreamRequestError(
-                SERVICE, f"slskd accepted {filename!r} from {username!r} but lists no transfer"
+            raise PeerUnavailableError(
+                SERVICE, username, f"{reason}; slskd lists no transfer of {filename!r}"
             )
-        latest = max(matches, key=lambda item: str(item.get("requestedAt") or ""))
-        return Transfer.from_json({"username": username, **latest})
+        transfers = [Transfer.from_json({"username": username, **item}) for item in matches]
+        return max(transfers, key=lambda t: (not t.done, t.requested_at))
 
 
 class CircuitBreakerSlskdClient(GuardedClient):
@@ -419,6 +552,18 @@ def _extension(declared: Any, filename: str) -> str:
 
 def _optional_int(value: Any) -> int | None:
     return None if value is None else int(value)
+
+
+def _unquoted(text: str) -> str:
+    """slskd writes an error message as a JSON string (quoted); read it as plain text."""
+    text = text.strip()
+    if len(text) >= 2 and text[0] == text[-1] == '"':
+        try:
+            value = json.loads(text)
+        except ValueError:
+            return text.strip('"')
+        return value if isinstance(value, str) else text
+    return text.strip('"')
 
 
 def _json_or_none(response: httpx.Response) -> Any:

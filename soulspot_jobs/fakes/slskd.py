@@ -1,26 +1,41 @@
 """A fake slskd daemon: searches over the shared catalog and downloads that progress over time.
 
-It speaks the REST API v0 endpoints :class:`~soulspot_jobs.clients.slskd.SlskdClient` uses, with
-slskd's camelCase JSON, ISO timestamps, GUID ids and comma-joined states, and requires the
-``X-API-Key`` header (401 otherwise).
+It speaks the REST API v0 endpoints :class:`~soulspot_jobs.clients.slskd.SlskdClient` and the
+``slskd-api`` package use, with slskd's camelCase JSON (null fields left out), ISO timestamps,
+GUID ids and comma-joined states, and requires the ``X-API-Key`` header (401 otherwise). Routes
+match with or without a trailing slash, as ASP.NET's do.
 
 * A search whose words all occur in a catalog track's artist, album and title finds that track:
-  it stays ``"InProgress"`` for ``search_duration`` seconds (responses arriving little by little),
-  then ends ``"Completed, ResponseLimitReached"`` with one response per peer of :data:`PEERS`
-  (a 16-bit FLAC, a 320 kbit/s MP3 whose extension field is empty, a 128 kbit/s MP3, a busy,
-  slow peer with a locked FLAC). Any other search ends ``"Completed, TimedOut"`` with none.
+  it stays ``"InProgress"`` for ``search_duration`` seconds (its counts growing as responses
+  arrive), then ends ``"Completed, ResponseLimitReached"`` with one response per peer of
+  :data:`PEERS` (a 16-bit FLAC, a 320 kbit/s MP3 whose extension field is empty, a 128 kbit/s
+  MP3, a busy, slow peer with a locked FLAC). Any other search ends ``"Completed, TimedOut"``
+  with none. As in slskd, the responses are stored (and ``endedAt`` set) only when the search
+  ends; until then ``GET .../responses`` answers ``[]``. ``GET /api/v0/searches`` lists them.
 * Only one search start at a time: an overlapping start (slow when ``search_start_delay`` is set)
   answers 429 ``Only one concurrent operation is permitted``; at most two enqueue requests at a
   time (``enqueue_delay``), 429 beyond.
-* A download moves ``Requested`` -> ``Queued, Remotely`` -> ``Initializing`` -> ``InProgress``
-  -> ``Completed, Succeeded`` over ``transfer_duration`` seconds, computed on each read.
+* An enqueue from a peer that is offline (or unknown) answers 500 with the Soulseek library's
+  message as a JSON string, as slskd's controller does for any exception. A file already being
+  downloaded from that peer is not enqueued twice: it is listed in ``failed`` ("Skipped: Already
+  in progress"), in the shape of ``version``: file names on 0.24-0.25, ``{}`` on 0.26 (slskd
+  serializes its tuples as empty objects); before 0.24 (or with ``legacy_enqueue``) the answer
+  is a bare 201.
+* A download moves ``Queued, Locally`` -> ``Requested`` -> ``Queued, Remotely`` ->
+  ``Initializing`` -> ``InProgress`` -> ``Completed, Succeeded`` over ``transfer_duration``
+  seconds, computed on each read; a file the peer does not share ends ``Completed, Rejected``.
+  ``GET .../{username}/{id}/position`` answers its place in the peer's queue.
 
 Controls, besides the base fault controls, from Python or as ``POST /_faults/<name>``:
 ``busy_searches {"count"}`` and ``busy_enqueues {"count"}`` (the next starts answer 429),
 ``fail_downloads {"count", "state"?, "exception"?}`` (the next enqueued transfers end failed),
 ``fail_downloads_from {"username", "state"?, "exception"?}`` (every transfer from that peer
-fails), ``search_duration {"seconds"}``, ``transfer_duration {"seconds"}``; ``clear`` resets them
-with the base faults.
+fails), ``peers_offline {"usernames", "reason"?}`` (enqueues from them answer 500; reason
+``offline``, ``unreachable`` or ``timeout``), ``fail_enqueues {"count"}`` (the next files are
+listed in ``failed``, without a transfer), ``early_complete {"seconds"}`` (searches read
+``Completed`` that long before their responses and ``endedAt`` are stored, slskd's known
+race), ``version {"version"}``, ``search_duration {"seconds"}``, ``transfer_duration
+{"seconds"}``; ``clear`` resets them with the base faults.
 """
 
 from __future__ import annotations
@@ -46,13 +61,32 @@ CONCURRENT_SEARCH_MESSAGE = "Only one concurrent operation is permitted"
 MAX_CONCURRENT_ENQUEUES = 2
 #: Default reason of a download failed by :meth:`FakeSlskd.fail_downloads`.
 DEFAULT_FAILURE = "Transfer failed: the remote peer closed the connection"
+#: slskd's ``failed`` entry for a file it is already downloading from that peer.
+ALREADY_IN_PROGRESS = "Skipped: Already in progress"
+#: The state and exception of a download of a file the peer does not share.
+NOT_SHARED = ("Completed, Rejected", "Transfer rejected: File not shared.")
+#: What slskd answers an enqueue with when the peer fails, by reason: the Soulseek library's
+#: exception messages (``{user}`` is the peer's name).
+PEER_FAILURES = {
+    "offline": "User {user} appears to be offline",
+    "unreachable": (
+        "Failed to connect to user {user}: Failed to establish a direct or indirect message"
+        " connection to {user} (203.0.113.7:2234)"
+    ),
+    "timeout": "The wait timed out after 5000 milliseconds",
+}
+#: slskd versions whose enqueue answer the fake can speak (see the module docstring).
+VERSIONS = ("0.23", "0.24", "0.25", "0.26")
 #: Fractions of ``transfer_duration`` at which a download enters each state before it completes.
 PHASES = (
-    (0.0, "Requested"),
+    (0.0, "Queued, Locally"),
+    (0.05, "Requested"),
     (0.1, "Queued, Remotely"),
     (0.25, "Initializing"),
     (0.35, "InProgress"),
 )
+#: Fraction of ``transfer_duration`` at which a peer rejects a file it does not share.
+REJECTED_AT = PHASES[2][0]
 #: Size of a FLAC file in percent of the same audio uncompressed (stereo).
 FLAC_RATIO_PERCENT = 60
 #: Fraction of a file a failed download got before it failed.
@@ -120,6 +154,8 @@ class _Search:
     started: float
     duration: float
     responses: list[dict[str, Any]]
+    #: Seconds between the search reading ``Completed`` and its responses being stored.
+    finalize_delay: float = 0.0
     stopped: float | None = None
 
 
@@ -134,6 +170,10 @@ class _Transfer:
     duration: float
     #: (state, exception) the transfer ends with instead of success.
     failure: tuple[str, str] | None = None
+    #: Fraction of ``duration`` at which the failure happens.
+    failure_at: float = 1.0
+    #: Uploads ahead of ours at the peer while it is ``Queued, Remotely``.
+    place_in_queue: int = 1
     cancelled: float | None = None
 
 
@@ -152,6 +192,7 @@ class FakeSlskd(FakeServer):
         search_start_delay: float = 0.0,
         enqueue_delay: float = 0.0,
         legacy_enqueue: bool = False,
+        version: str = "0.26",
         port: int = 0,
     ) -> None:
         super().__init__(port=port)
@@ -169,6 +210,8 @@ class FakeSlskd(FakeServer):
         self.enqueue_delay = enqueue_delay
         #: Answer enqueues with an empty 201, as slskd did before it listed enqueued transfers.
         self.legacy_enqueue = legacy_enqueue
+        #: The slskd version whose enqueue answer is spoken (one of :data:`VERSIONS`).
+        self.version = _version(version)
         #: Body of every search start accepted, in order.
         self.search_requests: list[dict[str, Any]] = []
         self._state_lock = threading.Lock()
@@ -189,6 +232,9 @@ class FakeSlskd(FakeServer):
             self._busy_enqueues = 0
             self._failures: list[tuple[str, str]] = []
             self._failing_peers: dict[str, tuple[str, str]] = {}
+            self._offline: dict[str, str] = {}
+            self._enqueue_errors = 0
+            self.finalize_delay = 0.0
 
     def clear(self) -> None:
         """Back to healthy: base faults and slskd controls."""
@@ -221,6 +267,26 @@ class FakeSlskd(FakeServer):
         with self._state_lock:
             self._failing_peers[username] = failure
 
+    def peers_offline(self, *usernames: str, reason: str = "offline") -> None:
+        """Make enqueues from ``usernames`` answer 500 with slskd's message for ``reason``
+        (``offline``, ``unreachable`` or ``timeout``), as when a peer has left the network."""
+        if reason not in PEER_FAILURES:
+            raise ValueError(f"unknown reason {reason!r}: use one of {sorted(PEER_FAILURES)}")
+        with self._state_lock:
+            self._offline.update(dict.fromkeys(usernames, reason))
+
+    def fail_enqueues(self, count: int) -> None:
+        """List the next ``count`` enqueued files in ``failed`` without a transfer, as slskd
+        does when adding one fails (``"Error: ..."``, a reason its answer loses)."""
+        with self._state_lock:
+            self._enqueue_errors = count
+
+    def early_complete(self, seconds: float) -> None:
+        """Let searches started from now on read ``Completed`` ``seconds`` before their
+        responses and ``endedAt`` are stored (slskd's race between the two writes)."""
+        with self._state_lock:
+            self.finalize_delay = seconds
+
     @property
     def search_starts_in_flight(self) -> int:
         """Search starts being handled right now."""
@@ -240,6 +306,12 @@ class FakeSlskd(FakeServer):
             "fail_downloads_from": lambda o: self.fail_downloads_from(
                 str(o["username"]), **_failure_options(o)
             ),
+            "peers_offline": lambda o: self.peers_offline(
+                *[str(name) for name in o["usernames"]], reason=str(o.get("reason", "offline"))
+            ),
+            "fail_enqueues": lambda o: self.fail_enqueues(int(o["count"])),
+            "early_complete": lambda o: self.early_complete(float(o["seconds"])),
+            "version": lambda o: setattr(self, "version", _version(str(o["version"]))),
             "search_duration": lambda o: setattr(self, "search_duration", float(o["seconds"])),
             "transfer_duration": lambda o: setattr(self, "transfer_duration", float(o["seconds"])),
         }
@@ -258,6 +330,7 @@ class FakeSlskd(FakeServer):
     def _routes_for_api(self) -> None:
         routes = (
             ("POST", "/api/v0/searches", self._start_search),
+            ("GET", "/api/v0/searches", self._list_searches),
             ("GET", "/api/v0/searches/{id}", self._get_search),
             ("PUT", "/api/v0/searches/{id}", self._stop_search),
             ("DELETE", "/api/v0/searches/{id}", self._delete_search),
@@ -267,9 +340,11 @@ class FakeSlskd(FakeServer):
             ("GET", "/api/v0/transfers/downloads/{username}", self._list_user_downloads),
             ("GET", "/api/v0/transfers/downloads/{username}/{id}", self._get_download),
             ("DELETE", "/api/v0/transfers/downloads/{username}/{id}", self._cancel_download),
+            ("GET", "/api/v0/transfers/downloads/{username}/{id}/position", self._position),
         )
         for method, pattern, handler in routes:
             self.route(method, pattern, self._authenticated(handler))
+            self.route(method, f"{pattern}/", self._authenticated(handler))
 
     def _authenticated(self, handler: Callable[[Request], Response]) -> Callable[..., Response]:
         def guarded(request: Request) -> Response:
@@ -305,6 +380,7 @@ class FakeSlskd(FakeServer):
                 started=time.monotonic(),
                 duration=self.search_duration,
                 responses=self._responses_for(str(body["searchText"])),
+                finalize_delay=self.finalize_delay,
             )
             with self._state_lock:
                 self._searches[search_id] = search
@@ -325,7 +401,14 @@ class FakeSlskd(FakeServer):
         search = self._searches.get(request.params["id"])
         if search is None:
             return Response(404)
-        return Response(200, _visible_responses(search, time.monotonic()))
+        return Response(200, _stored_responses(search, time.monotonic()))
+
+    def _list_searches(self, request: Request) -> Response:
+        now = time.monotonic()
+        with self._state_lock:
+            searches = list(self._searches.values())
+        listed = [_search_json(search, now, with_responses=False) for search in searches]
+        return Response(200, listed)
 
     def _stop_search(self, request: Request) -> Response:
         search = self._searches.get(request.params["id"])
@@ -368,7 +451,7 @@ class FakeSlskd(FakeServer):
         username = request.params["username"]
         body = request.json()
         if not isinstance(body, list) or not body:
-            return Response(400, text="At least one file is required.")
+            return Response(400, text="At least one file is required")
         with self._state_lock:
             if self._busy_enqueues > 0 or self._enqueuing >= MAX_CONCURRENT_ENQUEUES:
                 self._busy_enqueues = max(0, self._busy_enqueues - 1)
@@ -377,41 +460,75 @@ class FakeSlskd(FakeServer):
         try:
             if self.enqueue_delay:
                 time.sleep(self.enqueue_delay)
+            peer_failure = self._peer_failure(username)
+            if peer_failure is not None:
+                # slskd's controller answers any exception with 500 and its message
+                return Response(500, peer_failure)
             enqueued, failed = self._enqueue_files(username, body)
         finally:
             with self._state_lock:
                 self._enqueuing -= 1
-        if self.legacy_enqueue:
+        if self.legacy_enqueue or self.version < "0.24":
             return Response(201)
         return Response(201, {"enqueued": enqueued, "failed": failed})
 
-    def _enqueue_files(
-        self, username: str, files: list[Any]
-    ) -> tuple[list[dict[str, Any]], list[dict[str, str]]]:
+    def _peer_failure(self, username: str) -> str | None:
+        """slskd's message when ``username`` cannot be reached (offline, or no such peer)."""
+        with self._state_lock:
+            reason = self._offline.get(username)
+        if reason is None and all(peer.username != username for peer in self.peers):
+            reason = "offline"
+        return None if reason is None else PEER_FAILURES[reason].format(user=username)
+
+    def _enqueue_files(self, username: str, files: list[Any]) -> tuple[list[dict], list[Any]]:
+        """Enqueue each file as slskd does: skip one already being downloaded from this peer,
+        else add a transfer in ``Queued, Locally``; what was not enqueued goes in ``failed``."""
         shared = self._shared_by(username)
         enqueued, failed = [], []
         for item in files:
             filename = str(item.get("filename") or "") if isinstance(item, dict) else ""
-            if filename not in shared:
-                failed.append({"filename": filename, "message": "File not shared."})
-                continue
+            now = time.monotonic()
             with self._state_lock:
-                failure = self._failing_peers.get(username)
+                busy = any(
+                    t.username == username
+                    and t.filename == filename
+                    and not _transfer_state(t, now)[0].startswith("Completed")
+                    for t in self._transfers.values()
+                )
+                if busy or self._enqueue_errors > 0:
+                    # "Skipped: Already in progress" or "Error: ...": neither shape keeps it
+                    self._enqueue_errors -= 0 if busy else 1
+                    failed.append(self._failed_entry(filename))
+                    continue
+                failure, failure_at = self._failing_peers.get(username), 1.0
                 if failure is None and self._failures:
                     failure = self._failures.pop(0)
+                if filename not in shared:
+                    failure, failure_at = NOT_SHARED, REJECTED_AT
                 transfer = _Transfer(
                     id=str(uuid.uuid4()),
                     username=username,
                     filename=filename,
-                    size=shared[filename],
+                    size=shared.get(filename, _size_of(item)),
                     requested_at=datetime.now(UTC),
-                    started=time.monotonic(),
+                    started=now,
                     duration=self.transfer_duration,
                     failure=failure,
+                    failure_at=failure_at,
+                    place_in_queue=self._queue_length(username) + 1,
                 )
                 self._transfers[transfer.id] = transfer
-            enqueued.append(_transfer_json(transfer, time.monotonic()))
+            enqueued.append(_transfer_json(transfer, now))
         return enqueued, failed
+
+    def _failed_entry(self, filename: str) -> Any:
+        """One ``failed`` entry as this slskd version writes it: the file name (0.24-0.25), or
+        a (file name, message) tuple that System.Text.Json serializes as ``{}`` (0.26), the
+        message (:data:`ALREADY_IN_PROGRESS`, ``"Error: ..."``) lost either way."""
+        return filename if self.version in ("0.24", "0.25") else {}
+
+    def _queue_length(self, username: str) -> int:
+        return next((peer.queue_length for peer in self.peers if peer.username == username), 0)
 
     def _shared_by(self, username: str) -> dict[str, int]:
         """The unlocked audio files ``username`` shares, by file name, with their sizes."""
@@ -457,6 +574,21 @@ class FakeSlskd(FakeServer):
                 transfer.cancelled = now
         return Response(204)
 
+    def _position(self, request: Request) -> Response:
+        """The download's place in the peer's queue, which slskd asks the peer for: 500 with
+        the library's message when the peer is gone or the download is no longer active."""
+        transfer = self._transfer(request)
+        if transfer is None:
+            return Response(404)
+        peer_failure = self._peer_failure(transfer.username)
+        if peer_failure is not None:
+            return Response(500, peer_failure)
+        state, _, _ = _transfer_state(transfer, time.monotonic())
+        if state.startswith("Completed"):
+            name, user = transfer.filename, transfer.username
+            return Response(500, f"A download of {name} from user {user} is not active")
+        return Response(200, transfer.place_in_queue if state == "Queued, Remotely" else 0)
+
     def _transfer(self, request: Request) -> _Transfer | None:
         transfer = self._transfers.get(request.params["id"])
         if transfer is None or transfer.username != request.params["username"]:
@@ -473,8 +605,21 @@ def _failure(state: str, exception: str) -> tuple[str, str]:
     return state, exception
 
 
+def _version(version: str) -> str:
+    if version not in VERSIONS:
+        raise ValueError(f"unknown slskd version {version!r}: use one of {list(VERSIONS)}")
+    return version
+
+
 def _failure_options(options: dict[str, Any]) -> dict[str, str]:
     return {key: str(options[key]) for key in ("state", "exception") if key in options}
+
+
+def _size_of(item: Any) -> int:
+    try:
+        return int(item.get("size") or 0)
+    except (AttributeError, TypeError, ValueError):
+        return 0
 
 
 def _words(text: str) -> frozenset[str]:
@@ -549,45 +694,58 @@ def _response_json(
 
 
 def _search_complete(search: _Search, now: float) -> bool:
+    """The search reads ``Completed`` (its responses may not be stored yet)."""
     return search.stopped is not None or now - search.started >= search.duration
 
 
-def _visible_responses(search: _Search, now: float) -> list[dict[str, Any]]:
+def _search_end(search: _Search) -> float:
+    """When the search stopped receiving responses (``time.monotonic()``)."""
+    return search.stopped if search.stopped is not None else search.started + search.duration
+
+
+def _search_stored(search: _Search, now: float) -> bool:
+    """slskd stored the responses and ``endedAt``: ``finalize_delay`` after completing."""
+    return _search_complete(search, now) and now >= _search_end(search) + search.finalize_delay
+
+
+def _arrived_responses(search: _Search, now: float) -> list[dict[str, Any]]:
     """The responses received by ``now``: they arrive evenly while the search runs."""
-    end = search.stopped if search.stopped is not None else now
-    if end - search.started >= search.duration:
+    if search.duration <= 0 or (search.stopped is None and _search_complete(search, now)):
         return list(search.responses)
-    arrived = int(len(search.responses) * (end - search.started) / search.duration)
+    end = min(now, _search_end(search))
+    arrived = int(len(search.responses) * max(0.0, end - search.started) / search.duration)
     return search.responses[:arrived]
 
 
+def _stored_responses(search: _Search, now: float) -> list[dict[str, Any]]:
+    """What ``GET .../responses`` answers: nothing until slskd stored them at the end."""
+    return _arrived_responses(search, now) if _search_stored(search, now) else []
+
+
 def _search_json(search: _Search, now: float, *, with_responses: bool) -> dict[str, Any]:
-    responses = _visible_responses(search, now)
-    complete = _search_complete(search, now)
+    arrived = _arrived_responses(search, now)
     if search.stopped is not None:
         state = "Completed, Cancelled"
-        ended: float | None = search.stopped
-    elif complete:
-        state = "Completed, ResponseLimitReached" if responses else "Completed, TimedOut"
-        ended = search.started + search.duration
+    elif _search_complete(search, now):
+        state = "Completed, ResponseLimitReached" if arrived else "Completed, TimedOut"
     else:
-        state, ended = "InProgress", None
-    ended_at = (
-        None if ended is None else search.started_at + timedelta(seconds=ended - search.started)
-    )
-    return {
+        state = "InProgress"
+    data: dict[str, Any] = {
         "id": search.id,
         "searchText": search.text,
         "state": state,
-        "isComplete": complete,
-        "fileCount": sum(response["fileCount"] for response in responses),
-        "lockedFileCount": sum(response["lockedFileCount"] for response in responses),
-        "responseCount": len(responses),
+        "isComplete": _search_complete(search, now),
+        "fileCount": sum(response["fileCount"] for response in arrived),
+        "lockedFileCount": sum(response["lockedFileCount"] for response in arrived),
+        "responseCount": len(arrived),
         "startedAt": _iso(search.started_at),
-        "endedAt": _iso(ended_at) if ended_at else None,
         "token": search.token,
-        "responses": responses if with_responses else [],
+        "responses": _stored_responses(search, now) if with_responses else [],
     }
+    if _search_stored(search, now):
+        ended = _search_end(search) + search.finalize_delay
+        data["endedAt"] = _iso(search.started_at + timedelta(seconds=ended - search.started))
+    return data
 
 
 def _fraction(transfer: _Transfer, now: float) -> float:
@@ -598,18 +756,28 @@ def _fraction(transfer: _Transfer, now: float) -> float:
     return min(1.0, max(0.0, (end - transfer.started) / transfer.duration))
 
 
-def _transfer_json(transfer: _Transfer, now: float) -> dict[str, Any]:
+def _transfer_state(transfer: _Transfer, now: float) -> tuple[str, str | None, float]:
+    """The transfer's state, slskd's exception (when it failed) and the fraction of its bytes
+    transferred, at ``now``."""
     fraction = _fraction(transfer, now)
     start = PHASES[-1][0]
-    state = next(name for at, name in reversed(PHASES) if fraction >= at)
     progress = max(0.0, (fraction - start) / (1.0 - start))
-    exception = None
     if transfer.cancelled is not None:
-        state, exception = "Completed, Cancelled", "Transfer cancelled"
-    elif fraction >= 1.0 and transfer.failure is not None:
-        (state, exception), progress = transfer.failure, FAILED_FRACTION
-    elif fraction >= 1.0:
-        state = "Completed, Succeeded"
+        return "Completed, Cancelled", "Transfer cancelled", progress
+    if transfer.failure is not None and fraction >= transfer.failure_at:
+        state, exception = transfer.failure
+        return state, exception, FAILED_FRACTION if transfer.failure_at >= 1.0 else 0.0
+    if fraction >= 1.0:
+        return "Completed, Succeeded", None, 1.0
+    return next(name for at, name in reversed(PHASES) if fraction >= at), None, progress
+
+
+def _transfer_json(transfer: _Transfer, now: float) -> dict[str, Any]:
+    """The transfer as slskd writes it: fields that are null (not yet started, no exception,
+    no place in the queue) are left out."""
+    fraction = _fraction(transfer, now)
+    start = PHASES[-1][0]
+    state, exception, progress = _transfer_state(transfer, now)
     done = state.startswith("Completed")
     transferred = int(transfer.size * progress)
 
@@ -621,30 +789,31 @@ def _transfer_json(transfer: _Transfer, now: float) -> dict[str, Any]:
     elapsed = max(0.0, (fraction - start) * transfer.duration)
     speed = transferred / elapsed if elapsed else 0.0
     remaining = transfer.size - transferred
-    return {
+    data = {
         "id": transfer.id,
         "username": transfer.username,
         "direction": "Download",
         "filename": transfer.filename,
         "size": transfer.size,
-        "startOffset": 0,
         "state": state,
         "requestedAt": _iso(transfer.requested_at),
-        "enqueuedAt": moment(PHASES[1][0]),
+        "enqueuedAt": moment(PHASES[2][0]),
         "startedAt": moment(start),
         "endedAt": _iso(transfer.requested_at + timedelta(seconds=fraction * transfer.duration))
         if done
         else None,
         "bytesTransferred": transferred,
         "averageSpeed": speed,
-        "placeInQueue": 1 if state == "Queued, Remotely" else None,
+        "placeInQueue": transfer.place_in_queue if state == "Queued, Remotely" else None,
         "exception": exception,
         "attempts": 1,
+        "removed": False,
         "bytesRemaining": remaining,
         "elapsedTime": _timespan(elapsed) if fraction >= start else None,
         "percentComplete": round(100.0 * transferred / transfer.size, 2) if transfer.size else 0.0,
         "remainingTime": _timespan(remaining / speed) if speed and not done else None,
     }
+    return {key: value for key, value in data.items() if value is not None}
 
 
 def _user_json(username: str, transfers: list[_Transfer], now: float) -> dict[str, Any]:
