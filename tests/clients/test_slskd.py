@@ -29,17 +29,22 @@ from soulspot_jobs.clients.slskd import (
     SERVICE,
     Candidate,
     CircuitBreakerSlskdClient,
+    EnqueueFailure,
     PeerResponse,
+    Search,
     SharedFile,
     SlskdClient,
     Transfer,
     choose_best,
+    parse_failed,
 )
 from soulspot_jobs.errors import (
     NotFoundError,
+    PeerUnavailableError,
     RetryLater,
     ServiceUnavailableError,
     UpstreamRequestError,
+    is_service_failure,
 )
 from soulspot_jobs.fakes.catalog import CATALOG
 from soulspot_jobs.fakes.slskd import FakeSlskd
@@ -173,6 +178,24 @@ def test_an_unknown_query_completes_timed_out_without_responses(client: SlskdCli
     done = poll(lambda: client.get_search(search.id), lambda s: s.is_complete)
     assert done.state == "Completed, TimedOut"
     assert client.get_responses(search.id) == []
+
+
+def test_a_search_read_complete_before_slskd_stored_its_end_is_not_ended_yet(
+    fake: FakeSlskd, client: SlskdClient
+) -> None:
+    # Given an slskd that marks searches complete 1 s before it stores their responses
+    fake.early_complete(1.0)
+    search = client.start_search(QUERY)
+    # When the search first reads complete
+    early = poll(lambda: client.get_search(search.id), lambda s: s.is_complete)
+    # Then it has no end yet and its responses read empty
+    assert (early.is_complete, early.ended, early.ended_at) == (True, False, None)
+    assert early.response_count == 4
+    assert client.get_responses(search.id) == []
+    # And once slskd stored its end, every response is there
+    ended = poll(lambda: client.get_search(search.id), lambda s: s.ended)
+    assert ended.ended_at is not None
+    assert len(client.get_responses(search.id)) == 4
 
 
 def test_an_unknown_search_raises_not_found(client: SlskdClient) -> None:
@@ -400,14 +423,36 @@ def test_a_failed_download_reports_its_state_and_slskds_reason(
     assert (done.state, done.exception) == ("Completed, TimedOut", "Transfer failed: timed out")
 
 
-def test_a_file_slskd_refuses_to_enqueue_raises_with_its_message(client: SlskdClient) -> None:
-    with pytest.raises(UpstreamRequestError) as caught:
-        client.enqueue_download("lossless_lover", "@@flac\\gone.flac", 12)
-    assert "File not shared." in str(caught.value)
-    assert not isinstance(caught.value, ServiceUnavailableError)
+def test_a_new_download_waits_queued_locally_and_its_missing_fields_read_as_empty(
+    client: SlskdClient,
+) -> None:
+    # Given the best candidate, enqueued
+    candidate = best_candidate(client)
+    transfer = client.enqueue_download(candidate.username, candidate.filename, candidate.size)
+    # Then it starts in slskd's first state, with no exception and nothing transferred
+    assert transfer.state == "Queued, Locally"
+    assert transfer.waiting and not transfer.active and not transfer.done
+    assert (transfer.exception, transfer.bytes_transferred) == (None, 0)
 
 
-def test_an_older_slskds_empty_enqueue_answer_is_resolved_from_the_downloads_list(
+def test_a_transfer_or_search_with_every_null_field_left_out_still_parses() -> None:
+    transfer = Transfer.from_json({"id": "t1"})
+    assert (transfer.state, transfer.size, transfer.exception, transfer.done) == (
+        "",
+        0,
+        None,
+        False,
+    )
+    search = Search.from_json({"id": "s1", "state": "Completed, TimedOut"})
+    assert (search.is_complete, search.ended_at, search.ended, search.response_count) == (
+        True,
+        None,
+        False,
+        0,
+    )
+
+
+def test_an_older_slskds_empty_enqueue_answer_is_resolved_from_the_users_downloads(
     fake: FakeSlskd, client: SlskdClient
 ) -> None:
     # Given an slskd answering enqueues with an empty 201
@@ -415,9 +460,88 @@ def test_an_older_slskds_empty_enqueue_answer_is_resolved_from_the_downloads_lis
     candidate = best_candidate(client)
     # When a download is enqueued
     transfer = client.enqueue_download(candidate.username, candidate.filename, candidate.size)
-    # Then the client found the transfer in the list of downloads
-    assert ("GET", "/api/v0/transfers/downloads") in fake.requests
+    # Then the client found the transfer in the peer's list of downloads
+    assert ("GET", f"/api/v0/transfers/downloads/{candidate.username}") in fake.requests
     assert client.get_transfer(candidate.username, transfer.id).filename == candidate.filename
+
+
+@pytest.mark.parametrize("version", ["0.26", "0.25", "0.24", "0.23"])
+def test_enqueuing_a_file_already_downloading_follows_the_existing_transfer(
+    fake: FakeSlskd, client: SlskdClient, version: str
+) -> None:
+    # Given a download in progress on an slskd of that version
+    fake.version = version
+    fake.transfer_duration = 60.0
+    candidate = best_candidate(client)
+    first = client.enqueue_download(candidate.username, candidate.filename, candidate.size)
+    # When the same file is enqueued again (slskd skips it: "Already in progress")
+    again = client.enqueue_download(candidate.username, candidate.filename, candidate.size)
+    # Then the client follows the transfer slskd already has, with no duplicate
+    assert again.id == first.id
+    assert not again.done
+
+
+def test_a_file_slskd_lists_as_failed_without_a_transfer_is_the_peers_failure(
+    fake: FakeSlskd, client: SlskdClient
+) -> None:
+    # Given slskd fails to add the next file (its reason lost in the 0.26 answer: {})
+    candidate = best_candidate(client)
+    fake.fail_enqueues(1)
+    # When it is enqueued
+    with pytest.raises(PeerUnavailableError) as caught:
+        client.enqueue_download(candidate.username, candidate.filename, candidate.size)
+    # Then it is this candidate's failure, with what slskd said, and no service failure
+    assert caught.value.username == candidate.username
+    assert "slskd listed the file as failed, without a reason" in caught.value.reason
+    assert not is_service_failure(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("reason", "message"),
+    [
+        ("offline", "User lossless_lover appears to be offline"),
+        ("unreachable", "Failed to connect to user lossless_lover: Failed to establish"),
+        ("timeout", "The wait timed out after 5000 milliseconds"),
+    ],
+)
+def test_an_enqueue_from_an_unavailable_peer_raises_peer_unavailable_not_a_service_failure(
+    fake: FakeSlskd, client: SlskdClient, reason: str, message: str
+) -> None:
+    # Given the best peer gone (slskd answers its enqueues 500 with the library's message)
+    candidate = best_candidate(client)
+    fake.peers_offline(candidate.username, reason=reason)
+    # When a file is enqueued from it
+    with pytest.raises(PeerUnavailableError) as caught:
+        client.enqueue_download(candidate.username, candidate.filename, candidate.size)
+    # Then it is the peer's failure, with slskd's reason as plain text
+    error = caught.value
+    assert (error.username, error.status, error.service) == (candidate.username, 500, SERVICE)
+    assert error.reason.startswith(message)
+    assert isinstance(error, UpstreamRequestError) and not is_service_failure(error)
+
+
+def test_an_enqueue_answered_500_for_another_reason_is_a_service_failure(
+    fake: FakeSlskd, client: SlskdClient
+) -> None:
+    candidate = best_candidate(client)
+    fake.faults.fail(1, 500)
+    with pytest.raises(ServiceUnavailableError) as caught:
+        client.enqueue_download(candidate.username, candidate.filename, candidate.size)
+    assert caught.value.status == 500 and is_service_failure(caught.value)
+
+
+def test_the_failed_list_is_read_in_every_shape_without_crashing() -> None:
+    wanted = "@@a\\x.flac"
+    assert parse_failed([wanted], requested=wanted) == [EnqueueFailure(wanted, None)]
+    assert parse_failed(["Skipped: Already in progress"], requested=wanted) == [
+        EnqueueFailure(None, "Skipped: Already in progress")
+    ]
+    assert parse_failed([{}], requested=wanted) == [EnqueueFailure(None, None)]
+    assert parse_failed(
+        [{"filename": wanted, "message": "Error: disk full"}, None, 7], requested=wanted
+    ) == [EnqueueFailure(wanted, "Error: disk full"), EnqueueFailure(None, "7")]
+    assert parse_failed(None, requested=wanted) == []
+    assert parse_failed({"x": 1}, requested=wanted) == []
 
 
 def test_a_cancelled_download_reads_as_failed(fake: FakeSlskd, client: SlskdClient) -> None:
@@ -551,7 +675,7 @@ def test_service_failures_open_the_breaker_which_then_spares_slskd(
 def test_request_errors_and_back_pressure_never_open_the_breaker(
     fake: FakeSlskd, guarded: CircuitBreakerSlskdClient
 ) -> None:
-    # Given more refusals than the breaker's threshold: 404s, busy starts and refused enqueues
+    # Given more refusals than the breaker's threshold: 404s, busy starts and offline peers
     threshold = guarded.circuit_breaker.config.failure_threshold
     fake.busy_searches(threshold + 1)
     for _ in range(threshold + 1):
@@ -559,11 +683,32 @@ def test_request_errors_and_back_pressure_never_open_the_breaker(
             guarded.get_search(str(uuid.uuid4()))
         with pytest.raises(RetryLater):
             guarded.start_search(QUERY)
-        with pytest.raises(UpstreamRequestError):
-            guarded.enqueue_download("lossless_lover", "@@flac\\gone.flac", 1)
+        with pytest.raises(PeerUnavailableError):
+            guarded.enqueue_download("nobody", "@@flac\\gone.flac", 1)
     # Then the breaker stayed closed and calls still reach slskd
     assert guarded.circuit_breaker.state is CircuitState.CLOSED
     assert guarded.start_search(QUERY).state == "InProgress"
+
+
+def test_peers_failing_more_often_than_the_threshold_never_open_the_breaker(
+    fake: FakeSlskd, client: SlskdClient, guarded: CircuitBreakerSlskdClient
+) -> None:
+    # Given every peer offline, one way or another
+    candidates = choose_best(responses_for(client), max_candidates=10)
+    fake.peers_offline(*[c.username for c in candidates[:2]], reason="unreachable")
+    fake.peers_offline(*[c.username for c in candidates[2:]], reason="timeout")
+    # When more enqueues than the breaker's threshold fail on them
+    for _ in range(guarded.circuit_breaker.config.failure_threshold + 1):
+        for candidate in candidates:
+            with pytest.raises(PeerUnavailableError):
+                guarded.enqueue_download(candidate.username, candidate.filename, candidate.size)
+    # Then the breaker counted nothing, while slskd's own 500s on enqueue do count
+    assert guarded.circuit_breaker.stats.total_failures == 0
+    fake.faults.fail(1, 500)
+    with pytest.raises(ServiceUnavailableError):
+        guarded.enqueue_download(candidates[0].username, candidates[0].filename, 1)
+    assert guarded.circuit_breaker.stats.total_failures == 1
+    assert guarded.circuit_breaker.state is CircuitState.CLOSED
 
 
 def test_a_wrong_api_key_never_opens_the_breaker(fake: FakeSlskd, backend: Backend) -> None:

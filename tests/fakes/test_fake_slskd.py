@@ -20,6 +20,7 @@ from tests.polling import poll
 KEY = "test-key"
 TRACK = CATALOG[0]
 QUERY = f"{TRACK.artist} - {TRACK.title}"
+#: A running search's fields; ``endedAt`` joins them once slskd stored the end (nulls are left out).
 SEARCH_FIELDS = {
     "id",
     "searchText",
@@ -29,7 +30,6 @@ SEARCH_FIELDS = {
     "lockedFileCount",
     "responseCount",
     "startedAt",
-    "endedAt",
     "token",
     "responses",
 }
@@ -46,6 +46,9 @@ RESPONSE_FIELDS = {
 }
 #: Every shared file's fields; audio files add ``length`` and bit rate or depth and sample rate.
 FILE_FIELDS = {"filename", "size", "code", "extension", "isVariableBitRate", "isLocked"}
+#: A new transfer's fields; the others (``enqueuedAt``, ``startedAt``, ``endedAt``,
+#: ``placeInQueue``, ``exception``, ``elapsedTime``, ``remainingTime``) appear once they have a
+#: value, since slskd leaves null fields out.
 TRANSFER_FIELDS = {
     "id",
     "username",
@@ -54,20 +57,15 @@ TRANSFER_FIELDS = {
     "size",
     "state",
     "requestedAt",
-    "enqueuedAt",
-    "startedAt",
-    "endedAt",
     "bytesTransferred",
     "averageSpeed",
-    "placeInQueue",
-    "exception",
     "attempts",
+    "removed",
     "bytesRemaining",
-    "elapsedTime",
     "percentComplete",
-    "remainingTime",
 }
 STATE_ORDER = [
+    "Queued, Locally",
     "Requested",
     "Queued, Remotely",
     "Initializing",
@@ -141,6 +139,7 @@ def test_a_search_for_a_catalog_track_runs_then_completes_with_a_response_per_pe
     assert search["state"] == "Completed, ResponseLimitReached"
     assert search["responseCount"] == len(PEERS)
     assert search["responses"] == []
+    assert set(search) == SEARCH_FIELDS | {"endedAt"}
     assert datetime.fromisoformat(search["endedAt"]) >= datetime.fromisoformat(search["startedAt"])
     responses = http.get(f"/api/v0/searches/{search_id}/responses").json()
     assert search["fileCount"] == sum(len(r["files"]) for r in responses)
@@ -222,7 +221,7 @@ def test_unknown_searches_and_transfers_answer_404(http: httpx.Client) -> None:
     assert http.get(f"/api/v0/transfers/downloads/someone/{missing}").status_code == 404
 
 
-def test_a_download_goes_from_requested_through_in_progress_to_succeeded(
+def test_a_download_goes_from_queued_locally_through_in_progress_to_succeeded(
     http: httpx.Client,
 ) -> None:
     # Given a file a peer shares, enqueued
@@ -231,8 +230,8 @@ def test_a_download_goes_from_requested_through_in_progress_to_succeeded(
     assert answer.status_code == 201
     assert answer.json()["failed"] == []
     (transfer,) = answer.json()["enqueued"]
-    assert set(transfer) >= TRANSFER_FIELDS
-    assert transfer["state"] == "Requested"
+    assert set(transfer) == TRANSFER_FIELDS
+    assert transfer["state"] == "Queued, Locally"
     # When it is read until it ends
     seen = [transfer]
     while not seen[-1]["state"].startswith("Completed"):
@@ -245,7 +244,8 @@ def test_a_download_goes_from_requested_through_in_progress_to_succeeded(
     transferred = [item["bytesTransferred"] for item in seen]
     assert transferred == sorted(transferred)
     assert (seen[-1]["bytesTransferred"], seen[-1]["percentComplete"]) == (file["size"], 100.0)
-    assert seen[-1]["exception"] is None
+    assert "exception" not in seen[-1]
+    assert all(value is not None for item in seen for value in item.values())
 
 
 def test_fail_downloads_over_http_fails_the_next_transfer_with_its_exception(
@@ -259,7 +259,7 @@ def test_fail_downloads_over_http_fails_the_next_transfer_with_its_exception(
     ended = []
     for _ in range(2):
         (transfer,) = enqueue(http, "lossless_lover", file).json()["enqueued"]
-        ended.append(poll(lambda t=transfer: transfer_of(http, t), lambda t: t["endedAt"]))
+        ended.append(poll(lambda t=transfer: transfer_of(http, t), lambda t: "endedAt" in t))
     # Then the first failed with the given state and reason, the second succeeded
     assert (ended[0]["state"], ended[0]["exception"]) == (
         "Completed, Rejected",
@@ -283,20 +283,29 @@ def test_fail_downloads_from_a_peer_fails_only_that_peers_transfers(
     ended = {}
     for username in ("old_rips", "slow_peer"):
         (transfer,) = enqueue(http, username, responses[username]).json()["enqueued"]
-        ended[username] = poll(lambda t=transfer: transfer_of(http, t), lambda t: t["endedAt"])
+        ended[username] = poll(lambda t=transfer: transfer_of(http, t), lambda t: "endedAt" in t)
     # Then only that peer's transfer failed
     assert ended["old_rips"]["state"] == "Completed, Errored"
     assert ended["old_rips"]["exception"].startswith("Transfer failed:")
     assert ended["slow_peer"]["state"] == "Completed, Succeeded"
 
 
-def test_a_file_the_peer_does_not_share_is_listed_as_failed(http: httpx.Client) -> None:
+def test_a_file_the_peer_does_not_share_is_enqueued_then_rejected_by_the_peer(
+    http: httpx.Client,
+) -> None:
+    # Given a file the peer does not share
+    # When it is enqueued
     answer = enqueue(http, "lossless_lover", {"filename": "@@flac\\nothing.flac", "size": 1})
+    # Then slskd enqueued it (it asks the peer only afterwards), and the peer rejected it
     assert answer.status_code == 201
-    assert answer.json() == {
-        "enqueued": [],
-        "failed": [{"filename": "@@flac\\nothing.flac", "message": "File not shared."}],
-    }
+    (transfer,) = answer.json()["enqueued"]
+    assert answer.json()["failed"] == []
+    ended = poll(lambda: transfer_of(http, transfer), lambda t: "endedAt" in t)
+    assert (ended["state"], ended["exception"]) == (
+        "Completed, Rejected",
+        "Transfer rejected: File not shared.",
+    )
+    assert ended["bytesTransferred"] == 0
 
 
 def test_a_cancelled_download_stays_listed_as_cancelled(
@@ -391,6 +400,11 @@ def test_bad_control_options_answer_400_and_unknown_ones_404(http: httpx.Client)
     bad_state = {"count": 1, "state": "Completed, Succeeded"}
     assert http.post("/_faults/fail_downloads", json=bad_state).status_code == 400
     assert http.post("/_faults/nonsense", json={}).status_code == 404
+    assert (
+        http.post("/_faults/peers_offline", json={"usernames": ["a"], "reason": "x"}).status_code
+        == 400
+    )
+    assert http.post("/_faults/version", json={"version": "9.9"}).status_code == 400
 
 
 def test_peers_per_track_limits_who_answers_a_search() -> None:
@@ -399,3 +413,168 @@ def test_peers_per_track_limits_who_answers_a_search() -> None:
         search = completed_search(http, QUERY)
         http.close()
     assert search["responseCount"] == 1
+
+
+# -- what real slskd does that the happy path hides ----------------------------------------------
+
+
+def test_responses_are_stored_only_when_the_search_ends(
+    fake: FakeSlskd, http: httpx.Client
+) -> None:
+    # Given a search that runs for a while
+    fake.search_duration = 1.0
+    search_id = http.post("/api/v0/searches", json={"searchText": QUERY}).json()["id"]
+    # When it has counted some responses but not ended
+    running = poll(
+        lambda: http.get(f"/api/v0/searches/{search_id}").json(), lambda s: s["responseCount"]
+    )
+    responses_meanwhile = http.get(f"/api/v0/searches/{search_id}/responses").json()
+    # Then none are readable yet and it has no end
+    assert running["state"] == "InProgress" and running["responseCount"] > 0
+    assert "endedAt" not in running
+    assert responses_meanwhile == []
+    # And once it ended, all of them are
+    done = completed_search_by_id(http, search_id)
+    assert "endedAt" in done
+    assert len(http.get(f"/api/v0/searches/{search_id}/responses").json()) == len(PEERS)
+
+
+def completed_search_by_id(http: httpx.Client, search_id: str) -> dict[str, Any]:
+    return poll(lambda: http.get(f"/api/v0/searches/{search_id}").json(), lambda s: "endedAt" in s)
+
+
+def test_early_complete_over_http_shows_completed_before_the_responses_are_stored(
+    fake: FakeSlskd, http: httpx.Client
+) -> None:
+    # Given searches that read Completed 1 s before slskd stores their responses
+    assert http.post("/_faults/early_complete", json={"seconds": 1.0}).status_code == 204
+    search_id = http.post("/api/v0/searches", json={"searchText": QUERY}).json()["id"]
+    # When the search reads complete
+    early = poll(
+        lambda: http.get(f"/api/v0/searches/{search_id}").json(), lambda s: s["isComplete"]
+    )
+    early_responses = http.get(f"/api/v0/searches/{search_id}/responses").json()
+    # Then it has counted its responses, but has no end and no stored responses yet
+    assert early["state"] == "Completed, ResponseLimitReached"
+    assert early["responseCount"] == len(PEERS)
+    assert "endedAt" not in early and early_responses == []
+    # And once slskd recorded the end, the responses are there
+    completed_search_by_id(http, search_id)
+    assert len(http.get(f"/api/v0/searches/{search_id}/responses").json()) == len(PEERS)
+    assert fake.finalize_delay == 1.0
+
+
+def test_the_searches_are_listed_without_their_responses(http: httpx.Client) -> None:
+    first = completed_search(http, QUERY)
+    second = completed_search(http, "Nobody - Nothing At All")
+    listing = http.get("/api/v0/searches").json()
+    assert [(s["id"], s["responses"]) for s in listing] == [(first["id"], []), (second["id"], [])]
+
+
+def test_the_downloads_list_answers_with_a_trailing_slash_too(http: httpx.Client) -> None:
+    file = first_file(http)
+    (transfer,) = enqueue(http, "lossless_lover", file).json()["enqueued"]
+    listing = http.get("/api/v0/transfers/downloads/", params={"includeRemoved": "false"})
+    assert listing.status_code == 200
+    assert listing.json()[0]["directories"][0]["files"][0]["id"] == transfer["id"]
+
+
+@pytest.mark.parametrize(
+    ("reason", "message"),
+    [
+        ("offline", "User lossless_lover appears to be offline"),
+        ("unreachable", "Failed to connect to user lossless_lover: Failed to establish a direct"),
+        ("timeout", "The wait timed out after 5000 milliseconds"),
+    ],
+)
+def test_peers_offline_over_http_answers_their_enqueues_500_with_slskds_message(
+    http: httpx.Client, reason: str, message: str
+) -> None:
+    # Given the FLAC peer gone, ordered over HTTP
+    file = first_file(http)
+    options = {"usernames": ["lossless_lover"], "reason": reason}
+    assert http.post("/_faults/peers_offline", json=options).status_code == 204
+    # When a file is enqueued from it, and from another peer
+    refused = enqueue(http, "lossless_lover", file)
+    other = enqueue(http, "old_rips", {"filename": "x", "size": 1})
+    # Then slskd answered 500 with the library's message as a JSON string; the other went on
+    assert refused.status_code == 500
+    assert refused.headers["content-type"] == "application/json"
+    assert refused.json().startswith(message)
+    assert other.status_code == 201
+    # And no transfer was created for the offline peer
+    assert http.get("/api/v0/transfers/downloads/lossless_lover").status_code == 404
+
+
+def test_an_enqueue_from_a_user_nobody_knows_answers_500_offline(http: httpx.Client) -> None:
+    answer = enqueue(http, "ghost", {"filename": "@@x\\y.flac", "size": 1})
+    assert (answer.status_code, answer.json()) == (500, "User ghost appears to be offline")
+
+
+@pytest.mark.parametrize(
+    ("version", "failed"),
+    [("0.26", [{}]), ("0.25", "filename"), ("0.24", "filename"), ("0.23", None)],
+)
+def test_a_duplicate_enqueue_is_skipped_and_listed_failed_in_the_versions_shape(
+    fake: FakeSlskd, http: httpx.Client, version: str, failed: Any
+) -> None:
+    # Given a download in progress, on an slskd of that version (set over HTTP)
+    fake.transfer_duration = 60.0
+    assert http.post("/_faults/version", json={"version": version}).status_code == 204
+    file = first_file(http)
+    first = enqueue(http, "lossless_lover", file)
+    # When the same file is enqueued again from the same peer
+    second = enqueue(http, "lossless_lover", file)
+    # Then it was not enqueued twice, and the answer says so in that version's shape
+    assert first.status_code == second.status_code == 201
+    if failed is None:
+        assert second.content == b""
+    else:
+        expected = [file["filename"]] if failed == "filename" else failed
+        assert second.json() == {"enqueued": [], "failed": expected}
+    listing = http.get("/api/v0/transfers/downloads/lossless_lover").json()
+    assert sum(len(d["files"]) for d in listing["directories"]) == 1
+
+
+def test_a_finished_download_can_be_enqueued_again(fake: FakeSlskd, http: httpx.Client) -> None:
+    file = first_file(http)
+    (first,) = enqueue(http, "lossless_lover", file).json()["enqueued"]
+    poll(lambda: transfer_of(http, first), lambda t: "endedAt" in t)
+    (second,) = enqueue(http, "lossless_lover", file).json()["enqueued"]
+    assert second["id"] != first["id"]
+
+
+def test_fail_enqueues_over_http_lists_the_next_file_failed_without_a_transfer(
+    http: httpx.Client,
+) -> None:
+    file = first_file(http)
+    assert http.post("/_faults/fail_enqueues", json={"count": 1}).status_code == 204
+    assert enqueue(http, "lossless_lover", file).json() == {"enqueued": [], "failed": [{}]}
+    assert http.get("/api/v0/transfers/downloads/lossless_lover").status_code == 404
+    assert len(enqueue(http, "lossless_lover", file).json()["enqueued"]) == 1
+
+
+def test_the_queue_position_of_a_remotely_queued_download_is_the_peers_queue_plus_one(
+    fake: FakeSlskd, http: httpx.Client
+) -> None:
+    # Given a download from the busy peer (37 uploads queued), long enough to watch it queue
+    fake.transfer_duration = 4.0
+    search = completed_search(http, QUERY)
+    responses = http.get(f"/api/v0/searches/{search['id']}/responses").json()
+    file = next(r for r in responses if r["username"] == "slow_peer")["files"][0]
+    (transfer,) = enqueue(http, "slow_peer", file).json()["enqueued"]
+    path = f"/api/v0/transfers/downloads/slow_peer/{transfer['id']}/position"
+    # When it is queued at the peer
+    queued = poll(lambda: transfer_of(http, transfer), lambda t: t["state"] == "Queued, Remotely")
+    # Then its place is 38, in the answer and in the transfer
+    assert queued["placeInQueue"] == 38
+    assert http.get(path).json() == 38
+    # And an unknown download is 404, a finished one 500 "not active"
+    assert (
+        http.get(f"/api/v0/transfers/downloads/slow_peer/{uuid.uuid4()}/position").status_code
+        == 404
+    )
+    fake.transfer_duration = 0.0
+    (done,) = enqueue(http, "old_rips", {"filename": "x", "size": 1}).json()["enqueued"]
+    answer = http.get(f"/api/v0/transfers/downloads/old_rips/{done['id']}/position")
+    assert answer.status_code == 500 and answer.json().endswith("is not active")
