@@ -67,6 +67,11 @@ RESPONSE_LIMIT = 100
 FILE_LIMIT = 10_000
 #: Seconds to wait before trying again when a 429 came without ``Retry-After``.
 DEFAULT_RETRY_AFTER = 1.0
+#: Least seconds an enqueue request is given: slskd answers only once it reached the peer,
+#: which takes up to its connection timeout (``SLSK_CONNECTION_TIMEOUT``, 10 s by default) plus
+#: the Soulseek server's answer for the peer's address (5 s). Our own timeout there would be
+#: counted as slskd failing, when it is only a slow peer.
+ENQUEUE_TIMEOUT = 30.0
 #: Lower-case phrases of the Soulseek library's and slskd's messages that blame the remote peer
 #: (offline, no connection, no answer in time, refused; slskd 0.23 and older waited for the
 #: peer's "Transfer rejected: ..." too); an enqueue answered 500 with one of them is a peer's
@@ -452,6 +457,7 @@ class SlskdClient:
                 f"/api/v0/transfers/downloads/{_segment(username)}",
                 "other downloads are being enqueued",
                 [{"filename": filename, "size": size}],
+                timeout=max(self.settings.timeout, ENQUEUE_TIMEOUT),
             )
         except ServiceUnavailableError as exc:
             reason = peer_failure_reason(exc)
@@ -496,10 +502,12 @@ class SlskdClient:
 
     # -- helpers ---------------------------------------------------------------------------
 
-    def _back_pressured(self, method: str, path: str, reason: str, body: Any) -> httpx.Response:
+    def _back_pressured(
+        self, method: str, path: str, reason: str, body: Any, **options: Any
+    ) -> httpx.Response:
         """Send a request whose 429 means "busy, come back soon": raise :class:`RetryLater`."""
         try:
-            return self._http.request(method, path, json=body)
+            return self._http.request(method, path, json=body, **options)
         except ServiceUnavailableError as exc:
             if exc.status != 429:
                 raise

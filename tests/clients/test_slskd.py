@@ -530,6 +530,21 @@ def test_an_enqueue_answered_500_for_another_reason_is_a_service_failure(
     assert caught.value.status == 500 and is_service_failure(caught.value)
 
 
+def test_an_enqueue_may_take_longer_than_the_client_timeout_while_slskd_reaches_the_peer(
+    fake: FakeSlskd,
+) -> None:
+    # Given a client whose requests time out after half a second, and an slskd that takes a
+    # second to reach a peer before it answers an enqueue
+    client = SlskdClient(settings_for(fake, timeout=0.5))
+    candidate = best_candidate(client)
+    fake.enqueue_delay = 1.0
+    # When a download is enqueued
+    transfer = client.enqueue_download(candidate.username, candidate.filename, candidate.size)
+    client.close()
+    # Then it was waited for, not counted as slskd timing out
+    assert transfer.filename == candidate.filename
+
+
 def test_the_failed_list_is_read_in_every_shape_without_crashing() -> None:
     wanted = "@@a\\x.flac"
     assert parse_failed([wanted], requested=wanted) == [EnqueueFailure(wanted, None)]
