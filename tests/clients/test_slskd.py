@@ -535,7 +535,7 @@ def test_an_enqueue_may_take_longer_than_the_client_timeout_while_slskd_reaches_
 ) -> None:
     # Given a client whose requests time out after half a second, and an slskd that takes a
     # second to reach a peer before it answers an enqueue
-    client = SlskdClient(settings_for(fake, timeout=0.5))
+    client = SlskdClient(SlskdSettings(url=fake.url, api_key=KEY, timeout=0.5))
     candidate = best_candidate(client)
     fake.enqueue_delay = 1.0
     # When a download is enqueued
