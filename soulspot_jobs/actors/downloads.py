@@ -106,9 +106,10 @@ def declare(broker: dramatiq.Broker, runtime: Runtime) -> None:
     def search_track(job_id: str) -> None:
         job = store.get(job_id)
         if job.details.get("candidates"):
-            # ranked before, then deferred while enqueuing: go on where it stopped
-            start_download(job_id, job.details.get("candidate_index", 0))
-            return
+            if "transfer_id" not in job.details:
+                # ranked before, then deferred while enqueuing: go on where it stopped
+                start_download(job_id, job.details.get("candidate_index", 0))
+            return  # else poll_download is in charge of the transfer
         search_id = job.details.get("search_id")
         if search_id is None:
             search = runtime.slskd.start_search(job.details["query"])

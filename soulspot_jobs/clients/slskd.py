@@ -528,8 +528,12 @@ class SlskdClient:
         matches = [
             item
             for directory in (group.get("directories") if isinstance(group, dict) else None) or ()
+            if isinstance(directory, dict)
             for item in directory.get("files") or ()
-            if item.get("filename") == filename and item.get("id") and not item.get("removed")
+            if isinstance(item, dict)
+            and item.get("filename") == filename
+            and item.get("id")
+            and not item.get("removed")
         ]
         if not matches:
             raise PeerUnavailableError(

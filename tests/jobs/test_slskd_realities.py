@@ -143,3 +143,25 @@ def test_a_complete_search_whose_end_is_never_recorded_fails_after_the_patience(
     assert job.state is JobState.FAILED
     assert job.details["empty_reads"] >= 2
     assert "slskd had not recorded the search's end after 0.5 s" in job.last_error
+
+
+def test_an_enqueue_deferred_by_back_pressure_goes_on_with_the_same_candidates(
+    redis_url: str, fakes: Fakes
+) -> None:
+    # Given an slskd busy with other enqueues at the first attempt, and the best peer offline
+    fakes.slskd.busy_enqueues(1)
+    fakes.slskd.peers_offline("lossless_lover")
+    app = SoulspotJobs(settings_for(redis_url, fakes))
+    with running(app):
+        # When a track is downloaded
+        [job] = finished(app, [app.enqueue_download(f"{DAFT_PUNK.artist} - {DAFT_PUNK.title}")])
+
+    # Then the deferred step went on from the candidates it had (one search, no new ranking),
+    # skipped the offline peer and downloaded from the next one
+    assert job.state is JobState.DONE, job
+    assert len(fakes.slskd.search_requests) == 1
+    posts = [path for method, path in fakes.slskd.requests if method == "POST"]
+    assert posts.count("/api/v0/transfers/downloads/lossless_lover") == 2  # 429, then 500
+    assert job.details["failed_peers"] == ["lossless_lover"]
+    assert job.details["username"] == "mp3 archive"
+    assert app.middleware.breaker("slskd-api").stats.total_failures == 0
