@@ -55,8 +55,10 @@ from soulspot_jobs.fakes.server import FAULTS_PATH, FakeServer, Request, Respons
 
 __all__ = ["PEERS", "FakeSlskd", "Peer"]
 
-#: slskd's answer to a search start overlapping another one.
-CONCURRENT_SEARCH_MESSAGE = "Only one concurrent operation is permitted"
+#: slskd's answer to a search start overlapping another one, and to a third enqueue at once.
+CONCURRENT_SEARCH_MESSAGE = (
+    "Only one concurrent operation is permitted. Wait until the previous request completes"
+)
 #: Enqueue requests slskd handles at once; more answer 429.
 MAX_CONCURRENT_ENQUEUES = 2
 #: Default reason of a download failed by :meth:`FakeSlskd.fail_downloads`.
@@ -455,7 +457,7 @@ class FakeSlskd(FakeServer):
         with self._state_lock:
             if self._busy_enqueues > 0 or self._enqueuing >= MAX_CONCURRENT_ENQUEUES:
                 self._busy_enqueues = max(0, self._busy_enqueues - 1)
-                return Response(429)
+                return Response(429, text=CONCURRENT_SEARCH_MESSAGE)
             self._enqueuing += 1
         try:
             if self.enqueue_delay:
