@@ -3,7 +3,9 @@
 It speaks the REST API v0 endpoints :class:`~soulspot_jobs.clients.slskd.SlskdClient` and the
 ``slskd-api`` package use, with slskd's camelCase JSON (null fields left out), ISO timestamps,
 GUID ids and comma-joined states, and requires the ``X-API-Key`` header (401 otherwise). Routes
-match with or without a trailing slash, as ASP.NET's do.
+match with or without a trailing slash, as ASP.NET's do. This module is the server and its
+controls; the peers, searches and transfers it serves, and their JSON, are in
+:mod:`soulspot_jobs.fakes.slskd_network`.
 
 * A search whose words all occur in a catalog track's artist, album and title finds that track:
   it stays ``"InProgress"`` for ``search_duration`` seconds (its counts growing as responses
@@ -45,13 +47,29 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import unquote
 
 from soulspot_jobs.fakes.catalog import CATALOG, CatalogTrack
 from soulspot_jobs.fakes.server import FAULTS_PATH, FakeServer, Request, Response
+from soulspot_jobs.fakes.slskd_network import (
+    PEERS,
+    REJECTED_AT,
+    Peer,
+    SearchRecord,
+    TransferRecord,
+    extra_json,
+    file_json,
+    response_json,
+    schedule_fraction,
+    search_complete,
+    search_json,
+    stored_responses,
+    transfer_json,
+    transfer_state,
+    user_json,
+)
 
 __all__ = ["PEERS", "FakeSlskd", "Peer"]
 
@@ -79,104 +97,6 @@ PEER_FAILURES = {
 }
 #: slskd versions whose enqueue answer the fake can speak (see the module docstring).
 VERSIONS = ("0.23", "0.24", "0.25", "0.26")
-#: Fractions of ``transfer_duration`` at which a download enters each state before it completes.
-PHASES = (
-    (0.0, "Queued, Locally"),
-    (0.05, "Requested"),
-    (0.1, "Queued, Remotely"),
-    (0.25, "Initializing"),
-    (0.35, "InProgress"),
-)
-#: Fraction of ``transfer_duration`` at which a peer rejects a file it does not share.
-REJECTED_AT = PHASES[2][0]
-#: Size of a FLAC file in percent of the same audio uncompressed (stereo).
-FLAC_RATIO_PERCENT = 60
-#: Fraction of a file a failed download got before it failed.
-FAILED_FRACTION = 0.5
-
-
-@dataclass(frozen=True)
-class Peer:
-    """A Soulseek user of the fake network: how it shares every catalog track, how busy it is."""
-
-    username: str
-    #: Root of its shared folders as slskd shows it (``@@flac``).
-    share: str
-    extension: str
-    #: kbit/s; ``None`` for the FLAC peers (slskd sends none).
-    bit_rate: int | None = None
-    bit_depth: int | None = None
-    #: Hz.
-    sample_rate: int | None = None
-    #: Whether the peer's client fills in the extension field (many send it empty).
-    declares_extension: bool = True
-    has_free_upload_slot: bool = True
-    queue_length: int = 0
-    #: Bytes per second.
-    upload_speed: int = 1_000_000
-    #: Files this peer shares only with its buddies: listed as locked, refused to others.
-    locked_extension: str | None = None
-    #: Non-audio files beside each track (covers, cue sheets).
-    extras: tuple[str, ...] = ()
-
-
-#: The peers sharing every catalog track, in the order they answer a search.
-PEERS: tuple[Peer, ...] = (
-    Peer(
-        "lossless_lover",
-        "@@flac",
-        "flac",
-        bit_depth=16,
-        sample_rate=44_100,
-        upload_speed=4_000_000,
-        extras=("cover.jpg", "album.cue"),
-    ),
-    Peer("mp3 archive", "@@mp3", "mp3", bit_rate=320, declares_extension=False, queue_length=1),
-    Peer("old_rips", "@@rips", "mp3", bit_rate=128, queue_length=3, upload_speed=250_000),
-    Peer(
-        "slow_peer",
-        "@@share",
-        "mp3",
-        bit_rate=320,
-        has_free_upload_slot=False,
-        queue_length=37,
-        upload_speed=15_000,
-        locked_extension="flac",
-    ),
-)
-
-
-@dataclass
-class _Search:
-    id: str
-    text: str
-    token: int
-    started_at: datetime
-    #: ``time.monotonic()`` at the start.
-    started: float
-    duration: float
-    responses: list[dict[str, Any]]
-    #: Seconds between the search reading ``Completed`` and its responses being stored.
-    finalize_delay: float = 0.0
-    stopped: float | None = None
-
-
-@dataclass
-class _Transfer:
-    id: str
-    username: str
-    filename: str
-    size: int
-    requested_at: datetime
-    started: float
-    duration: float
-    #: (state, exception) the transfer ends with instead of success.
-    failure: tuple[str, str] | None = None
-    #: Fraction of ``duration`` at which the failure happens.
-    failure_at: float = 1.0
-    #: Uploads ahead of ours at the peer while it is ``Queued, Remotely``.
-    place_in_queue: int = 1
-    cancelled: float | None = None
 
 
 class FakeSlskd(FakeServer):
@@ -217,8 +137,8 @@ class FakeSlskd(FakeServer):
         #: Body of every search start accepted, in order.
         self.search_requests: list[dict[str, Any]] = []
         self._state_lock = threading.Lock()
-        self._searches: dict[str, _Search] = {}
-        self._transfers: dict[str, _Transfer] = {}
+        self._searches: dict[str, SearchRecord] = {}
+        self._transfers: dict[str, TransferRecord] = {}
         self._tokens = iter(range(1_000_001, 1 << 31))
         self._starting = 0
         self._enqueuing = 0
@@ -374,7 +294,7 @@ class FakeSlskd(FakeServer):
         try:
             if self.search_start_delay:
                 time.sleep(self.search_start_delay)
-            search = _Search(
+            search = SearchRecord(
                 id=search_id,
                 text=str(body["searchText"]),
                 token=next(self._tokens),
@@ -390,26 +310,26 @@ class FakeSlskd(FakeServer):
         finally:
             with self._state_lock:
                 self._starting -= 1
-        return Response(200, _search_json(search, time.monotonic(), with_responses=False))
+        return Response(200, search_json(search, time.monotonic(), with_responses=False))
 
     def _get_search(self, request: Request) -> Response:
         search = self._searches.get(request.params["id"])
         if search is None:
             return Response(404)
         with_responses = request.query.get("includeResponses", "false").lower() == "true"
-        return Response(200, _search_json(search, time.monotonic(), with_responses=with_responses))
+        return Response(200, search_json(search, time.monotonic(), with_responses=with_responses))
 
     def _get_responses(self, request: Request) -> Response:
         search = self._searches.get(request.params["id"])
         if search is None:
             return Response(404)
-        return Response(200, _stored_responses(search, time.monotonic()))
+        return Response(200, stored_responses(search, time.monotonic()))
 
     def _list_searches(self, request: Request) -> Response:
         now = time.monotonic()
         with self._state_lock:
             searches = list(self._searches.values())
-        listed = [_search_json(search, now, with_responses=False) for search in searches]
+        listed = [search_json(search, now, with_responses=False) for search in searches]
         return Response(200, listed)
 
     def _stop_search(self, request: Request) -> Response:
@@ -417,7 +337,7 @@ class FakeSlskd(FakeServer):
         if search is None:
             return Response(404)
         with self._state_lock:
-            if search.stopped is None and not _search_complete(search, time.monotonic()):
+            if search.stopped is None and not search_complete(search, time.monotonic()):
                 search.stopped = time.monotonic()
         return Response(200)
 
@@ -435,16 +355,16 @@ class FakeSlskd(FakeServer):
         ]
         responses = []
         for peer in self.peers:
-            files = [_file_json(peer, track, number, peer.extension) for number, track in tracks]
-            extras = [_extra_json(peer, track, name) for _, track in tracks for name in peer.extras]
+            files = [file_json(peer, track, number, peer.extension) for number, track in tracks]
+            extras = [extra_json(peer, track, name) for _, track in tracks for name in peer.extras]
             locked = []
             if peer.locked_extension:
                 locked = [
-                    _file_json(peer, track, number, peer.locked_extension, locked=True)
+                    file_json(peer, track, number, peer.locked_extension, locked=True)
                     for number, track in tracks
                 ]
             if files:
-                responses.append(_response_json(peer, files + extras, locked, next(self._tokens)))
+                responses.append(response_json(peer, files + extras, locked, next(self._tokens)))
         return responses
 
     # -- downloads ---------------------------------------------------------------------------
@@ -494,7 +414,7 @@ class FakeSlskd(FakeServer):
                 busy = any(
                     t.username == username
                     and t.filename == filename
-                    and not _transfer_state(t, now)[0].startswith("Completed")
+                    and not transfer_state(t, now)[0].startswith("Completed")
                     for t in self._transfers.values()
                 )
                 if busy or self._enqueue_errors > 0:
@@ -507,7 +427,7 @@ class FakeSlskd(FakeServer):
                     failure = self._failures.pop(0)
                 if filename not in shared:
                     failure, failure_at = NOT_SHARED, REJECTED_AT
-                transfer = _Transfer(
+                transfer = TransferRecord(
                     id=str(uuid.uuid4()),
                     username=username,
                     filename=filename,
@@ -520,7 +440,7 @@ class FakeSlskd(FakeServer):
                     place_in_queue=self._queue_length(username) + 1,
                 )
                 self._transfers[transfer.id] = transfer
-            enqueued.append(_transfer_json(transfer, now))
+            enqueued.append(transfer_json(transfer, now))
         return enqueued, failed
 
     def _failed_entry(self, filename: str) -> Any:
@@ -537,7 +457,7 @@ class FakeSlskd(FakeServer):
         for peer in self.peers:
             if peer.username == username:
                 files = [
-                    _file_json(peer, track, number, peer.extension)
+                    file_json(peer, track, number, peer.extension)
                     for number, track in enumerate(self.catalog, start=1)
                 ]
                 return {item["filename"]: item["size"] for item in files}
@@ -548,7 +468,7 @@ class FakeSlskd(FakeServer):
         with self._state_lock:
             transfers = list(self._transfers.values())
         users = sorted({transfer.username for transfer in transfers})
-        return Response(200, [_user_json(user, transfers, now) for user in users])
+        return Response(200, [user_json(user, transfers, now) for user in users])
 
     def _list_user_downloads(self, request: Request) -> Response:
         username = request.params["username"]
@@ -556,13 +476,13 @@ class FakeSlskd(FakeServer):
             transfers = [t for t in self._transfers.values() if t.username == username]
         if not transfers:
             return Response(404)
-        return Response(200, _user_json(username, transfers, time.monotonic()))
+        return Response(200, user_json(username, transfers, time.monotonic()))
 
     def _get_download(self, request: Request) -> Response:
         transfer = self._transfer(request)
         if transfer is None:
             return Response(404)
-        return Response(200, _transfer_json(transfer, time.monotonic()))
+        return Response(200, transfer_json(transfer, time.monotonic()))
 
     def _cancel_download(self, request: Request) -> Response:
         transfer = self._transfer(request)
@@ -572,7 +492,7 @@ class FakeSlskd(FakeServer):
         with self._state_lock:
             if request.query.get("remove", "false").lower() == "true":
                 del self._transfers[transfer.id]
-            elif transfer.cancelled is None and _fraction(transfer, now) < 1.0:
+            elif transfer.cancelled is None and schedule_fraction(transfer, now) < 1.0:
                 transfer.cancelled = now
         return Response(204)
 
@@ -585,20 +505,20 @@ class FakeSlskd(FakeServer):
         peer_failure = self._peer_failure(transfer.username)
         if peer_failure is not None:
             return Response(500, peer_failure)
-        state, _, _ = _transfer_state(transfer, time.monotonic())
+        state, _, _ = transfer_state(transfer, time.monotonic())
         if state.startswith("Completed"):
             name, user = transfer.filename, transfer.username
             return Response(500, f"A download of {name} from user {user} is not active")
         return Response(200, transfer.place_in_queue if state == "Queued, Remotely" else 0)
 
-    def _transfer(self, request: Request) -> _Transfer | None:
+    def _transfer(self, request: Request) -> TransferRecord | None:
         transfer = self._transfers.get(request.params["id"])
         if transfer is None or transfer.username != request.params["username"]:
             return None
         return transfer
 
 
-# -- JSON as slskd writes it -------------------------------------------------------------------
+# -- checking control options -------------------------------------------------------------------
 
 
 def _failure(state: str, exception: str) -> tuple[str, str]:
@@ -626,209 +546,3 @@ def _size_of(item: Any) -> int:
 
 def _words(text: str) -> frozenset[str]:
     return frozenset(re.findall(r"\w+", text.casefold()))
-
-
-def _iso(moment: datetime) -> str:
-    return moment.isoformat(timespec="microseconds").replace("+00:00", "Z")
-
-
-def _timespan(seconds: float) -> str:
-    """A .NET ``TimeSpan`` as slskd serialises it: ``00:00:01.2500000``."""
-    whole, ticks = int(seconds), int(seconds % 1 * 10_000_000)
-    return f"{whole // 3600:02d}:{whole % 3600 // 60:02d}:{whole % 60:02d}.{ticks:07d}"
-
-
-def _path(peer: Peer, track: CatalogTrack, name: str) -> str:
-    return f"{peer.share}\\Music\\{track.artist}\\{track.album}\\{name}"
-
-
-def _file_json(
-    peer: Peer, track: CatalogTrack, number: int, extension: str, *, locked: bool = False
-) -> dict[str, Any]:
-    seconds = track.duration_ms // 1000
-    bit_depth, sample_rate = peer.bit_depth or 16, peer.sample_rate or 44_100
-    bit_rate = peer.bit_rate or 320
-    if extension == "flac":
-        bytes_per_second = bit_depth * sample_rate * 2 // 8 * FLAC_RATIO_PERCENT // 100
-    else:
-        bytes_per_second = bit_rate * 1000 // 8
-    data: dict[str, Any] = {
-        "filename": _path(peer, track, f"{number:02d} - {track.title}.{extension}"),
-        "size": seconds * bytes_per_second + 4096,
-        "code": 1,
-        "extension": extension if peer.declares_extension else "",
-        "length": seconds,
-        "isVariableBitRate": False,
-        "isLocked": locked,
-    }
-    if extension == "flac":
-        data.update(bitDepth=bit_depth, sampleRate=sample_rate)
-    else:
-        data["bitRate"] = bit_rate
-    return data
-
-
-def _extra_json(peer: Peer, track: CatalogTrack, name: str) -> dict[str, Any]:
-    return {
-        "filename": _path(peer, track, name),
-        "size": 48_213,
-        "code": 1,
-        "extension": name.rsplit(".", 1)[-1] if peer.declares_extension else "",
-        "isVariableBitRate": False,
-        "isLocked": False,
-    }
-
-
-def _response_json(
-    peer: Peer, files: list[dict[str, Any]], locked: list[dict[str, Any]], token: int
-) -> dict[str, Any]:
-    return {
-        "username": peer.username,
-        "fileCount": len(files),
-        "files": files,
-        "lockedFileCount": len(locked),
-        "lockedFiles": locked,
-        "hasFreeUploadSlot": peer.has_free_upload_slot,
-        "queueLength": peer.queue_length,
-        "uploadSpeed": peer.upload_speed,
-        "token": token,
-    }
-
-
-def _search_complete(search: _Search, now: float) -> bool:
-    """The search reads ``Completed`` (its responses may not be stored yet)."""
-    return search.stopped is not None or now - search.started >= search.duration
-
-
-def _search_end(search: _Search) -> float:
-    """When the search stopped receiving responses (``time.monotonic()``)."""
-    return search.stopped if search.stopped is not None else search.started + search.duration
-
-
-def _search_stored(search: _Search, now: float) -> bool:
-    """slskd stored the responses and ``endedAt``: ``finalize_delay`` after completing."""
-    return _search_complete(search, now) and now >= _search_end(search) + search.finalize_delay
-
-
-def _arrived_responses(search: _Search, now: float) -> list[dict[str, Any]]:
-    """The responses received by ``now``: they arrive evenly while the search runs."""
-    if search.duration <= 0 or (search.stopped is None and _search_complete(search, now)):
-        return list(search.responses)
-    end = min(now, _search_end(search))
-    arrived = int(len(search.responses) * max(0.0, end - search.started) / search.duration)
-    return search.responses[:arrived]
-
-
-def _stored_responses(search: _Search, now: float) -> list[dict[str, Any]]:
-    """What ``GET .../responses`` answers: nothing until slskd stored them at the end."""
-    return _arrived_responses(search, now) if _search_stored(search, now) else []
-
-
-def _search_json(search: _Search, now: float, *, with_responses: bool) -> dict[str, Any]:
-    arrived = _arrived_responses(search, now)
-    if search.stopped is not None:
-        state = "Completed, Cancelled"
-    elif _search_complete(search, now):
-        state = "Completed, ResponseLimitReached" if arrived else "Completed, TimedOut"
-    else:
-        state = "InProgress"
-    data: dict[str, Any] = {
-        "id": search.id,
-        "searchText": search.text,
-        "state": state,
-        "isComplete": _search_complete(search, now),
-        "fileCount": sum(response["fileCount"] for response in arrived),
-        "lockedFileCount": sum(response["lockedFileCount"] for response in arrived),
-        "responseCount": len(arrived),
-        "startedAt": _iso(search.started_at),
-        "token": search.token,
-        "responses": _stored_responses(search, now) if with_responses else [],
-    }
-    if _search_stored(search, now):
-        ended = _search_end(search) + search.finalize_delay
-        data["endedAt"] = _iso(search.started_at + timedelta(seconds=ended - search.started))
-    return data
-
-
-def _fraction(transfer: _Transfer, now: float) -> float:
-    """How far along its schedule the transfer is, 0 to 1 (frozen when it was cancelled)."""
-    end = transfer.cancelled if transfer.cancelled is not None else now
-    if transfer.duration <= 0:
-        return 1.0
-    return min(1.0, max(0.0, (end - transfer.started) / transfer.duration))
-
-
-def _transfer_state(transfer: _Transfer, now: float) -> tuple[str, str | None, float]:
-    """The transfer's state, slskd's exception (when it failed) and the fraction of its bytes
-    transferred, at ``now``."""
-    fraction = _fraction(transfer, now)
-    start = PHASES[-1][0]
-    progress = max(0.0, (fraction - start) / (1.0 - start))
-    if transfer.cancelled is not None:
-        return "Completed, Cancelled", "Transfer cancelled", progress
-    if transfer.failure is not None and fraction >= transfer.failure_at:
-        state, exception = transfer.failure
-        return state, exception, FAILED_FRACTION if transfer.failure_at >= 1.0 else 0.0
-    if fraction >= 1.0:
-        return "Completed, Succeeded", None, 1.0
-    return next(name for at, name in reversed(PHASES) if fraction >= at), None, progress
-
-
-def _transfer_json(transfer: _Transfer, now: float) -> dict[str, Any]:
-    """The transfer as slskd writes it: fields that are null (not yet started, no exception,
-    no place in the queue) are left out."""
-    fraction = _fraction(transfer, now)
-    start = PHASES[-1][0]
-    state, exception, progress = _transfer_state(transfer, now)
-    done = state.startswith("Completed")
-    transferred = int(transfer.size * progress)
-
-    def moment(at: float) -> str | None:
-        if fraction < at:
-            return None
-        return _iso(transfer.requested_at + timedelta(seconds=at * transfer.duration))
-
-    elapsed = max(0.0, (fraction - start) * transfer.duration)
-    speed = transferred / elapsed if elapsed else 0.0
-    remaining = transfer.size - transferred
-    data = {
-        "id": transfer.id,
-        "username": transfer.username,
-        "direction": "Download",
-        "filename": transfer.filename,
-        "size": transfer.size,
-        "state": state,
-        "requestedAt": _iso(transfer.requested_at),
-        "enqueuedAt": moment(PHASES[2][0]),
-        "startedAt": moment(start),
-        "endedAt": _iso(transfer.requested_at + timedelta(seconds=fraction * transfer.duration))
-        if done
-        else None,
-        "bytesTransferred": transferred,
-        "averageSpeed": speed,
-        "placeInQueue": transfer.place_in_queue if state == "Queued, Remotely" else None,
-        "exception": exception,
-        "attempts": 1,
-        "removed": False,
-        "bytesRemaining": remaining,
-        "elapsedTime": _timespan(elapsed) if fraction >= start else None,
-        "percentComplete": round(100.0 * transferred / transfer.size, 2) if transfer.size else 0.0,
-        "remainingTime": _timespan(remaining / speed) if speed and not done else None,
-    }
-    return {key: value for key, value in data.items() if value is not None}
-
-
-def _user_json(username: str, transfers: list[_Transfer], now: float) -> dict[str, Any]:
-    """One user's downloads grouped by directory, as ``GET /transfers/downloads`` lists them."""
-    directories: dict[str, list[dict[str, Any]]] = {}
-    for transfer in transfers:
-        if transfer.username == username:
-            directory = transfer.filename.rsplit("\\", 1)[0]
-            directories.setdefault(directory, []).append(_transfer_json(transfer, now))
-    return {
-        "username": username,
-        "directories": [
-            {"directory": name, "fileCount": len(files), "files": files}
-            for name, files in directories.items()
-        ],
-    }
