@@ -79,6 +79,7 @@ ENQUEUE_TIMEOUT = 30.0
 #: path, which is URL-quoted.
 PEER_FAILURE_PHRASES = (
     "appears to be offline",
+    "is offline",
     "failed to connect to user",
     "failed to retrieve endpoint for user",
     "direct or indirect message connection",
