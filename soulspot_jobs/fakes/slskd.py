@@ -74,7 +74,7 @@ from soulspot_jobs.fakes.slskd_network import (
 __all__ = ["PEERS", "FakeSlskd", "Peer"]
 
 #: slskd's answer to a search start overlapping another one, and to a third enqueue at once.
-CONCURRENT_SEARCH_MESSAGE = (
+CONCURRENT_OPERATION_MESSAGE = (
     "Only one concurrent operation is permitted. Wait until the previous request completes"
 )
 #: Enqueue requests slskd handles at once; more answer 429.
@@ -124,7 +124,7 @@ class FakeSlskd(FakeServer):
         self.peers = tuple(peers)[:peers_per_track]
         #: Seconds a search runs before it completes.
         self.search_duration = search_duration
-        #: Seconds a download takes from ``Requested`` to ``Completed``.
+        #: Seconds a download takes from ``Queued, Locally`` to ``Completed``.
         self.transfer_duration = transfer_duration
         #: Seconds a search start takes (overlapping starts answer 429 meanwhile).
         self.search_start_delay = search_start_delay
@@ -289,7 +289,7 @@ class FakeSlskd(FakeServer):
                 return Response(409, text=f"A search with ID {search_id} already exists.")
             if self._busy_searches > 0 or self._starting >= 1:
                 self._busy_searches = max(0, self._busy_searches - 1)
-                return Response(429, text=CONCURRENT_SEARCH_MESSAGE)
+                return Response(429, text=CONCURRENT_OPERATION_MESSAGE)
             self._starting += 1
         try:
             if self.search_start_delay:
@@ -377,7 +377,7 @@ class FakeSlskd(FakeServer):
         with self._state_lock:
             if self._busy_enqueues > 0 or self._enqueuing >= MAX_CONCURRENT_ENQUEUES:
                 self._busy_enqueues = max(0, self._busy_enqueues - 1)
-                return Response(429, text=CONCURRENT_SEARCH_MESSAGE)
+                return Response(429, text=CONCURRENT_OPERATION_MESSAGE)
             self._enqueuing += 1
         try:
             if self.enqueue_delay:
@@ -417,9 +417,11 @@ class FakeSlskd(FakeServer):
                     and not transfer_state(t, now)[0].startswith("Completed")
                     for t in self._transfers.values()
                 )
-                if busy or self._enqueue_errors > 0:
-                    # "Skipped: Already in progress" or "Error: ...": neither shape keeps it
-                    self._enqueue_errors -= 0 if busy else 1
+                if busy:  # "Skipped: Already in progress"
+                    failed.append(self._failed_entry(filename))
+                    continue
+                if self._enqueue_errors > 0:  # "Error: ..." when adding the transfer failed
+                    self._enqueue_errors -= 1
                     failed.append(self._failed_entry(filename))
                     continue
                 failure, failure_at = self._failing_peers.get(username), 1.0

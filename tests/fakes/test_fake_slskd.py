@@ -14,7 +14,7 @@ import httpx
 import pytest
 
 from soulspot_jobs.fakes.catalog import CATALOG
-from soulspot_jobs.fakes.slskd import CONCURRENT_SEARCH_MESSAGE, PEERS, FakeSlskd
+from soulspot_jobs.fakes.slskd import CONCURRENT_OPERATION_MESSAGE, PEERS, FakeSlskd
 from tests.polling import poll
 
 KEY = "test-key"
@@ -191,7 +191,7 @@ def test_a_search_start_overlapping_another_answers_429(
     starter.join()
     # Then it is refused with slskd's message, and the first one went through
     assert second.status_code == 429
-    assert second.text == CONCURRENT_SEARCH_MESSAGE
+    assert second.text == CONCURRENT_OPERATION_MESSAGE
     assert first[0].status_code == 200
 
 
