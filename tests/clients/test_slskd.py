@@ -436,6 +436,7 @@ def test_a_new_download_waits_queued_locally_and_its_missing_fields_read_as_empt
 
 
 def test_a_transfer_or_search_with_every_null_field_left_out_still_parses() -> None:
+    # Given answers holding nothing but what slskd never leaves out, then they read as empty
     transfer = Transfer.from_json({"id": "t1"})
     assert (transfer.state, transfer.size, transfer.exception, transfer.done) == (
         "",
@@ -523,8 +524,10 @@ def test_an_enqueue_from_an_unavailable_peer_raises_peer_unavailable_not_a_servi
 def test_an_enqueue_answered_500_for_another_reason_is_a_service_failure(
     fake: FakeSlskd, client: SlskdClient
 ) -> None:
+    # Given slskd failing on its own (a 500 whose message blames no peer)
     candidate = best_candidate(client)
     fake.faults.fail(1, 500)
+    # When a download is enqueued, then it is slskd's failure, for its breaker to count
     with pytest.raises(ServiceUnavailableError) as caught:
         client.enqueue_download(candidate.username, candidate.filename, candidate.size)
     assert caught.value.status == 500 and is_service_failure(caught.value)
@@ -546,6 +549,7 @@ def test_an_enqueue_may_take_longer_than_the_client_timeout_while_slskd_reaches_
 
 
 def test_the_failed_list_is_read_in_every_shape_without_crashing() -> None:
+    # 0.24-0.25: file names (another string is kept as a reason); 0.26: {}; later: objects
     wanted = "@@a\\x.flac"
     assert parse_failed([wanted], requested=wanted) == [EnqueueFailure(wanted, None)]
     assert parse_failed(["Skipped: Already in progress"], requested=wanted) == [

@@ -465,6 +465,7 @@ def test_early_complete_over_http_shows_completed_before_the_responses_are_store
 
 
 def test_the_searches_are_listed_without_their_responses(http: httpx.Client) -> None:
+    # Given two ended searches, when they are listed, then both are there, responses left out
     first = completed_search(http, QUERY)
     second = completed_search(http, "Nobody - Nothing At All")
     listing = http.get("/api/v0/searches").json()
@@ -472,6 +473,7 @@ def test_the_searches_are_listed_without_their_responses(http: httpx.Client) -> 
 
 
 def test_the_downloads_list_answers_with_a_trailing_slash_too(http: httpx.Client) -> None:
+    # Given a download, when the list is read as slskd-api reads it, then the download is there
     file = first_file(http)
     (transfer,) = enqueue(http, "lossless_lover", file).json()["enqueued"]
     listing = http.get("/api/v0/transfers/downloads/", params={"includeRemoved": "false"})
@@ -507,6 +509,7 @@ def test_peers_offline_over_http_answers_their_enqueues_500_with_slskds_message(
 
 
 def test_an_enqueue_from_a_user_nobody_knows_answers_500_offline(http: httpx.Client) -> None:
+    # The Soulseek server gives no address for an unknown user: slskd calls it offline
     answer = enqueue(http, "ghost", {"filename": "@@x\\y.flac", "size": 1})
     assert (answer.status_code, answer.json()) == (500, "User ghost appears to be offline")
 
@@ -537,6 +540,7 @@ def test_a_duplicate_enqueue_is_skipped_and_listed_failed_in_the_versions_shape(
 
 
 def test_a_finished_download_can_be_enqueued_again(fake: FakeSlskd, http: httpx.Client) -> None:
+    # Given a download that ended, when the file is enqueued again, then a new transfer starts
     file = first_file(http)
     (first,) = enqueue(http, "lossless_lover", file).json()["enqueued"]
     poll(lambda: transfer_of(http, first), lambda t: "endedAt" in t)
@@ -547,8 +551,10 @@ def test_a_finished_download_can_be_enqueued_again(fake: FakeSlskd, http: httpx.
 def test_fail_enqueues_over_http_lists_the_next_file_failed_without_a_transfer(
     http: httpx.Client,
 ) -> None:
+    # Given slskd failing to add the next file, ordered over HTTP
     file = first_file(http)
     assert http.post("/_faults/fail_enqueues", json={"count": 1}).status_code == 204
+    # Then it is listed failed with no transfer, and the one after is enqueued
     assert enqueue(http, "lossless_lover", file).json() == {"enqueued": [], "failed": [{}]}
     assert http.get("/api/v0/transfers/downloads/lossless_lover").status_code == 404
     assert len(enqueue(http, "lossless_lover", file).json()["enqueued"]) == 1
