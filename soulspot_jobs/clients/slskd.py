@@ -33,7 +33,7 @@ from urllib.parse import quote
 import httpx
 
 from soulspot_jobs.clients.guarded import GuardedClient
-from soulspot_jobs.clients.http import UpstreamHttp
+from soulspot_jobs.clients.http import UpstreamHttp, json_body
 from soulspot_jobs.errors import (
     NotFoundError,
     PeerUnavailableError,
@@ -409,6 +409,7 @@ class SlskdClient:
             settings.url,
             timeout=settings.timeout,
             headers={"X-API-Key": settings.api_key.get_secret_value()},
+            error_message=_error_message,
         )
 
     # -- searches --------------------------------------------------------------------------
@@ -425,19 +426,19 @@ class SlskdClient:
             "filterResponses": True,
         }
         response = self._back_pressured("POST", "/api/v0/searches", "a search is starting", body)
-        return Search.from_json(response.json())
+        return json_body(SERVICE, response, Search.from_json)
 
     def get_search(self, search_id: str) -> Search:
         """The search's state and counts (its responses are fetched by :meth:`get_responses`)."""
         response = self._http.request(
             "GET", f"/api/v0/searches/{_segment(search_id)}", params={"includeResponses": False}
         )
-        return Search.from_json(response.json())
+        return json_body(SERVICE, response, Search.from_json)
 
     def get_responses(self, search_id: str) -> list[PeerResponse]:
         """Every peer's answer to the search so far."""
         response = self._http.request("GET", f"/api/v0/searches/{_segment(search_id)}/responses")
-        return [PeerResponse.from_json(item) for item in response.json() or ()]
+        return json_body(SERVICE, response, _peer_responses)
 
     # -- downloads -------------------------------------------------------------------------
 
@@ -465,9 +466,9 @@ class SlskdClient:
             if reason is None:
                 raise
             raise PeerUnavailableError(SERVICE, username, reason, status=exc.status) from exc
-        result = _json_or_none(response)
-        if not isinstance(result, dict):
+        if not response.content:  # the bare 201 of slskd before 0.24
             return self._existing_download(username, filename, "slskd answered with no transfer")
+        result = json_body(SERVICE, response, _json_object)
         for item in result.get("enqueued") or ():
             if isinstance(item, dict) and item.get("filename") == filename and item.get("id"):
                 return Transfer.from_json({"username": username, **item})
@@ -488,7 +489,7 @@ class SlskdClient:
         response = self._http.request(
             "GET", f"/api/v0/transfers/downloads/{_segment(username)}/{_segment(transfer_id)}"
         )
-        return Transfer.from_json(response.json())
+        return json_body(SERVICE, response, Transfer.from_json)
 
     def cancel_download(self, username: str, transfer_id: str) -> None:
         """Cancel the download; slskd keeps it in its list as ``"Completed, Cancelled"``."""
@@ -523,12 +524,13 @@ class SlskdClient:
             response = self._http.request(
                 "GET", f"/api/v0/transfers/downloads/{_segment(username)}"
             )
-        except NotFoundError:
-            response = None
-        group = _json_or_none(response) if response is not None else None
+        except NotFoundError:  # slskd has no download from this user at all
+            group: dict[str, Any] = {}
+        else:
+            group = json_body(SERVICE, response, _json_object)
         matches = [
             item
-            for directory in (group.get("directories") if isinstance(group, dict) else None) or ()
+            for directory in group.get("directories") or ()
             if isinstance(directory, dict)
             for item in directory.get("files") or ()
             if isinstance(item, dict)
@@ -579,10 +581,24 @@ def _unquoted(text: str) -> str:
     return text.strip('"')
 
 
-def _json_or_none(response: httpx.Response) -> Any:
-    if not response.content:
-        return None
+def _json_object(data: Any) -> dict[str, Any]:
+    """``data`` when it is a JSON object; any other shape is slskd misbehaving."""
+    if not isinstance(data, dict):
+        raise TypeError(f"expected a JSON object, got {type(data).__name__}")
+    return data
+
+
+def _peer_responses(data: Any) -> list[PeerResponse]:
+    if not isinstance(data, list):
+        raise TypeError(f"expected a JSON list of responses, got {type(data).__name__}")
+    return [PeerResponse.from_json(item) for item in data]
+
+
+def _error_message(response: httpx.Response) -> str | None:
+    """slskd's own words in an error answer: its controllers answer with the exception's
+    message, which ASP.NET writes as a JSON string; ``None`` for any other body."""
     try:
-        return response.json()
+        message = response.json()
     except ValueError:
         return None
+    return message.strip() or None if isinstance(message, str) else None

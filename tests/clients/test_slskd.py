@@ -652,6 +652,32 @@ def test_injected_server_errors_raise_service_unavailable(
     assert client.start_search(QUERY).state == "InProgress"
 
 
+@pytest.mark.parametrize("kind", ["html", "truncated"])
+@pytest.mark.parametrize("call", ["get_search", "get_responses", "enqueue_download"])
+def test_a_200_that_is_not_json_is_a_service_failure(
+    fake: FakeSlskd, client: SlskdClient, backend: Backend, kind: str, call: str
+) -> None:
+    # Given a guarded client, a search and a candidate, and a proxy spoiling slskd's next answer
+    guarded = CircuitBreakerSlskdClient(client, backend=backend)
+    search = client.start_search(QUERY)
+    candidate = best_candidate(client)
+    calls = {
+        "get_search": lambda: guarded.get_search(search.id),
+        "get_responses": lambda: guarded.get_responses(search.id),
+        "enqueue_download": lambda: guarded.enqueue_download(
+            candidate.username, candidate.filename, candidate.size
+        ),
+    }
+    fake.faults.bad_body(1, kind)
+    # When the client reads that answer
+    with pytest.raises(ServiceUnavailableError) as raised:
+        calls[call]()
+    # Then slskd misbehaved: a service failure, counted by the breaker
+    assert is_service_failure(raised.value)
+    assert "with a body that is not JSON" in str(raised.value)
+    assert guarded.circuit_breaker.stats.failure_count == 1
+
+
 def test_a_wrong_api_key_raises_a_request_error_that_does_not_show_the_key(
     fake: FakeSlskd,
 ) -> None:
