@@ -25,7 +25,7 @@ class RedisUnavailable(SoulspotJobsError):
 
 @contextmanager
 def redis_for(settings: Settings) -> Iterator[str]:
-    """Yield the URL of a Redis server that answers PING; raise :class:`RedisUnavailable` if none."""
+    """Yield the URL of a Redis server that answers PING, else raise :class:`RedisUnavailable`."""
     url = settings.redis_url
     if not url:
         raise RedisUnavailable("REDIS_URL is not set: point it at a Redis server")

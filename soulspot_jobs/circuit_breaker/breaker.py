@@ -29,7 +29,7 @@ from soulspot_jobs.circuit_breaker.state import (
     Transition,
     Verdict,
 )
-from soulspot_jobs.errors import ServiceUnavailableError
+from soulspot_jobs.errors import ConfigurationError, ServiceUnavailableError
 
 log = structlog.get_logger("soulspot_jobs.circuit_breaker")
 
@@ -201,6 +201,23 @@ class CircuitBreaker:
                 state=CircuitState.CLOSED.value,
             )
 
+    def force_open_sync(self, seconds: float) -> None:
+        """Force the circuit OPEN for ``seconds`` (maintenance), for every process sharing it.
+
+        Calls are refused meanwhile (jobs are deferred); afterwards the circuit turns HALF_OPEN
+        as after any OPEN period. :meth:`reset_sync` ends it early. Totals are kept.
+        """
+        if isinstance(seconds, bool) or not isinstance(seconds, int | float) or not seconds > 0:
+            raise ConfigurationError(f"seconds must be a positive number, got {seconds!r}")
+        self._ask(self.backend.force_open, self.name, self.config, float(seconds))
+        log.warning(
+            f"Circuit breaker {self.name} was forced OPEN for {seconds:.1f} seconds.",
+            event_name="circuit_breaker.forced_open",
+            circuit_breaker=self.name,
+            state=CircuitState.OPEN.value,
+            retry_after=round(float(seconds), 3),
+        )
+
     def call_sync(self, fn: Callable[P, R], /, *args: P.args, **kwargs: P.kwargs) -> R:
         """Run ``fn(*args, **kwargs)`` behind the breaker, from a worker thread."""
         if self.name in _held.get():
@@ -256,6 +273,10 @@ class CircuitBreaker:
     async def reset(self) -> None:
         """Force the circuit CLOSED; totals are kept."""
         await self._off_loop(self.reset_sync)
+
+    async def force_open(self, seconds: float) -> None:
+        """Async :meth:`force_open_sync`."""
+        await self._off_loop(self.force_open_sync, seconds)
 
     async def call(
         self, fn: Callable[P, Awaitable[R] | R], /, *args: P.args, **kwargs: P.kwargs

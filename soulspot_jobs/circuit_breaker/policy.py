@@ -117,6 +117,19 @@ def reset(record: BreakerRecord, now: float) -> Transition | None:
     return _close(record, now)
 
 
+def force_open(record: BreakerRecord, now: float, seconds: float) -> Transition | None:
+    """An operator's maintenance switch: OPEN now for exactly ``seconds``, whatever the state.
+
+    The period then ends like any OPEN period (HALF_OPEN, trials). Totals and the failure count
+    are kept; the transition is returned when the circuit was not OPEN already.
+    """
+    transition = None if record.state is OPEN else _move(record, OPEN, now, seconds)
+    record.open_until = now + seconds
+    record.forced_until = now + seconds
+    record.version += 1
+    return transition
+
+
 def stats(
     record: BreakerRecord, config: CircuitBreakerConfig, name: str, now: float
 ) -> BreakerStats:
@@ -137,6 +150,10 @@ def stats(
         retry_after=positive(record.open_until - now) if state is OPEN else None,
         trials_in_flight=live_trials if state is HALF_OPEN else 0,
         reopens=record.reopens,
+        forced_until=(
+            record.forced_until if state is OPEN and now < record.forced_until else None
+        ),
+        transitions=dict(record.transitions),
     )
 
 
@@ -153,6 +170,8 @@ def _move(
     record.last_state_change = now
     record.trial_successes = 0
     record.trials.clear()
+    record.forced_until = 0.0
+    record.transitions[state.value] = record.transitions.get(state.value, 0) + 1
     record.version += 1
     return transition
 

@@ -91,6 +91,10 @@ class BreakerRecord:
     total_successes: int = 0
     total_failures: int = 0
     total_rejections: int = 0
+    #: Until when an operator forced the circuit OPEN (0: not forced); cleared by any transition.
+    forced_until: float = 0.0
+    #: State name -> times the circuit moved into that state.
+    transitions: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,3 +118,8 @@ class BreakerStats:
     trials_in_flight: int
     #: Failed trials in a row (grows the OPEN period when ``timeout_multiplier`` > 1).
     reopens: int
+    #: Backend-clock time until which an operator forced the circuit OPEN; set only while so.
+    forced_until: float | None = None
+    #: State name (``"open"``...) -> times the circuit moved into that state, since it exists.
+    #: OPEN -> HALF_OPEN is counted when it is taken: lazily, at the first call after the timeout.
+    transitions: dict[str, int] = field(default_factory=dict)

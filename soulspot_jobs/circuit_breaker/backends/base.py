@@ -69,6 +69,12 @@ class Backend(ABC):
         """Force the circuit CLOSED; totals are kept."""
 
     @abstractmethod
+    def force_open(
+        self, name: str, config: CircuitBreakerConfig, seconds: float
+    ) -> Transition | None:
+        """Force the circuit OPEN for exactly ``seconds`` (maintenance); totals are kept."""
+
+    @abstractmethod
     def stats(self, name: str, config: CircuitBreakerConfig) -> BreakerStats:
         """A monitoring snapshot of the breaker ``name``."""
 

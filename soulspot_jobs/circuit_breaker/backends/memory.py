@@ -93,6 +93,12 @@ class MemoryBackend(Backend):
         with self._lock:
             return policy.reset(self._record(name), self.clock())
 
+    def force_open(
+        self, name: str, config: CircuitBreakerConfig, seconds: float
+    ) -> Transition | None:
+        with self._lock:
+            return policy.force_open(self._record(name), self.clock(), seconds)
+
     def stats(self, name: str, config: CircuitBreakerConfig) -> BreakerStats:
         with self._lock:
             return policy.stats(self._record(name), config, name, self.clock())

@@ -183,6 +183,11 @@ class RedisBackend(Backend):
     def reset(self, name: str, config: CircuitBreakerConfig) -> Transition | None:
         return _transition(self._run("reset", name, config, None))
 
+    def force_open(
+        self, name: str, config: CircuitBreakerConfig, seconds: float
+    ) -> Transition | None:
+        return _transition(self._run("force_open", name, config, None, seconds))
+
     def stats(self, name: str, config: CircuitBreakerConfig) -> BreakerStats:
         with self._flush_lock:  # no flush may move local counts to Redis in between
             now_text, flat = self._call("snapshot", name, config, None, None)
@@ -418,6 +423,8 @@ def _record_from_hash(flat: list[Any]) -> BreakerRecord:
         field, value = _text(field), _text(value)
         if field.startswith("trial:"):
             record.trials[field[6:]] = float(value)
+        elif field.startswith("transitions:"):
+            record.transitions[field[12:]] = int(value)
         elif field == "state":
             record.state = _STATES[value]
         elif field in _FLOAT_FIELDS:
@@ -427,7 +434,9 @@ def _record_from_hash(flat: list[Any]) -> BreakerRecord:
     return record
 
 
-_FLOAT_FIELDS = frozenset({"last_failure_at", "open_until", "last_state_change"})
+_FLOAT_FIELDS = frozenset(
+    {"last_failure_at", "open_until", "last_state_change", "forced_until"}
+)
 _INT_FIELDS = frozenset(
     {
         "failure_count",

@@ -7,7 +7,15 @@ from importlib import resources
 import redis
 
 #: One script per atomic operation; each is prefixed with the shared ``_lib.lua``.
-OPERATIONS = ("admit", "record_success", "record_failure", "release", "reset", "snapshot")
+OPERATIONS = (
+    "admit",
+    "record_success",
+    "record_failure",
+    "release",
+    "reset",
+    "force_open",
+    "snapshot",
+)
 
 
 def _source(name: str) -> str:

@@ -9,6 +9,8 @@
 --   trial_successes  successful trials in the current HALF_OPEN period
 --   last_state_change, version (bumped by every change a local view must see)
 --   total_requests, total_successes, total_failures, total_rejections
+--   forced_until     server time until which an operator forced the circuit OPEN (0: not forced)
+--   transitions:<state>  times the circuit moved into <state> ("open", "half_open", "closed")
 --   trial:<token>    lease end of one HALF_OPEN trial slot
 --
 -- ARGV (same for every script):
@@ -19,6 +21,7 @@
 --   [5] failure_threshold  [6] success_threshold  [7] timeout  [8] reset_timeout
 --   [9] half_open_max_calls  [10] trial_lease  [11] half_open_retry_after
 --   [12] timeout_multiplier  [13] max_timeout or ""  [14] hold_open seconds or ""
+--        (force_open: the seconds to stay OPEN)
 --
 -- Every script returns {verdict, retry_after, from_state, to_state, open_for, now,
 --   state, failure_count, last_failure_at, open_until, version}, numbers as strings.
@@ -56,7 +59,7 @@ local function load_record()
   local flat = raw_fields
   local rec = {
     state = 'closed', failure_count = 0, last_failure_at = 0, open_until = 0, reopens = 0,
-    trial_successes = 0, last_state_change = 0, version = 0, trials = {},
+    trial_successes = 0, last_state_change = 0, version = 0, forced_until = 0, trials = {},
   }
   for i = 1, #flat, 2 do
     local field, value = flat[i], flat[i + 1]
@@ -125,6 +128,8 @@ local function move(state, open_for)
   set('state', state)
   set('last_state_change', now)
   set('trial_successes', 0)
+  if rec.forced_until ~= 0 then set('forced_until', 0) end
+  redis.call('HINCRBY', key, 'transitions:' .. state, 1)
   for t, _ in pairs(rec.trials) do drop_trial(t) end
 end
 
