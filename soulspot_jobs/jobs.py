@@ -3,7 +3,9 @@
 Every job (a track download, a playlist import, a metadata enrichment) has one Redis hash
 ``<prefix>:job:<id>``; the ids of all jobs are in the sorted set ``<prefix>:jobs`` by creation
 time. The actors write each step; the middleware marks a job ``deferred`` (with the service and
-until when) while a breaker holds it back.
+until when) while a breaker holds it back. Each record keeps its own history (field ``history``:
+every change of state, service or error, the last :data:`HISTORY_LIMIT` of them), so a job shows
+how it got where it is, not only where it is.
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ import redis
 
 #: Default prefix of the job records' keys.
 DEFAULT_PREFIX = "soulspot:jobs"
+#: Entries a job's history keeps; older ones are dropped first.
+HISTORY_LIMIT = 100
 
 
 class JobState(StrEnum):
@@ -54,6 +58,8 @@ class Job:
     created_at: float = 0.0
     updated_at: float = 0.0
     details: dict[str, Any] = field(default_factory=dict)
+    #: Every change of state, service or error, oldest first (see :func:`history_entry`).
+    history: list[dict[str, Any]] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -67,7 +73,16 @@ class Job:
             "created_at": self.created_at,
             "updated_at": self.updated_at,
             "details": self.details,
+            "history": self.history,
         }
+
+
+def history_entry(
+    at: float, state: JobState | str, service: str | None, note: str | None
+) -> dict[str, Any]:
+    """One history entry: at ``at`` (epoch seconds) the job was in ``state`` on ``service``;
+    ``note`` says why (the error, the deferral's reason) when there is something to say."""
+    return {"at": at, "state": JobState(state).value, "service": service, "note": note}
 
 
 class JobStore:
@@ -85,6 +100,7 @@ class JobStore:
         now = time.time()
         job = Job(uuid.uuid4().hex, kind, JobState.QUEUED, created_at=now, updated_at=now)
         job.details = details
+        job.history = [history_entry(now, JobState.QUEUED, None, "created")]
         pipe = self.client.pipeline(transaction=False)
         pipe.hset(self.key(job.id), mapping=_encode(job.as_dict()))
         pipe.zadd(f"{self.prefix}:all", {job.id: now})
@@ -97,6 +113,7 @@ class JobStore:
             return None
         values = {_text(k): json.loads(v) for k, v in raw.items()}
         values["state"] = JobState(values["state"])
+        values = {name: value for name, value in values.items() if name in _JOB_FIELDS}
         return Job(**values)
 
     def update(
@@ -109,7 +126,8 @@ class JobStore:
     ) -> None:
         """Set ``fields`` (state, service, last_error, ...) and merge ``details`` into the job.
 
-        A job in a final state (done, failed) keeps its state.
+        A job in a final state (done, failed) keeps its state. A change of state or service, or a
+        new ``last_error``, is appended to the job's history.
         """
         job = self.get(job_id)
         if job is None:
@@ -125,6 +143,9 @@ class JobStore:
             changes["details"] = {**job.details, **details}
         if count_attempt:
             changes["attempts"] = job.attempts + 1
+        entry = _history_change(job, changes)
+        if entry is not None:
+            changes["history"] = [*job.history, entry][-HISTORY_LIMIT:]
         self.client.hset(self.key(job_id), mapping=_encode(changes))
 
     def reopen(self, job_id: str, note: str) -> None:
@@ -142,6 +163,21 @@ class JobStore:
         ids = self.client.zrevrange(f"{self.prefix}:all", 0, limit - 1)
         found = (self.get(_text(job_id)) for job_id in ids)
         return [job for job in found if job is not None]
+
+
+def _history_change(job: Job, changes: dict[str, Any]) -> dict[str, Any] | None:
+    """The history entry ``changes`` make to ``job``, or None when they change nothing shown."""
+    state = changes.get("state", job.state.value)
+    service = changes.get("service", job.service)
+    error = changes.get("last_error")
+    new_error = error is not None and error != job.last_error
+    if state == job.state.value and service == job.service and not new_error:
+        return None
+    return history_entry(changes["updated_at"], state, service, error if new_error else None)
+
+
+#: Field names of :class:`Job`; other fields of a record's hash are not the job's.
+_JOB_FIELDS = frozenset(Job.__dataclass_fields__)
 
 
 def _encode(values: dict[str, Any]) -> dict[str, str]:
