@@ -9,6 +9,10 @@ Writes cost no round trip of their own on the deferral path: the Redis index buf
 background thread writes them every ``FLUSH_INTERVAL`` in one pipeline, in the order they were
 made. An entry due within ``WRITE_AT_ONCE_BELOW`` is written at once (with everything buffered
 before it), because its message could run, and remove it, before a buffered write landed.
+
+Every :meth:`DeferredIndex.add` is one deferral: the index also counts deferrals per service,
+for ever (``<prefix>:deferrals_total``, service -> count), so that metrics can show deferrals
+as deferrals, summed over every worker process.
 """
 
 from __future__ import annotations
@@ -58,7 +62,7 @@ class DeferredIndex(ABC):
 
     @abstractmethod
     def add(self, job: DeferredJob) -> None:
-        """Record (or update) a deferred message."""
+        """Record (or update) a deferred message, and count one deferral of its service."""
 
     @abstractmethod
     def remove(self, service: str, message_id: str) -> None:
@@ -71,6 +75,10 @@ class DeferredIndex(ABC):
     @abstractmethod
     def counts(self) -> dict[str, int]:
         """Deferred messages per service."""
+
+    @abstractmethod
+    def deferral_totals(self) -> dict[str, int]:
+        """Deferrals ever counted per service (a message deferred twice counts twice)."""
 
     def flush(self) -> None:  # noqa: B027 - only buffering indexes have anything to write
         """Write every buffered change now."""
@@ -86,10 +94,12 @@ class MemoryDeferredIndex(DeferredIndex):
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._jobs: dict[str, dict[str, DeferredJob]] = {}
+        self._totals: dict[str, int] = {}
 
     def add(self, job: DeferredJob) -> None:
         with self._lock:
             self._jobs.setdefault(job.service, {})[job.message_id] = job
+            self._totals[job.service] = self._totals.get(job.service, 0) + 1
 
     def remove(self, service: str, message_id: str) -> None:
         with self._lock:
@@ -104,6 +114,10 @@ class MemoryDeferredIndex(DeferredIndex):
     def counts(self) -> dict[str, int]:
         with self._lock:
             return {service: len(jobs) for service, jobs in self._jobs.items() if jobs}
+
+    def deferral_totals(self) -> dict[str, int]:
+        with self._lock:
+            return dict(self._totals)
 
 
 class RedisDeferredIndex(DeferredIndex):
@@ -120,6 +134,7 @@ class RedisDeferredIndex(DeferredIndex):
         self.prefix = prefix
         self.flush_interval = flush_interval
         self._services_key = f"{prefix}:services"
+        self._totals_key = f"{prefix}:deferrals_total"
         self._reset_buffer()
         _forget_buffer_after_fork(self)
 
@@ -150,6 +165,11 @@ class RedisDeferredIndex(DeferredIndex):
             pipe.hlen(self.key(service))
         return {s: n for s, n in zip(services, pipe.execute(), strict=True) if n}
 
+    def deferral_totals(self) -> dict[str, int]:
+        self.flush()
+        raw = self.client.hgetall(self._totals_key)
+        return {_text(service): int(count) for service, count in raw.items()}
+
     def flush(self) -> None:
         with self._write_lock:
             with self._lock:
@@ -161,6 +181,7 @@ class RedisDeferredIndex(DeferredIndex):
                 if action == "add":
                     pipe.sadd(self._services_key, service)
                     pipe.hset(self.key(service), message_id, entry)
+                    pipe.hincrby(self._totals_key, service, 1)
                 else:
                     pipe.hdel(self.key(service), message_id)
             try:
@@ -202,10 +223,11 @@ class RedisDeferredIndex(DeferredIndex):
         self._writer: threading.Thread | None = None
 
     def _services(self) -> list[str]:
-        return sorted(
-            m.decode() if isinstance(m, bytes) else m
-            for m in self.client.smembers(self._services_key)
-        )
+        return sorted(_text(m) for m in self.client.smembers(self._services_key))
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
 
 
 def _write_periodically(

@@ -164,6 +164,34 @@ class JobStore:
         found = (self.get(_text(job_id)) for job_id in ids)
         return [job for job in found if job is not None]
 
+    def find(self, *, state: JobState | None = None, limit: int = 100) -> list[Job]:
+        """The most recent ``limit`` jobs in ``state`` (any state when None), newest first."""
+        found: list[Job] = []
+        start, page = 0, max(limit, 100)
+        while len(found) < limit:
+            ids = self.client.zrevrange(f"{self.prefix}:all", start, start + page - 1)
+            if not ids:
+                break
+            for job_id in ids:
+                job = self.get(_text(job_id))
+                if job is not None and (state is None or job.state is state):
+                    found.append(job)
+            start += page
+        return found[:limit]
+
+    def count_by_state(self) -> dict[str, int]:
+        """How many job records are in each state now (every state listed, zeros included)."""
+        counts = {state.value: 0 for state in JobState}
+        ids = self.client.zrange(f"{self.prefix}:all", 0, -1)
+        pipe = self.client.pipeline(transaction=False)
+        for job_id in ids:
+            pipe.hget(self.key(_text(job_id)), "state")
+        for raw in pipe.execute() if ids else []:
+            if raw is not None:
+                state = json.loads(raw)
+                counts[state] = counts.get(state, 0) + 1
+        return counts
+
 
 def _history_change(job: Job, changes: dict[str, Any]) -> dict[str, Any] | None:
     """The history entry ``changes`` make to ``job``, or None when they change nothing shown."""
