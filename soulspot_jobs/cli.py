@@ -7,6 +7,7 @@ import sys
 
 import typer
 
+from soulspot_jobs import commands
 from soulspot_jobs.logging import configure_logging
 from soulspot_jobs.settings import Settings, SettingsError, load_settings
 
@@ -59,6 +60,9 @@ def show_settings() -> None:
     values = settings.model_dump(mode="json")
     values["redis_url"] = settings.redis_url_redacted
     typer.echo(json.dumps(values, indent=2))
+
+
+commands.register(app)
 
 
 def main() -> None:

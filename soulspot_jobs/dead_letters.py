@@ -1,0 +1,183 @@
+"""Dead-lettered messages on Dramatiq's Redis broker: list them with their reason, requeue them.
+
+Dramatiq 2.2's Redis broker keeps a queue's dead letters in two keys (see its ``dispatch.lua``):
+the sorted set ``<namespace>:<queue>.XQ`` (Redis message id -> epoch milliseconds at which the
+message was dead-lettered) and the hash ``<namespace>:<queue>.XQ.msgs`` (Redis message id -> the
+encoded message as it was last enqueued). Maintenance deletes entries older than the broker's
+``dead_message_ttl`` (7 days by default).
+
+A requeue takes the message out of the dead-letter queue (only one of two concurrent requeues
+wins) and enqueues a fresh copy through the broker, as any producer would: same message id and
+arguments, no retries counted, no traceback, no eta, no circuit-breaker history.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from dataclasses import dataclass
+
+import dramatiq
+from dramatiq.brokers.redis import RedisBroker
+from dramatiq.common import q_name
+
+from soulspot_jobs.errors import SoulspotJobsError
+from soulspot_jobs.middleware import DEAD_LETTER_REASON
+
+#: Suffix of a dead-letter queue's sorted set, and of its messages hash after it.
+XQ_SUFFIX, MESSAGES_SUFFIX = ".XQ", ".msgs"
+#: Message options a requeued message starts without: Dramatiq's retry state and broker
+#: bookkeeping, and every circuit-breaker option (deferral history, dead-letter reason).
+DROPPED_OPTIONS = frozenset(
+    {"retries", "traceback", "requeue_timestamp", "eta", "redis_message_id"}
+)
+CIRCUIT_BREAKER_OPTION_PREFIX = "circuit_breaker_"
+
+
+class DeadLetterNotFound(SoulspotJobsError, LookupError):
+    """No dead-lettered message has the id given (or another requeue took it first)."""
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    """One dead-lettered message."""
+
+    message_id: str
+    actor: str
+    #: The queue it came from (never a delay queue).
+    queue: str
+    #: Epoch milliseconds at which it was dead-lettered.
+    dead_lettered_at: int
+    reason: str
+    #: Its id in the broker's keys (the member of the ``.XQ`` set).
+    redis_message_id: str
+    message: dramatiq.Message
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "message_id": self.message_id,
+            "actor": self.actor,
+            "queue": self.queue,
+            "dead_lettered_at": self.dead_lettered_at,
+            "reason": self.reason,
+            "args": list(self.message.args),
+        }
+
+
+def reason_of(message: dramatiq.Message) -> str:
+    """Why ``message`` was dead-lettered: the circuit breaker's reason when it gave one, else
+    Dramatiq's retries ran out (with the last line of the last traceback, when there is one)."""
+    reason = message.options.get(DEAD_LETTER_REASON)
+    if reason:
+        return str(reason)
+    retries = message.options.get("retries", 0)
+    lines = str(message.options.get("traceback") or "").strip().splitlines()
+    error = f": {lines[-1].strip()}" if lines else ""
+    return f"retries exhausted after {retries} retries{error}"
+
+
+def fresh_copy(message: dramatiq.Message) -> dramatiq.Message:
+    """``message`` as a new enqueue would make it: on its own queue, timestamped now, with none
+    of :data:`DROPPED_OPTIONS` and no ``circuit_breaker_*`` option."""
+    options = {
+        name: value
+        for name, value in message.options.items()
+        if name not in DROPPED_OPTIONS and not name.startswith(CIRCUIT_BREAKER_OPTION_PREFIX)
+    }
+    return dataclasses.replace(
+        message,
+        queue_name=q_name(message.queue_name),
+        message_timestamp=int(time.time() * 1000),
+        options=options,
+    )
+
+
+class DeadLetters:
+    """The dead-letter queues of ``broker`` (a :class:`RedisBroker`)."""
+
+    def __init__(self, broker: RedisBroker) -> None:
+        self.broker = broker
+        self.client = broker.client
+        self.namespace = broker.namespace
+
+    def queues(self) -> list[str]:
+        """Names of the queues that have a dead-letter queue in Redis."""
+        prefix = f"{self.namespace}:"
+        found = set()
+        for key in self.client.scan_iter(match=f"{prefix}*{XQ_SUFFIX}", count=1000):
+            key = _text(key)
+            found.add(key[len(prefix) : -len(XQ_SUFFIX)])
+        return sorted(found)
+
+    def counts(self) -> dict[str, int]:
+        """Dead-lettered messages per queue (queues with none left out)."""
+        queues = self.queues()
+        pipe = self.client.pipeline(transaction=False)
+        for queue in queues:
+            pipe.zcard(self._xq(queue))
+        return {q: n for q, n in zip(queues, pipe.execute() if queues else [], strict=True) if n}
+
+    def list(self) -> list[DeadLetter]:
+        """Every dead-lettered message, oldest first."""
+        letters = []
+        for queue in self.queues():
+            entries = self.client.zrange(self._xq(queue), 0, -1, withscores=True)
+            if not entries:
+                continue
+            ids = [_text(member) for member, _ in entries]
+            raws = self.client.hmget(self._xq(queue) + MESSAGES_SUFFIX, ids)
+            for (_, score), redis_id, raw in zip(entries, ids, raws, strict=True):
+                if raw is not None:
+                    letters.append(_letter(queue, redis_id, int(score), raw))
+        return sorted(letters, key=lambda letter: letter.dead_lettered_at)
+
+    def requeue(self, message_id: str) -> DeadLetter:
+        """Move the dead letter ``message_id`` (Dramatiq's or the broker's id) back onto its
+        queue as a fresh message; raise :class:`DeadLetterNotFound` when there is none."""
+        for letter in self.list():
+            if message_id in (letter.message_id, letter.redis_message_id):
+                self._requeue(letter)
+                return letter
+        raise DeadLetterNotFound(f"no dead-lettered message {message_id!r}")
+
+    def requeue_all(self) -> list[DeadLetter]:
+        """Requeue every dead letter; returns those requeued (others may take some first)."""
+        done = []
+        for letter in self.list():
+            try:
+                self._requeue(letter)
+            except DeadLetterNotFound:
+                continue
+            done.append(letter)
+        return done
+
+    def _requeue(self, letter: DeadLetter) -> None:
+        xq = self._xq(letter.queue)
+        if not self.client.zrem(xq, letter.redis_message_id):
+            raise DeadLetterNotFound(f"dead letter {letter.message_id!r} was taken meanwhile")
+        try:
+            self.broker.enqueue(fresh_copy(letter.message))
+        except BaseException:
+            self.client.zadd(xq, {letter.redis_message_id: letter.dead_lettered_at})
+            raise
+        self.client.hdel(xq + MESSAGES_SUFFIX, letter.redis_message_id)
+
+    def _xq(self, queue: str) -> str:
+        return f"{self.namespace}:{queue}{XQ_SUFFIX}"
+
+
+def _letter(queue: str, redis_id: str, at: int, raw: bytes) -> DeadLetter:
+    message = dramatiq.Message.decode(raw)
+    return DeadLetter(
+        message_id=message.message_id,
+        actor=message.actor_name,
+        queue=queue,
+        dead_lettered_at=at,
+        reason=reason_of(message),
+        redis_message_id=redis_id,
+        message=message,
+    )
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
