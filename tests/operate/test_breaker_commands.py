@@ -1,0 +1,161 @@
+"""``status``, ``reset`` and ``open``: what the breakers show, and the operator's switches,
+cluster-wide through Redis."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import redis
+
+from soulspot_jobs.circuit_breaker import (
+    CircuitBreaker,
+    CircuitBreakerConfig,
+    CircuitState,
+    RedisBackend,
+)
+from soulspot_jobs.deferred import DeferredJob, RedisDeferredIndex
+from tests.polling import wait_until
+
+from .conftest import Cli
+
+#: The breakers' key prefix with the default key prefix.
+BREAKER_PREFIX = "soulspot:breaker"
+
+
+class Down(Exception):
+    """The service failed."""
+
+
+def fail() -> None:
+    raise Down
+
+
+def closed_service(name: str) -> dict[str, object]:
+    return {"status": "healthy", "circuit_breaker": "closed", "name": name, "deferred": 0}
+
+
+def test_status_json_on_a_fresh_redis_is_the_healthy_health_document(cli: Cli) -> None:
+    # When status --json runs before any job ran
+    document = cli("status", "--json").json()
+
+    # Then it is the design's document, every service healthy and CLOSED, nothing deferred
+    assert document == {
+        "status": "healthy",
+        "services": {
+            "slskd": closed_service("slskd-api"),
+            "spotify": closed_service("spotify-api"),
+            "musicbrainz": closed_service("musicbrainz-api"),
+        },
+    }
+
+
+def test_status_shows_a_breaker_opened_by_failures_with_its_counts_and_deferred_jobs(
+    cli: Cli, redis_client: redis.Redis
+) -> None:
+    # Given a worker's slskd breaker that saw 1 success, 2 failures (it opened) and 1 refusal
+    backend = RedisBackend(redis_client, prefix=BREAKER_PREFIX, local_view=False)
+    config = CircuitBreakerConfig(failure_threshold=2, timeout=60.0)
+    breaker = CircuitBreaker("slskd-api", config, backend=backend)
+    breaker.call_sync(lambda: None)
+    for _ in range(2):
+        with pytest.raises(Down):
+            breaker.call_sync(fail)
+    with pytest.raises(Exception, match="is OPEN"):
+        breaker.call_sync(lambda: None)
+    # And two of its messages in the deferred index
+    index = RedisDeferredIndex(redis_client, prefix="soulspot:deferred")
+    for message_id in ("m1", "m2"):
+        index.add(DeferredJob(message_id, "search_track", "default", "slskd-api", 0, 1, 0, "x"))
+    index.close()
+
+    # When status runs, as JSON and as text
+    env = {"CIRCUIT_BREAKER_FAILURE_THRESHOLD": "2"}
+    document = cli("status", "--json", **env).json()
+    text = cli("status", **env)
+
+    # Then the document shows slskd unhealthy and OPEN with its whole retry_after and deferrals
+    slskd = document["services"]["slskd"]
+    assert document["status"] == "degraded"
+    assert slskd["status"] == "unhealthy"
+    assert slskd["circuit_breaker"] == "open"
+    assert 58 <= slskd["retry_after"] <= 60 and isinstance(slskd["retry_after"], int)
+    assert (slskd["name"], slskd["deferred"]) == ("slskd-api", 2)
+    assert "retry_after" not in document["services"]["spotify"]
+    # And the text lists its state, failure count, totals and deferred count
+    line = next(row for row in text.stdout.splitlines() if row.startswith("slskd "))
+    assert line.split()[:4] == ["slskd", "slskd-api", "open", "2"]
+    assert line.split()[5:] == ["4", "1", "2", "1", "2"]
+    assert text.stdout.rstrip().endswith("overall: degraded")
+    backend.close()
+
+
+def test_open_forces_the_breaker_open_for_every_worker_and_status_shows_until_when(
+    cli: Cli, redis_client: redis.Redis
+) -> None:
+    # Given a worker whose local view of the slskd breaker is live and CLOSED
+    worker = RedisBackend(redis_client, prefix=BREAKER_PREFIX, refresh_interval=60.0)
+    config = CircuitBreakerConfig()
+    with pytest.raises(Down):
+        CircuitBreaker("slskd-api", config, backend=worker).call_sync(fail)
+    assert worker._watcher is not None and worker._watcher.live.wait(5.0)
+
+    # When the operator opens slskd for 600 s
+    before = time.time()
+    result = cli("open", "slskd", "--for", "600", "--json")
+
+    # Then the command reports it OPEN until then
+    opened = result.json()
+    assert opened["service"] == "slskd-api" and opened["state"] == "open"
+    assert before + 599 <= opened["forced_until"] <= time.time() + 601
+    # And the worker's local view refuses slskd calls without asking Redis
+    wait_until(lambda: worker._views["slskd-api"].state is CircuitState.OPEN, "view OPEN")
+    decision = worker.admit_locally("slskd-api", config)
+    assert decision is not None and not decision.admitted
+    # And status shows it forced open, until when, and the health document says OPEN
+    text = cli("status").stdout
+    assert "open (forced until 20" in text
+    assert cli("status", "--json").json()["services"]["slskd"]["circuit_breaker"] == "open"
+    # And the change was logged
+    assert "circuit_breaker.forced_open" in result.stderr
+
+    # When the operator resets it
+    reset = cli("reset", "slskd", "--json")
+
+    # Then it is CLOSED everywhere, the worker's view included, and the reset was logged
+    assert reset.json() == {"service": "slskd-api", "state": "closed"}
+    assert "circuit_breaker.reset" in reset.stderr
+    wait_until(lambda: worker._views["slskd-api"].state is CircuitState.CLOSED, "view CLOSED")
+    assert cli("status", "--json").json()["status"] == "healthy"
+    worker.close()
+
+
+def test_open_without_for_holds_the_breaker_open_for_an_hour(cli: Cli) -> None:
+    # When musicbrainz is opened with no --for
+    cli("open", "musicbrainz-api")
+
+    # Then it stays OPEN for an hour
+    retry_after = cli("status", "--json").json()["services"]["musicbrainz"]["retry_after"]
+    assert 3590 <= retry_after <= 3600
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("open", "lastfm"), "error: unknown service 'lastfm'"),
+        (("reset", "slskd-ap"), "error: unknown service 'slskd-ap'"),
+        (("open", "slskd", "--for", "0"), "error: --for must be a positive number of seconds"),
+        (("open", "slskd", "--for", "-5"), "error: --for must be a positive number of seconds"),
+    ],
+)
+def test_bad_arguments_are_one_line_and_exit_2(
+    cli: Cli, args: tuple[str, ...], message: str
+) -> None:
+    # When a switch is given a bad argument
+    result = cli(*args)
+
+    # Then one error line, exit 2, and no breaker changed
+    assert result.exit_code == 2
+    assert result.stderr.startswith(message)
+    assert len(result.stderr.splitlines()) == 1
+    assert cli("status", "--json").json()["status"] == "healthy"
