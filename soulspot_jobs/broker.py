@@ -29,7 +29,10 @@ def build_broker(
     that its ``after_process_message`` runs first (Dramatiq calls ``after_*`` hooks in reverse
     order) and a deferred message is never retried as well. Closing the broker closes the
     middleware (its deferred-index writer and, for a backend built here, the breakers' view
-    watcher).
+    watcher). ``prometheus=True`` adds Dramatiq's Prometheus middleware, fixed so that deferrals
+    are not counted as processed messages and no gauge goes negative
+    (:mod:`soulspot_jobs.dramatiq_prometheus`); our own metrics are ``soulspot-jobs serve``'s
+    ``/metrics``.
     """
     settings = settings if settings is not None else load_settings()
     url = url or settings.redis_url
@@ -49,9 +52,9 @@ def build_broker(
     broker.add_middleware(DaemonAsyncIO())
     broker.add_middleware(ParentWatch())
     if prometheus:
-        from dramatiq.middleware.prometheus import Prometheus
+        from soulspot_jobs.dramatiq_prometheus import DramatiqPrometheus
 
-        broker.add_middleware(Prometheus(), before=AgeLimit)
+        broker.add_middleware(DramatiqPrometheus(), before=AgeLimit)
     return broker
 
 

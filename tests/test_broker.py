@@ -57,7 +57,7 @@ def test_prometheus_when_enabled_comes_first_so_it_sees_deferrals_as_skips(
     broker = build_broker(settings, prometheus=True)
     try:
         # Then Prometheus precedes everything else, the rest keeps its order
-        assert _names(broker) == ["Prometheus", *EXPECTED_ORDER]
+        assert _names(broker) == ["DramatiqPrometheus", *EXPECTED_ORDER]
     finally:
         broker.close()
 
