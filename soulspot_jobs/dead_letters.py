@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import dramatiq
@@ -95,10 +96,17 @@ def fresh_copy(message: dramatiq.Message) -> dramatiq.Message:
 class DeadLetters:
     """The dead-letter queues of ``broker`` (a :class:`RedisBroker`)."""
 
-    def __init__(self, broker: RedisBroker) -> None:
+    def __init__(
+        self,
+        broker: RedisBroker,
+        *,
+        on_requeue: Callable[[DeadLetter], None] | None = None,
+    ) -> None:
         self.broker = broker
         self.client = broker.client
         self.namespace = broker.namespace
+        #: Called with each dead letter once it is back on its queue (job records use it).
+        self.on_requeue = on_requeue
 
     def queues(self) -> list[str]:
         """Names of the queues that have a dead-letter queue in Redis."""
@@ -161,6 +169,8 @@ class DeadLetters:
             self.client.zadd(xq, {letter.redis_message_id: letter.dead_lettered_at})
             raise
         self.client.hdel(xq + MESSAGES_SUFFIX, letter.redis_message_id)
+        if self.on_requeue is not None:
+            self.on_requeue(letter)
 
     def _xq(self, queue: str) -> str:
         return f"{self.namespace}:{queue}{XQ_SUFFIX}"

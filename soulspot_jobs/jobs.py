@@ -148,15 +148,25 @@ class JobStore:
             changes["history"] = [*job.history, entry][-HISTORY_LIMIT:]
         self.client.hset(self.key(job_id), mapping=_encode(changes))
 
-    def reopen(self, job_id: str, note: str) -> None:
-        """Take a job out of a final state: its work was requeued and runs again."""
-        if self.client.exists(self.key(job_id)):
-            changes = {
-                "state": JobState.QUEUED.value,
-                "last_error": note,
-                "updated_at": time.time(),
-            }
-            self.client.hset(self.key(job_id), mapping=_encode(changes))
+    def reopen(self, job_id: str, note: str) -> bool:
+        """Take a job out of ``failed`` (or a stale state) back to ``queued``: its work was
+        requeued and runs again. ``note`` says why, as ``last_error`` and in its history.
+        False when there is no such job, or it is done (its work is complete)."""
+        job = self.get(job_id)
+        if job is None or job.state is JobState.DONE:
+            return False
+        now = time.time()
+        changes = {
+            "state": JobState.QUEUED.value,
+            "last_error": note,
+            "deferred_until": None,
+            "updated_at": now,
+            "history": [*job.history, history_entry(now, JobState.QUEUED, job.service, note)][
+                -HISTORY_LIMIT:
+            ],
+        }
+        self.client.hset(self.key(job_id), mapping=_encode(changes))
+        return True
 
     def jobs(self, *, limit: int = 100) -> list[Job]:
         """The most recent jobs, newest first."""

@@ -122,3 +122,25 @@ def test_a_record_written_without_history_still_reads(redis_client: redis.Redis)
 
     # Then it reads, with the new change in its history
     assert states(store, job_id) == ["searching"]
+
+
+def test_reopen_puts_a_failed_job_back_to_queued_with_the_reason_but_never_a_done_one(
+    redis_client: redis.Redis,
+) -> None:
+    # Given a failed job and a done job
+    store = JobStore(redis_client)
+    failed = store.create("download", query="A - B").id
+    store.update(failed, state=JobState.FAILED, last_error="no file")
+    done = store.create("download", query="C - D").id
+    store.update(done, state=JobState.DONE)
+
+    # When both are reopened because their messages were requeued
+    reopened = [store.reopen(job_id, "requeued") for job_id in (failed, done)]
+
+    # Then the failed one is queued again, its history saying why; the done one stays done
+    assert reopened == [True, False]
+    assert store.get(failed).state is JobState.QUEUED
+    assert states(store, failed) == ["queued", "failed", "queued"]
+    assert store.get(failed).history[-1]["note"] == "requeued"
+    assert store.get(done).state is JobState.DONE
+    assert store.reopen("no-such-job", "requeued") is False

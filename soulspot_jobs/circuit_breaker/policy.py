@@ -150,9 +150,7 @@ def stats(
         retry_after=positive(record.open_until - now) if state is OPEN else None,
         trials_in_flight=live_trials if state is HALF_OPEN else 0,
         reopens=record.reopens,
-        forced_until=(
-            record.forced_until if state is OPEN and now < record.forced_until else None
-        ),
+        forced_until=(record.forced_until if state is OPEN and now < record.forced_until else None),
         transitions=dict(record.transitions),
     )
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import typer
 
 from soulspot_jobs.commands.common import (
@@ -13,9 +15,21 @@ from soulspot_jobs.commands.common import (
     print_table,
     utc,
 )
-from soulspot_jobs.dead_letters import DeadLetterNotFound, DeadLetters
+from soulspot_jobs.dead_letters import DeadLetter, DeadLetterNotFound, DeadLetters
 
 app = typer.Typer(help="List dead-lettered messages, or put them back on their queues.")
+
+#: The note a requeued job's history gets.
+REQUEUED_NOTE = "requeued from the dead-letter queue"
+
+
+def _reopen_job(jobs: Any, letter: DeadLetter) -> None:
+    """A requeued message of one of our jobs puts its job record back to ``queued``."""
+    from soulspot_jobs.app import JOB_ACTORS
+
+    message = letter.message
+    if message.actor_name in JOB_ACTORS and message.args and isinstance(message.args[0], str):
+        jobs.store.reopen(message.args[0], REQUEUED_NOTE)
 
 
 @app.callback(invoke_without_command=True)
@@ -47,11 +61,14 @@ def requeue(
     all_: bool = typer.Option(False, "--all", help="Requeue every dead-lettered message."),
     as_json: bool = JSON_OPTION,
 ) -> None:
-    """Put dead-lettered messages back on their queue as fresh messages (retries start at 0)."""
+    """Put dead-lettered messages back on their queue as fresh messages (retries start at 0).
+
+    The job record of a requeued job goes back to queued, with the requeue in its history.
+    """
     if all_ == (message_id is not None):
         fail("dead-letters requeue needs a message id or --all (not both)")
     with connected() as jobs:
-        letters = DeadLetters(jobs.broker)
+        letters = DeadLetters(jobs.broker, on_requeue=lambda letter: _reopen_job(jobs, letter))
         try:
             done = letters.requeue_all() if all_ else [letters.requeue(message_id or "")]
         except DeadLetterNotFound as exc:

@@ -434,9 +434,7 @@ def _record_from_hash(flat: list[Any]) -> BreakerRecord:
     return record
 
 
-_FLOAT_FIELDS = frozenset(
-    {"last_failure_at", "open_until", "last_state_change", "forced_until"}
-)
+_FLOAT_FIELDS = frozenset({"last_failure_at", "open_until", "last_state_change", "forced_until"})
 _INT_FIELDS = frozenset(
     {
         "failure_count",

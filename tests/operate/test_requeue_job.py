@@ -1,0 +1,54 @@
+"""A requeued dead letter of one of our jobs runs to the end, and its job record leaves `failed`
+(end to end: the jobs app, a real Worker, the fake MusicBrainz over loopback)."""
+
+from __future__ import annotations
+
+import time
+
+from soulspot_jobs.app import SoulspotJobs
+from soulspot_jobs.commands.dead_letters import REQUEUED_NOTE
+from soulspot_jobs.dead_letters import DeadLetters
+from soulspot_jobs.fakes.catalog import CATALOG
+from soulspot_jobs.jobs import JobState
+from tests.jobs.conftest import Fakes, fakes, finished, running, settings_for  # noqa: F401
+from tests.polling import wait_until
+
+from .conftest import Cli
+
+#: A day and an hour in milliseconds: past the default deferral budget of a day.
+OVERDUE_MS = 25 * 60 * 60 * 1000
+
+
+def test_a_requeued_dead_letter_of_a_failed_job_runs_and_the_job_is_done(
+    cli: Cli,
+    redis_url: str,
+    fakes: Fakes,  # noqa: F811
+) -> None:
+    # Given MusicBrainz forced OPEN and the jobs app running
+    cli("open", "musicbrainz", "--for", "300")
+    app = SoulspotJobs(settings_for(redis_url, fakes))
+    with running(app):
+        # And an enrichment message deferred for longer than its budget: it is dead-lettered
+        track = CATALOG[0]
+        job_id = app.store.create("enrichment", artist=track.artist, title=track.title).id
+        first_deferred_at = int(time.time() * 1000) - OVERDUE_MS
+        message = app.actor("enrich_metadata").send_with_options(
+            args=(job_id,), circuit_breaker_first_deferred_at=first_deferred_at
+        )
+        letters = DeadLetters(app.broker)
+        wait_until(lambda: len(letters.list()) == 1, "the dead letter")
+        # And its job record says failed
+        app.store.update(job_id, state=JobState.FAILED, last_error="dead-lettered")
+
+        # When MusicBrainz is back and the operator requeues the dead letter
+        cli("reset", "musicbrainz")
+        result = cli("dead-letters", "requeue", message.message_id)
+
+        # Then the job record left failed at once, and the job runs to done
+        assert result.exit_code == 0, result.stderr
+        (job,) = finished(app, [job_id])
+    assert job.state is JobState.DONE
+    states = [(entry["state"], entry["note"]) for entry in job.history]
+    assert ("failed", "dead-lettered") in states
+    assert states[states.index(("failed", "dead-lettered")) + 1] == ("queued", REQUEUED_NOTE)
+    assert letters.list() == []
