@@ -11,6 +11,7 @@ import dramatiq
 from dramatiq.brokers.redis import RedisBroker
 from dramatiq.middleware import CurrentMessage
 
+from soulspot_jobs.circuit_breaker import CircuitState
 from soulspot_jobs.dead_letters import DeadLetters
 from tests.polling import wait_until
 
@@ -87,6 +88,8 @@ def test_dead_letters_show_the_reason_and_requeued_ones_run_afresh(cli: Cli, mak
 
     # When Spotify is back and the overdue message is requeued by id
     cli("reset", "spotify")
+    view = jobs.middleware.backend._views["spotify-api"]  # the worker's own view follows
+    wait_until(lambda: view.state is CircuitState.CLOSED, "the worker to see it CLOSED")
     requeued = cli("dead-letters", "requeue", overdue, "--json").json()
 
     # Then it runs, as a fresh message: no breaker history, no dead-letter reason, no retries

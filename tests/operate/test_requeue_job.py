@@ -6,6 +6,7 @@ from __future__ import annotations
 import time
 
 from soulspot_jobs.app import SoulspotJobs
+from soulspot_jobs.circuit_breaker import CircuitState
 from soulspot_jobs.commands.dead_letters import REQUEUED_NOTE
 from soulspot_jobs.dead_letters import DeadLetters
 from soulspot_jobs.fakes.catalog import CATALOG
@@ -42,6 +43,8 @@ def test_a_requeued_dead_letter_of_a_failed_job_runs_and_the_job_is_done(
 
         # When MusicBrainz is back and the operator requeues the dead letter
         cli("reset", "musicbrainz")
+        view = app.middleware.backend._views["musicbrainz-api"]  # the worker's own view follows
+        wait_until(lambda: view.state is CircuitState.CLOSED, "the worker to see it CLOSED")
         result = cli("dead-letters", "requeue", message.message_id)
 
         # Then the job record left failed at once, and the job runs to done
