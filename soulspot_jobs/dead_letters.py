@@ -19,8 +19,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import dramatiq
+import structlog
 from dramatiq.brokers.redis import RedisBroker
 from dramatiq.common import q_name
+from dramatiq.errors import DecodeError
 
 from soulspot_jobs.errors import SoulspotJobsError
 from soulspot_jobs.middleware import DEAD_LETTER_REASON
@@ -33,6 +35,8 @@ DROPPED_OPTIONS = frozenset(
     {"retries", "traceback", "requeue_timestamp", "eta", "redis_message_id"}
 )
 CIRCUIT_BREAKER_OPTION_PREFIX = "circuit_breaker_"
+
+log = structlog.get_logger("soulspot_jobs.dead_letters")
 
 
 class DeadLetterNotFound(SoulspotJobsError, LookupError):
@@ -135,8 +139,17 @@ class DeadLetters:
             ids = [_text(member) for member, _ in entries]
             raws = self.client.hmget(self._xq(queue) + MESSAGES_SUFFIX, ids)
             for (_, score), redis_id, raw in zip(entries, ids, raws, strict=True):
-                if raw is not None:
+                if raw is None:
+                    continue
+                try:
                     letters.append(_letter(queue, redis_id, int(score), raw))
+                except DecodeError:
+                    log.warning(
+                        f"Dead letter {redis_id} on queue {queue} cannot be decoded; skipped.",
+                        event_name="dead_letters.undecodable",
+                        queue=queue,
+                        redis_message_id=redis_id,
+                    )
         return sorted(letters, key=lambda letter: letter.dead_lettered_at)
 
     def requeue(self, message_id: str) -> DeadLetter:

@@ -8,6 +8,7 @@ import time
 from typing import Any
 
 import dramatiq
+import redis
 from dramatiq.brokers.redis import RedisBroker
 from dramatiq.middleware import CurrentMessage
 
@@ -122,3 +123,19 @@ def test_requeue_needs_an_id_or_all_but_not_both(cli: Cli) -> None:
         result = cli(*args)
         assert result.exit_code == 2
         assert result.stderr.startswith("error: dead-letters requeue needs a message id or --all")
+
+
+def test_an_undecodable_dead_letter_is_skipped_not_fatal(
+    cli: Cli, redis_client: redis.Redis
+) -> None:
+    # Given a dead-letter queue holding a message that is not JSON
+    xq = "soulspot:dramatiq:jobs.XQ"
+    redis_client.zadd(xq, {"garbage": 1})
+    redis_client.hset(f"{xq}.msgs", "garbage", b"\x00not json")
+
+    # When the dead letters are listed
+    result = cli("dead-letters", "--json")
+
+    # Then the listing works, without it, and says so in the log
+    assert result.json() == []
+    assert "dead_letters.undecodable" in result.stderr
