@@ -9,7 +9,7 @@ from soulspot_jobs.circuit_breaker import Backend, RedisBackend
 from soulspot_jobs.errors import ConfigurationError
 from soulspot_jobs.middleware import CircuitBreakerMiddleware
 from soulspot_jobs.settings import Settings, load_settings
-from soulspot_jobs.shutdown import DaemonAsyncIO, ParentWatch
+from soulspot_jobs.shutdown import DaemonAsyncIO, ExitGuard
 
 
 def build_broker(
@@ -24,7 +24,7 @@ def build_broker(
 
     Middleware order: (Prometheus,) AgeLimit, TimeLimit, ShutdownNotifications, Callbacks,
     Pipelines, Retries, **CircuitBreaker**, AsyncIO (its event loop in a daemon thread) and
-    ParentWatch (both in :mod:`soulspot_jobs.shutdown`). AgeLimit comes first so an expired
+    ExitGuard (both in :mod:`soulspot_jobs.shutdown`). AgeLimit comes first so an expired
     message is dead-lettered without taking a trial slot; the breaker comes after Retries, so
     that its ``after_process_message`` runs first (Dramatiq calls ``after_*`` hooks in reverse
     order) and a deferred message is never retried as well. Closing the broker closes the
@@ -50,7 +50,7 @@ def build_broker(
     )
     broker.add_middleware(middleware)
     broker.add_middleware(DaemonAsyncIO())
-    broker.add_middleware(ParentWatch())
+    broker.add_middleware(ExitGuard())
     if prometheus:
         from soulspot_jobs.dramatiq_prometheus import DramatiqPrometheus
 

@@ -1,6 +1,7 @@
 """A worker process stops on SIGTERM within its shutdown timeout, whatever state Redis is in.
 
-Two things used to keep a worker process alive for ever once Redis was unreachable:
+Three things used to keep a worker process alive for ever once Redis was unreachable, or once
+its ``dramatiq`` parent was killed:
 
 * Dramatiq's event-loop thread (for ``async def`` actors) is not a daemon thread and is stopped
   only at the very end of ``Worker.stop``; with Redis down, ``Worker.stop`` fails earlier (it
@@ -8,20 +9,25 @@ Two things used to keep a worker process alive for ever once Redis was unreachab
   broker's maintenance), and the process then waits for that thread for ever.
   :class:`DaemonAsyncIO` runs the same event loop in a daemon thread.
 * Under the ``dramatiq`` command every worker process writes its output (logs included) into a
-  pipe that the parent process reads and copies to its own stderr. When the parent is killed
-  (``kill -9``, an OOM kill), nobody reads that pipe any more: once it is full, every log call
-  blocks for ever, and a worker logs a lot while Redis is unreachable. :class:`ParentWatch`
-  notices the parent's death within :data:`CHECK_INTERVAL`, points the process's output at the
-  stderr it inherited (the parent's own terminal or log file) and sends itself SIGTERM.
+  pipe that the parent process reads. When the parent is killed (``kill -9``, an OOM kill),
+  nobody reads that pipe any more: once it is full, every log call blocks for ever, and a worker
+  logs a lot while Redis is unreachable. A parent killed while its children boot also leaves a
+  child blocked for ever in the start-up handshake. :class:`ExitGuard` notices the parent's
+  death within :data:`CHECK_INTERVAL`, points the process's output at the stderr it inherited
+  and sends itself SIGTERM.
+* Whatever else blocks, :class:`ExitGuard` ends the process :data:`GRACE` seconds after its
+  shutdown timeout (``--worker-shutdown-timeout``) once SIGTERM arrived.
 """
 
 from __future__ import annotations
 
 import logging
+import multiprocessing
 import os
 import signal
 import sys
 import threading
+from types import FrameType
 from typing import Any, TextIO
 
 import dramatiq
@@ -30,6 +36,14 @@ from dramatiq.middleware import AsyncIO, Middleware
 
 #: Seconds between two looks at the parent process.
 CHECK_INTERVAL = 0.25
+#: Seconds past the shutdown timeout after which a stopping worker process exits regardless.
+GRACE = 5.0
+#: Dramatiq's default ``--worker-shutdown-timeout``, in milliseconds.
+DEFAULT_SHUTDOWN_TIMEOUT = 600_000
+#: Exit status of a process ended by the deadline (Dramatiq's "killed").
+EXIT_KILLED = 1
+#: Seconds the parent watch waits for a log handler busy writing into the dead parent's pipe.
+HANDLER_WAIT = 0.5
 
 
 class DaemonAsyncIO(AsyncIO):
@@ -42,43 +56,97 @@ class DaemonAsyncIO(AsyncIO):
         set_event_loop_thread(thread)
 
 
-class ParentWatch(Middleware):
-    """Started in each worker process (``after_process_boot``); stops it when the parent dies."""
+class ExitGuard(Middleware):
+    """In each worker process of the ``dramatiq`` command: a deadline once SIGTERM arrives, and
+    a watch on the parent process (``after_process_boot`` runs in the process's main thread)."""
 
-    def __init__(self, *, check_interval: float = CHECK_INTERVAL) -> None:
+    def __init__(self, *, check_interval: float = CHECK_INTERVAL, grace: float = GRACE) -> None:
         self.check_interval = check_interval
+        self.grace = grace
 
     def after_process_boot(self, broker: dramatiq.Broker) -> None:
-        parent = os.getppid()
+        deadline = _Deadline(shutdown_timeout(sys.argv) / 1000 + self.grace)
+        previous = signal.getsignal(signal.SIGTERM)
+
+        def on_sigterm(signum: int, frame: FrameType | None) -> None:
+            deadline.arm()
+            if callable(previous):
+                previous(signum, frame)
+
+        signal.signal(signal.SIGTERM, on_sigterm)
         threading.Thread(
-            target=_watch,
-            args=(parent, self.check_interval),
+            target=_watch_parent,
+            args=(_parent_pid(), self.check_interval, deadline),
             name="soulspot-parent-watch",
             daemon=True,
         ).start()
 
 
-def _watch(parent: int, interval: float) -> None:
-    stop = threading.Event()
-    while not stop.wait(interval):
-        if os.getppid() != parent:
-            _leave_parent_pipe()
-            logging.getLogger("soulspot_jobs.worker").warning(
-                "The dramatiq parent process is gone; this worker process shuts down."
-            )
-            os.kill(os.getpid(), signal.SIGTERM)
-            return
+def shutdown_timeout(argv: list[str]) -> int:
+    """The ``--worker-shutdown-timeout`` (milliseconds) of a ``dramatiq`` command line."""
+    flag = "--worker-shutdown-timeout"
+    for position, argument in enumerate(argv):
+        value = None
+        if argument == flag and position + 1 < len(argv):
+            value = argv[position + 1]
+        elif argument.startswith(flag + "="):
+            value = argument.partition("=")[2]
+        if value is not None and value.isdigit():
+            return int(value)
+    return DEFAULT_SHUTDOWN_TIMEOUT
+
+
+class _Deadline:
+    """Ends the process ``seconds`` after it is armed, unless it exited by then."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self._lock = threading.Lock()
+        self._timer: threading.Timer | None = None
+
+    def arm(self) -> None:
+        with self._lock:
+            if self._timer is None:
+                self._timer = threading.Timer(self.seconds, os._exit, args=(EXIT_KILLED,))
+                self._timer.daemon = True
+                self._timer.start()
+
+
+def _watch_parent(parent: int, interval: float, deadline: _Deadline) -> None:
+    while os.getppid() == parent:
+        threading.Event().wait(interval)
+    deadline.arm()
+    _leave_parent_pipe()
+    os.kill(os.getpid(), signal.SIGTERM)
+
+
+def _parent_pid() -> int:
+    """The pid of the process that forked this one (it may have died since)."""
+    parent = multiprocessing.parent_process()
+    return parent.pid if parent is not None and parent.pid else os.getppid()
 
 
 def _leave_parent_pipe() -> None:
-    """Write from now on to the stderr this process inherited, not to the parent's pipe."""
+    """Write from now on to the stderr this process inherited, not to the dead parent's pipe.
+
+    A handler blocked mid-write on the full pipe keeps its lock: it is left as it is (the
+    deadline ends the process if that blocks the shutdown).
+    """
     pipe: Any = sys.stderr
     inherited: TextIO = open(os.dup(2), "w", buffering=1, closefd=True)  # noqa: SIM115
     sys.stdout = sys.stderr = inherited
     for logger in [logging.getLogger(), *_named_loggers()]:
         for handler in logger.handlers:
-            if isinstance(handler, logging.StreamHandler) and handler.stream is pipe:
-                handler.setStream(inherited)
+            if not isinstance(handler, logging.StreamHandler) or handler.stream is not pipe:
+                continue
+            if handler.lock is not None and handler.lock.acquire(timeout=HANDLER_WAIT):
+                try:
+                    handler.stream = inherited
+                finally:
+                    handler.lock.release()
+    logging.getLogger("soulspot_jobs.worker").warning(
+        "The dramatiq parent process is gone; this worker process shuts down."
+    )
 
 
 def _named_loggers() -> list[logging.Logger]:

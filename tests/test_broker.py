@@ -23,7 +23,7 @@ EXPECTED_ORDER = [
     "Retries",
     "CircuitBreakerMiddleware",
     "DaemonAsyncIO",
-    "ParentWatch",
+    "ExitGuard",
 ]
 
 

@@ -28,7 +28,7 @@ import dramatiq
 import structlog
 
 from soulspot_jobs.actors.runtime import Runtime
-from soulspot_jobs.actors.steps import JobFailed, job_step
+from soulspot_jobs.actors.steps import BACKOFF, JobFailed, job_step
 from soulspot_jobs.clients.slskd import Candidate, Search, choose_best
 from soulspot_jobs.errors import PeerUnavailableError
 from soulspot_jobs.jobs import JobState
@@ -101,7 +101,7 @@ def declare(broker: dramatiq.Broker, runtime: Runtime) -> None:
             return
         raise JobFailed(f"every candidate failed: {'; '.join(failures) or 'none was left'}")
 
-    @dramatiq.actor(broker=broker, service=SERVICE, max_retries=MAX_RETRIES)
+    @dramatiq.actor(broker=broker, service=SERVICE, max_retries=MAX_RETRIES, **BACKOFF)
     @job_step(store, JobState.SEARCHING, SERVICE, max_retries=MAX_RETRIES)
     def search_track(job_id: str) -> None:
         job = store.get(job_id)
@@ -137,7 +137,7 @@ def declare(broker: dramatiq.Broker, runtime: Runtime) -> None:
         store.update(job_id, details={"candidates": candidates, "search_state": search.state})
         start_download(job_id, 0)
 
-    @dramatiq.actor(broker=broker, service=SERVICE, max_retries=MAX_RETRIES)
+    @dramatiq.actor(broker=broker, service=SERVICE, max_retries=MAX_RETRIES, **BACKOFF)
     @job_step(store, JobState.DOWNLOADING, SERVICE, max_retries=MAX_RETRIES)
     def poll_download(job_id: str) -> None:
         details = store.get(job_id).details

@@ -14,7 +14,7 @@ from __future__ import annotations
 import dramatiq
 
 from soulspot_jobs.actors.runtime import Runtime
-from soulspot_jobs.actors.steps import JobFailed, job_step
+from soulspot_jobs.actors.steps import BACKOFF, JobFailed, job_step
 from soulspot_jobs.clients.musicbrainz import Recording, best_match
 from soulspot_jobs.errors import NotFoundError
 from soulspot_jobs.jobs import JobState
@@ -27,7 +27,7 @@ def declare(broker: dramatiq.Broker, runtime: Runtime) -> None:
     """Declare ``enrich_metadata`` on ``broker``."""
     store = runtime.store
 
-    @dramatiq.actor(broker=broker, service=SERVICE, max_retries=MAX_RETRIES)
+    @dramatiq.actor(broker=broker, service=SERVICE, max_retries=MAX_RETRIES, **BACKOFF)
     @job_step(store, JobState.ENRICHING, SERVICE, max_retries=MAX_RETRIES)
     def enrich_metadata(job_id: str) -> None:
         details = store.get(job_id).details

@@ -13,7 +13,7 @@ from collections.abc import Callable
 import dramatiq
 
 from soulspot_jobs.actors.runtime import Runtime
-from soulspot_jobs.actors.steps import job_step
+from soulspot_jobs.actors.steps import BACKOFF, job_step
 from soulspot_jobs.jobs import JobState
 
 SERVICE = "spotify-api"
@@ -26,7 +26,7 @@ def declare(
     """Declare ``import_playlist`` on ``broker``; it creates jobs with ``enqueue_download``."""
     store = runtime.store
 
-    @dramatiq.actor(broker=broker, service=SERVICE, max_retries=MAX_RETRIES)
+    @dramatiq.actor(broker=broker, service=SERVICE, max_retries=MAX_RETRIES, **BACKOFF)
     @job_step(store, JobState.SEARCHING, SERVICE, max_retries=MAX_RETRIES)
     def import_playlist(job_id: str) -> None:
         playlist_id = store.get(job_id).details["playlist_id"]

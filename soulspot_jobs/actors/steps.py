@@ -20,6 +20,12 @@ from soulspot_jobs.jobs import JobState, JobStore
 
 log = structlog.get_logger("soulspot_jobs.jobs")
 
+#: Backoff of Dramatiq's retries of a job step, in milliseconds. A step is retried when it fails
+#: for another reason than an outage: a bug, or a service failure that left its breaker CLOSED
+#: (an outage defers the step instead). A poll or a search retried a second later is cheap;
+#: Dramatiq's own default (15 s, doubling) would stall a job's chain for no gain.
+BACKOFF = {"min_backoff": 1_000, "max_backoff": 60_000}
+
 
 class JobFailed(SoulspotJobsError):
     """A job cannot succeed (no file found, every download failed): record it, do not retry."""

@@ -104,7 +104,7 @@ def test_worker_processes_orphaned_while_redis_is_down_exit_within_their_shutdow
                 child.send_signal(signal.SIGTERM)
 
             # Then every worker process exits within its shutdown timeout (plus slack)
-            _, alive = psutil.wait_procs(children, timeout=shutdown_timeout + 30)
+            _, alive = psutil.wait_procs(children, timeout=shutdown_timeout + 15)
             assert alive == [], f"still running: {[p.pid for p in alive]}"
         finally:
             parent.kill()
