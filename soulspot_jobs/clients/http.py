@@ -7,14 +7,23 @@ never counted. A success whose body is not the JSON the API promises (an HTML pa
 a truncated body, an object without the fields every answer has) is the service misbehaving too:
 :func:`json_body` makes it a :class:`ServiceUnavailableError`. The translation happens here,
 once, for all three clients.
+
+Each client knows its API in one place, without I/O (*sans-I/O*): an operation is a generator,
+a :data:`Flow`, that yields the :class:`Request` objects to send (and the other steps it needs:
+a pause, a rate-limit slot, a token) and reads the answers sent back into it. :func:`drive`
+runs a flow on the synchronous :class:`UpstreamHttp`, :func:`drive_async` on
+:class:`AsyncUpstreamHttp`; both classify every answer the same way, so the sync and async
+clients differ only in how they wait.
 """
 
 from __future__ import annotations
 
+import asyncio
 import email.utils
 import time
-from collections.abc import Callable
-from typing import Any, TypeVar
+from collections.abc import Awaitable, Callable, Generator, Mapping
+from dataclasses import dataclass
+from typing import Any, TypeAlias, TypeVar
 
 import httpx
 
@@ -26,6 +35,34 @@ MAX_RETRY_AFTER = 3600.0
 T = TypeVar("T")
 #: Reads a service's own error message out of an error answer (``None``: use the raw body).
 ErrorMessage = Callable[[httpx.Response], "str | None"]
+
+
+@dataclass(frozen=True)
+class Request:
+    """One HTTP request a flow wants sent: ``url`` relative to the service's base URL, or
+    absolute (another host of the same service, such as Spotify's accounts service)."""
+
+    method: str
+    url: str
+    params: Mapping[str, Any] | None = None
+    headers: Mapping[str, str] | None = None
+    json: Any = None
+    data: Mapping[str, str] | None = None
+
+
+@dataclass(frozen=True)
+class Pause:
+    """A step that waits ``seconds`` (``time.sleep`` in the sync form, ``asyncio.sleep`` in the
+    async one)."""
+
+    seconds: float
+
+
+#: An API operation without I/O: yields :class:`Request` (answered with the classified
+#: ``httpx.Response``), :class:`Pause` (answered with ``None``) or a client's own steps
+#: (answered by the client's ``perform``); an error is raised into the flow where it yielded.
+#: Its return value is the operation's result.
+Flow: TypeAlias = Generator[Any, Any, T]
 
 
 class UpstreamHttp:
@@ -49,17 +86,131 @@ class UpstreamHttp:
         """Send one request; return the response when it is a success (2xx/3xx), else raise."""
         try:
             response = self._http.request(method, path, **kwargs)
-        except httpx.TimeoutException as exc:
-            raise ServiceUnavailableError(self.service, f"{method} {path} timed out") from exc
         except httpx.TransportError as exc:
-            raise ServiceUnavailableError(
-                self.service, f"{method} {path} failed: {type(exc).__name__}: {exc}"
-            ) from exc
+            raise transport_failure(self.service, method, path, exc) from exc
         raise_for_status(self.service, response, self._error_message)
         return response
 
+    def send(self, request: Request) -> httpx.Response:
+        """Send a flow's :class:`Request` (see :meth:`request`)."""
+        return self.request(request.method, request.url, **_arguments(request))
+
     def close(self) -> None:
         self._http.close()
+
+
+class AsyncUpstreamHttp:
+    """:class:`UpstreamHttp` on ``httpx.AsyncClient``: the same classification, awaited."""
+
+    def __init__(
+        self,
+        service: str,
+        base_url: str,
+        *,
+        timeout: float,
+        headers: dict[str, str] | None = None,
+        error_message: ErrorMessage | None = None,
+    ) -> None:
+        self.service = service
+        self._error_message = error_message
+        self._http = httpx.AsyncClient(base_url=base_url, timeout=timeout, headers=headers)
+
+    async def request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        """Send one request; return the response when it is a success (2xx/3xx), else raise."""
+        try:
+            response = await self._http.request(method, path, **kwargs)
+        except httpx.TransportError as exc:
+            raise transport_failure(self.service, method, path, exc) from exc
+        raise_for_status(self.service, response, self._error_message)
+        return response
+
+    async def send(self, request: Request) -> httpx.Response:
+        """Send a flow's :class:`Request` (see :meth:`request`)."""
+        return await self.request(request.method, request.url, **_arguments(request))
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+
+def drive(
+    flow: Flow[T],
+    send: Callable[[Request], httpx.Response],
+    perform: Callable[[Any], Any] | None = None,
+) -> T:
+    """Run ``flow`` to its result: each :class:`Request` through ``send``, each :class:`Pause`
+    with ``time.sleep``, any other step through ``perform``. An exception a step raises is
+    raised into the flow at that step, so the flow's own ``try`` blocks decide as plain code
+    would."""
+    try:
+        step = next(flow)
+        while True:
+            try:
+                if isinstance(step, Request):
+                    answer: Any = send(step)
+                elif isinstance(step, Pause):
+                    answer = time.sleep(step.seconds)
+                else:
+                    answer = _perform(perform, step)
+            except Exception as exc:  # noqa: BLE001 - raised into the flow, which decides
+                step = flow.throw(exc)
+            else:
+                step = flow.send(answer)
+    except StopIteration as stop:
+        return stop.value
+    finally:
+        flow.close()
+
+
+async def drive_async(
+    flow: Flow[T],
+    send: Callable[[Request], Awaitable[httpx.Response]],
+    perform: Callable[[Any], Awaitable[Any]] | None = None,
+) -> T:
+    """:func:`drive` for the async clients: requests, pauses and steps are awaited."""
+    try:
+        step = next(flow)
+        while True:
+            try:
+                if isinstance(step, Request):
+                    answer: Any = await send(step)
+                elif isinstance(step, Pause):
+                    answer = await asyncio.sleep(step.seconds)
+                else:
+                    answer = await _perform(perform, step)
+            except Exception as exc:  # noqa: BLE001 - raised into the flow, which decides
+                step = flow.throw(exc)
+            else:
+                step = flow.send(answer)
+    except StopIteration as stop:
+        return stop.value
+    finally:
+        flow.close()
+
+
+def _perform(perform: Callable[[Any], Any] | None, step: Any) -> Any:
+    if perform is None:
+        raise TypeError(f"no way to perform the step {step!r}")
+    return perform(step)
+
+
+def _arguments(request: Request) -> dict[str, Any]:
+    """The httpx keyword arguments of ``request`` (those it sets)."""
+    arguments = {
+        "params": request.params,
+        "headers": request.headers,
+        "json": request.json,
+        "data": request.data,
+    }
+    return {name: value for name, value in arguments.items() if value is not None}
+
+
+def transport_failure(
+    service: str, method: str, path: str, exc: httpx.TransportError
+) -> ServiceUnavailableError:
+    """The service failure a connection error or timeout of ``method path`` is."""
+    if isinstance(exc, httpx.TimeoutException):
+        return ServiceUnavailableError(service, f"{method} {path} timed out")
+    return ServiceUnavailableError(service, f"{method} {path} failed: {type(exc).__name__}: {exc}")
 
 
 def raise_for_status(

@@ -26,7 +26,15 @@ from urllib.parse import quote
 import redis
 
 from soulspot_jobs.clients.guarded import GuardedClient
-from soulspot_jobs.clients.http import UpstreamHttp, json_body
+from soulspot_jobs.clients.http import (
+    AsyncUpstreamHttp,
+    Flow,
+    Request,
+    UpstreamHttp,
+    drive,
+    drive_async,
+    json_body,
+)
 from soulspot_jobs.errors import ConfigurationError, UpstreamRequestError
 from soulspot_jobs.rate_limit import RateLimiter, RedisRateLimiter
 from soulspot_jobs.settings import MusicBrainzSettings
@@ -149,6 +157,42 @@ def _score(recording: Recording) -> int:
     return 100 if recording.score is None else recording.score
 
 
+@dataclass(frozen=True)
+class RateSlot:
+    """A flow's step: wait for the next slot of the shared rate limit (if the client has one)."""
+
+
+class MusicBrainzApi:
+    """What both MusicBrainz clients know, without I/O: each operation as a :data:`Flow`."""
+
+    def search_recordings(self, artist: str, title: str, limit: int) -> Flow[list[Recording]]:
+        if not 1 <= limit <= MAX_SEARCH_LIMIT:
+            raise ConfigurationError(f"limit must be 1 to {MAX_SEARCH_LIMIT}, got {limit}")
+        if not artist.strip() or not title.strip():
+            raise UpstreamRequestError(SERVICE, "a search needs a non-empty artist and title")
+        query = f'artist:"{escape_lucene(artist)}" AND recording:"{escape_lucene(title)}"'
+        return (yield from self._get("/ws/2/recording", _recordings, query=query, limit=limit))
+
+    def get_recording(self, mbid: str) -> Flow[Recording]:
+        path = f"/ws/2/recording/{quote(mbid, safe='')}"
+        return (yield from self._get(path, Recording.from_json, inc=LOOKUP_INC))
+
+    def lookup_isrc(self, isrc: str) -> Flow[list[Recording]]:
+        path = f"/ws/2/isrc/{quote(isrc, safe='')}"
+        return (yield from self._get(path, _recordings, inc=ISRC_INC))
+
+    def _get(self, path: str, parse: Callable[[Any], T], **params: Any) -> Flow[T]:
+        """GET ``path`` in its rate-limit slot; the answer read by ``parse`` (a body that is
+        not the JSON promised is the service's failure, see :func:`json_body`)."""
+        yield RateSlot()
+        response = yield Request("GET", path, params={**params, "fmt": "json"})
+        return json_body(SERVICE, response, parse)
+
+
+#: The one instance: the API's knowledge holds no state.
+API = MusicBrainzApi()
+
+
 class MusicBrainzClient:
     """Synchronous ws/2 client; each request waits for its rate-limit slot first.
 
@@ -175,20 +219,14 @@ class MusicBrainzClient:
 
     def search_recordings(self, artist: str, title: str, *, limit: int = 10) -> list[Recording]:
         """Recordings matching ``artist`` and ``title``, best first (``limit``: 1 to 100)."""
-        if not 1 <= limit <= MAX_SEARCH_LIMIT:
-            raise ConfigurationError(f"limit must be 1 to {MAX_SEARCH_LIMIT}, got {limit}")
-        if not artist.strip() or not title.strip():
-            raise UpstreamRequestError(SERVICE, "a search needs a non-empty artist and title")
-        query = f'artist:"{escape_lucene(artist)}" AND recording:"{escape_lucene(title)}"'
-        return self._get("/ws/2/recording", _recordings, query=query, limit=limit)
+        return self._run(API.search_recordings(artist, title, limit))
 
     def get_recording(self, mbid: str) -> Recording:
         """The recording ``mbid``, with its artists, releases (and their types) and ISRCs.
 
         Raises :class:`~soulspot_jobs.errors.NotFoundError` when MusicBrainz has no such id.
         """
-        path = f"/ws/2/recording/{quote(mbid, safe='')}"
-        return self._get(path, Recording.from_json, inc=LOOKUP_INC)
+        return self._run(API.get_recording(mbid))
 
     def lookup_isrc(self, isrc: str) -> list[Recording]:
         """The recordings carrying ``isrc`` (usually one), with artists and ISRCs but no
@@ -196,18 +234,70 @@ class MusicBrainzClient:
 
         Raises :class:`~soulspot_jobs.errors.NotFoundError` when no recording has it.
         """
-        return self._get(f"/ws/2/isrc/{quote(isrc, safe='')}", _recordings, inc=ISRC_INC)
+        return self._run(API.lookup_isrc(isrc))
 
     def close(self) -> None:
         self._http.close()
 
-    def _get(self, path: str, parse: Callable[[Any], T], **params: Any) -> T:
-        """GET ``path`` in its rate-limit slot; the answer read by ``parse`` (a body that is
-        not the JSON promised is the service's failure, see :func:`json_body`)."""
+    def _run(self, flow: Flow[T]) -> T:
+        return drive(flow, self._http.send, self._slot)
+
+    def _slot(self, step: RateSlot) -> None:
         if self._limiter is not None:
             self._limiter.acquire(max_wait=self._max_wait)
-        response = self._http.request("GET", path, params={**params, "fmt": "json"})
-        return json_body(SERVICE, response, parse)
+
+
+class AsyncMusicBrainzClient:
+    """The async twin of :class:`MusicBrainzClient` on ``httpx.AsyncClient`` (one
+    :class:`MusicBrainzApi`); the rate-limit slot is awaited (``acquire_async``), never
+    blocking the event loop. Close it with ``await client.aclose()`` or ``async with``.
+    """
+
+    def __init__(
+        self,
+        settings: MusicBrainzSettings,
+        *,
+        limiter: RateLimiter | None = None,
+        max_wait: float = DEFAULT_MAX_WAIT,
+    ) -> None:
+        self._limiter = limiter
+        self._max_wait = max_wait
+        self._http = AsyncUpstreamHttp(
+            SERVICE,
+            settings.url,
+            timeout=settings.timeout,
+            headers={"User-Agent": settings.user_agent},
+        )
+
+    async def __aenter__(self) -> AsyncMusicBrainzClient:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    async def search_recordings(
+        self, artist: str, title: str, *, limit: int = 10
+    ) -> list[Recording]:
+        """See :meth:`MusicBrainzClient.search_recordings`."""
+        return await self._run(API.search_recordings(artist, title, limit))
+
+    async def get_recording(self, mbid: str) -> Recording:
+        """See :meth:`MusicBrainzClient.get_recording`."""
+        return await self._run(API.get_recording(mbid))
+
+    async def lookup_isrc(self, isrc: str) -> list[Recording]:
+        """See :meth:`MusicBrainzClient.lookup_isrc`."""
+        return await self._run(API.lookup_isrc(isrc))
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    async def _run(self, flow: Flow[T]) -> T:
+        return await drive_async(flow, self._http.send, self._slot)
+
+    async def _slot(self, step: RateSlot) -> None:
+        if self._limiter is not None:
+            await self._limiter.acquire_async(max_wait=self._max_wait)
 
 
 def _recordings(data: Mapping[str, Any]) -> list[Recording]:

@@ -18,24 +18,36 @@ or a log line: only Spotify's messages and the request paths do.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import threading
 import time
+import weakref
 from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import quote, urlsplit
 
 import httpx
 import structlog
 
 from soulspot_jobs.clients.guarded import GuardedClient
-from soulspot_jobs.clients.http import UpstreamHttp, json_body
+from soulspot_jobs.clients.http import (
+    AsyncUpstreamHttp,
+    Flow,
+    Request,
+    UpstreamHttp,
+    drive,
+    drive_async,
+    json_body,
+)
 from soulspot_jobs.errors import UpstreamError, UpstreamRequestError
 from soulspot_jobs.settings import SpotifySettings
 
 log = structlog.get_logger("soulspot_jobs.clients.spotify")
+
+T = TypeVar("T")
 
 #: Name of the service in errors and of its circuit breaker.
 SERVICE = "spotify-api"
@@ -111,52 +123,44 @@ class Playlist:
     skipped: Mapping[str, int] = field(default_factory=dict)
 
 
-class SpotifyClient:
-    """Synchronous Spotify Web API client, safe to share between worker threads.
+@dataclass(frozen=True)
+class OwnToken:
+    """A flow's step: the client's own token (see :meth:`SpotifyApi.cached_token`); ``rejected``
+    is a token the API has just refused."""
 
-    ``clock`` (monotonic seconds) decides when a cached token has expired; tests replace it.
-    """
+    rejected: str | None = None
 
-    def __init__(
-        self, settings: SpotifySettings, *, clock: Callable[[], float] = time.monotonic
-    ) -> None:
-        self._settings = settings
+
+class SpotifyApi:
+    """What both Spotify clients know, without I/O: each operation as a :data:`Flow`, the own
+    token's cache, and how a token is obtained. The sync and async clients only run the flows."""
+
+    def __init__(self, settings: SpotifySettings, clock: Callable[[], float]) -> None:
+        self.settings = settings
         self._clock = clock
-        self._accounts = UpstreamHttp(
-            SERVICE, settings.accounts_url, timeout=settings.timeout, error_message=_error_message
-        )
-        self._api = UpstreamHttp(
-            SERVICE, settings.api_url, timeout=settings.timeout, error_message=_error_message
-        )
         self._api_origin = _origin(settings.api_url)
-        self._token_lock = threading.Lock()
+        self._token_url = settings.accounts_url.rstrip("/") + "/api/token"
         self._token: str | None = None
         self._token_expires_at = 0.0
         #: The user's refresh token (replaced when the accounts service rotates it), or "".
         self._refresh_token = settings.refresh_token.get_secret_value()
 
-    def __repr__(self) -> str:
-        return f"SpotifyClient(api_url={self._settings.api_url!r})"
-
     @property
     def acts_as_user(self) -> bool:
-        """Whether the client's own token is a user's (``SPOTIFY_REFRESH_TOKEN`` is set)."""
         return bool(self._refresh_token)
 
-    def get_playlist(self, playlist_id: str, token: str | None = None) -> Playlist:
-        """The playlist's name, owner and every track (see :meth:`get_playlist_items`)."""
+    # -- operations ---------------------------------------------------------------------------
+
+    def get_playlist(self, playlist_id: str, token: str | None) -> Flow[Playlist]:
         path = f"/v1/playlists/{quote(playlist_id, safe='')}"
-        about = self._get_json(path, token, _playlist_about, params={"fields": PLAYLIST_FIELDS})
-        items = self.get_playlist_items(playlist_id, token)
+        about = yield from self._get_json(
+            path, token, _playlist_about, params={"fields": PLAYLIST_FIELDS}
+        )
+        items = yield from self.get_playlist_items(playlist_id, token)
         return Playlist(*about, tracks=items.tracks, skipped=items.skipped)
 
-    def get_playlist_items(self, playlist_id: str, token: str | None = None) -> PlaylistItems:
-        """Every track of the playlist in playlist order, following ``next`` through all pages.
-
-        Episodes, local files and entries no longer available are left out and counted.
-        ``token``: a user's access token to use instead of the client's own.
-        """
-        page = self._get_json(
+    def get_playlist_items(self, playlist_id: str, token: str | None) -> Flow[PlaylistItems]:
+        page = yield from self._get_json(
             f"/v1/playlists/{quote(playlist_id, safe='')}/items",
             token,
             _page,
@@ -170,50 +174,42 @@ class SpotifyClient:
             skipped.update(page_skipped)
             if not next_url:
                 return PlaylistItems(tuple(tracks), dict(skipped))
-            page = self._get_json(self._checked_next(next_url), token, _page)
+            page = yield from self._get_json(self._checked_next(next_url), token, _page)
 
-    def get_playlist_tracks(self, playlist_id: str, token: str | None = None) -> list[Track]:
-        """Every track of the playlist, in playlist order (see :meth:`get_playlist_items`)."""
-        return list(self.get_playlist_items(playlist_id, token).tracks)
+    def get_track(self, track_id: str, token: str | None) -> Flow[Track]:
+        return (yield from self._get_json(f"/v1/tracks/{quote(track_id, safe='')}", token, _track))
 
-    def get_track(self, track_id: str, token: str | None = None) -> Track:
-        """The track ``track_id``; raises :class:`NotFoundError` when Spotify has no such track."""
-        return self._get_json(f"/v1/tracks/{quote(track_id, safe='')}", token, _track)
-
-    def close(self) -> None:
-        self._api.close()
-        self._accounts.close()
-
-    # -- requests ---------------------------------------------------------------------------
+    # -- requests -----------------------------------------------------------------------------
 
     def _get_json(
         self, url: str, token: str | None, parse: Callable[[Any], Any], **kwargs: Any
-    ) -> Any:
-        return json_body(SERVICE, self._authorized("GET", url, token, **kwargs), parse)
+    ) -> Flow[Any]:
+        response = yield from self._authorized("GET", url, token, **kwargs)
+        return json_body(SERVICE, response, parse)
 
     def _authorized(
         self, method: str, url: str, token: str | None, **kwargs: Any
-    ) -> httpx.Response:
+    ) -> Flow[httpx.Response]:
         """Send with ``token``, or with the own token: on a 401 a new one, and send once more."""
         if token is not None:
-            return self._send(method, url, token, GIVEN, **kwargs)
+            return (yield from self._send(method, url, token, GIVEN, **kwargs))
         credential = OWN_USER if self.acts_as_user else APP
-        own = self._current_token()
+        own = yield OwnToken()
         try:
-            return self._send(method, url, own, credential, **kwargs)
+            return (yield from self._send(method, url, own, credential, **kwargs))
         except UpstreamRequestError as exc:
             if exc.status != 401:
                 raise
-        own = self._current_token(rejected=own)
-        return self._send(method, url, own, credential, **kwargs)
+        own = yield OwnToken(rejected=own)
+        return (yield from self._send(method, url, own, credential, **kwargs))
 
     def _send(
         self, method: str, url: str, token: str, credential: str, **kwargs: Any
-    ) -> httpx.Response:
+    ) -> Flow[httpx.Response]:
         """One request with ``token``; a playlist's 403, or a 401 of a given token, says what
         is needed."""
         try:
-            return self._api.request(method, url, headers=_bearer(token), **kwargs)
+            return (yield Request(method, url, headers=_bearer(token), **kwargs))
         except UpstreamRequestError as exc:
             if exc.status == 403 and "/playlists/" in urlsplit(url).path:
                 raise _explained(exc, _REFUSED_403[credential]) from None
@@ -230,37 +226,32 @@ class SpotifyClient:
             )
         return next_url
 
-    # -- the own token ----------------------------------------------------------------------
+    # -- the own token ------------------------------------------------------------------------
 
-    def _current_token(self, *, rejected: str | None = None) -> str:
-        """A token believed valid; one thread at a time fetches a new one, the others wait.
+    def cached_token(self, rejected: str | None = None) -> str | None:
+        """The cached own token while it is valid and not ``rejected``, else ``None``.
 
-        ``rejected`` is a token the API has just refused: it is replaced unless another thread
-        has replaced it meanwhile.
+        Callers hold their client's token lock from here until :meth:`new_token` has stored
+        its successor, so one caller at a time fetches a token and the others reuse it.
         """
-        with self._token_lock:
-            token = self._token
-            fresh = token is not None and self._clock() < self._token_expires_at
-            if fresh and token != rejected:
-                return token
-            token, lifetime = self._fetch_token()
-            self._token = token
-            self._token_expires_at = self._clock() + lifetime
+        token = self._token
+        if token is not None and self._clock() < self._token_expires_at and token != rejected:
             return token
+        return None
 
-    def _fetch_token(self) -> tuple[str, float]:
-        """A new token and the seconds it may be used, from the accounts service.
+    def new_token(self) -> Flow[str]:
+        """Fetch a new own token from the accounts service, cache it and return it.
 
-        With a refresh token, the refresh grant (and a rotated refresh token is kept); else
-        the client-credentials grant. Called with the token lock held.
+        With a refresh token, the refresh grant (a rotated refresh token is kept); else the
+        client-credentials grant.
         """
         grant = "refresh_token" if self._refresh_token else "client_credentials"
         form = {"grant_type": grant}
         if self._refresh_token:
             form["refresh_token"] = self._refresh_token
         try:
-            response = self._accounts.request(
-                "POST", "/api/token", data=form, headers={"Authorization": self._basic()}
+            response = yield Request(
+                "POST", self._token_url, data=form, headers={"Authorization": self._basic()}
             )
         except UpstreamRequestError as exc:
             if grant == "refresh_token" and exc.status == 400:
@@ -280,12 +271,145 @@ class SpotifyClient:
             expires_in=expires_in,
             grant=grant,
         )
-        return token, expires_in - min(TOKEN_EXPIRY_MARGIN, expires_in / 10)
+        self._token = token
+        self._token_expires_at = self._clock() + expires_in - min(
+            TOKEN_EXPIRY_MARGIN, expires_in / 10
+        )
+        return token
 
     def _basic(self) -> str:
-        secret = self._settings.client_secret.get_secret_value()
-        credentials = f"{self._settings.client_id}:{secret}"
+        secret = self.settings.client_secret.get_secret_value()
+        credentials = f"{self.settings.client_id}:{secret}"
         return "Basic " + base64.b64encode(credentials.encode()).decode()
+
+
+class SpotifyClient:
+    """Synchronous Spotify Web API client, safe to share between worker threads.
+
+    ``clock`` (monotonic seconds) decides when a cached token has expired; tests replace it.
+    """
+
+    def __init__(
+        self, settings: SpotifySettings, *, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self._settings = settings
+        self._api = SpotifyApi(settings, clock)
+        self._http = UpstreamHttp(
+            SERVICE, settings.api_url, timeout=settings.timeout, error_message=_error_message
+        )
+        self._token_lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return f"SpotifyClient(api_url={self._settings.api_url!r})"
+
+    @property
+    def acts_as_user(self) -> bool:
+        """Whether the client's own token is a user's (``SPOTIFY_REFRESH_TOKEN`` is set)."""
+        return self._api.acts_as_user
+
+    def get_playlist(self, playlist_id: str, token: str | None = None) -> Playlist:
+        """The playlist's name, owner and every track (see :meth:`get_playlist_items`)."""
+        return self._run(self._api.get_playlist(playlist_id, token))
+
+    def get_playlist_items(self, playlist_id: str, token: str | None = None) -> PlaylistItems:
+        """Every track of the playlist in playlist order, following ``next`` through all pages.
+
+        Episodes, local files and entries no longer available are left out and counted.
+        ``token``: a user's access token to use instead of the client's own.
+        """
+        return self._run(self._api.get_playlist_items(playlist_id, token))
+
+    def get_playlist_tracks(self, playlist_id: str, token: str | None = None) -> list[Track]:
+        """Every track of the playlist, in playlist order (see :meth:`get_playlist_items`)."""
+        return list(self.get_playlist_items(playlist_id, token).tracks)
+
+    def get_track(self, track_id: str, token: str | None = None) -> Track:
+        """The track ``track_id``; raises :class:`NotFoundError` when Spotify has no such track."""
+        return self._run(self._api.get_track(track_id, token))
+
+    def close(self) -> None:
+        self._http.close()
+
+    def _run(self, flow: Flow[T]) -> T:
+        return drive(flow, self._http.send, self._own_token)
+
+    def _own_token(self, step: OwnToken) -> str:
+        """A token believed valid; one thread at a time fetches a new one, the others wait."""
+        with self._token_lock:
+            cached = self._api.cached_token(step.rejected)
+            if cached is not None:
+                return cached
+            return drive(self._api.new_token(), self._http.send)
+
+
+class AsyncSpotifyClient:
+    """The async twin of :class:`SpotifyClient` on ``httpx.AsyncClient``: the same requests,
+    answers and errors (one :class:`SpotifyApi`); the own token is fetched by one task at a
+    time per event loop, the others awaiting it. Close it with ``await client.aclose()`` or
+    ``async with``.
+    """
+
+    def __init__(
+        self, settings: SpotifySettings, *, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self._settings = settings
+        self._api = SpotifyApi(settings, clock)
+        self._http = AsyncUpstreamHttp(
+            SERVICE, settings.api_url, timeout=settings.timeout, error_message=_error_message
+        )
+        self._token_locks: weakref.WeakKeyDictionary[
+            asyncio.AbstractEventLoop, asyncio.Lock
+        ] = weakref.WeakKeyDictionary()
+
+    def __repr__(self) -> str:
+        return f"AsyncSpotifyClient(api_url={self._settings.api_url!r})"
+
+    async def __aenter__(self) -> AsyncSpotifyClient:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    @property
+    def acts_as_user(self) -> bool:
+        """Whether the client's own token is a user's (``SPOTIFY_REFRESH_TOKEN`` is set)."""
+        return self._api.acts_as_user
+
+    async def get_playlist(self, playlist_id: str, token: str | None = None) -> Playlist:
+        """See :meth:`SpotifyClient.get_playlist`."""
+        return await self._run(self._api.get_playlist(playlist_id, token))
+
+    async def get_playlist_items(
+        self, playlist_id: str, token: str | None = None
+    ) -> PlaylistItems:
+        """See :meth:`SpotifyClient.get_playlist_items`."""
+        return await self._run(self._api.get_playlist_items(playlist_id, token))
+
+    async def get_playlist_tracks(self, playlist_id: str, token: str | None = None) -> list[Track]:
+        """See :meth:`SpotifyClient.get_playlist_tracks`."""
+        return list((await self.get_playlist_items(playlist_id, token)).tracks)
+
+    async def get_track(self, track_id: str, token: str | None = None) -> Track:
+        """See :meth:`SpotifyClient.get_track`."""
+        return await self._run(self._api.get_track(track_id, token))
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    async def _run(self, flow: Flow[T]) -> T:
+        return await drive_async(flow, self._http.send, self._own_token)
+
+    async def _own_token(self, step: OwnToken) -> str:
+        """A token believed valid; one task per event loop fetches a new one, the others wait."""
+        loop = asyncio.get_running_loop()
+        lock = self._token_locks.get(loop)
+        if lock is None:
+            lock = self._token_locks[loop] = asyncio.Lock()
+        async with lock:
+            cached = self._api.cached_token(step.rejected)
+            if cached is not None:
+                return cached
+            return await drive_async(self._api.new_token(), self._http.send)
 
 
 class CircuitBreakerSpotifyClient(GuardedClient):

@@ -8,15 +8,18 @@ long and the job is deferred rather than failed.
 :class:`RedisRateLimiter` shares the slots of every worker process on every host (one atomic
 Lua script per reservation, timed by the Redis server's clock); :class:`MemoryRateLimiter`
 shares them between the threads of one process, for tests and single-process runs.
+``acquire_async`` is the same for coroutines: the reservation runs off the event loop (in a
+thread, for Redis) and the wait is an ``asyncio.sleep``, so the loop is never blocked.
 """
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 import weakref
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from importlib import resources
 
 import redis
@@ -44,6 +47,7 @@ class RateLimiter(ABC):
         *,
         service: str,
         sleep: Callable[[float], None] = time.sleep,
+        async_sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
         if not min_interval > 0:
             raise ConfigurationError(f"min_interval must be > 0 seconds, got {min_interval!r}")
@@ -51,6 +55,7 @@ class RateLimiter(ABC):
         #: The name :class:`RetryLater` carries (the upstream service the limit protects).
         self.service = service
         self._sleep = sleep
+        self._async_sleep = async_sleep
 
     def acquire(self, max_wait: float) -> None:
         """Reserve the next free slot and sleep until it starts.
@@ -58,13 +63,28 @@ class RateLimiter(ABC):
         Raises :class:`RetryLater` (``retry_after`` = seconds until that slot) without
         reserving anything when the slot is more than ``max_wait`` seconds away.
         """
-        if not max_wait >= 0:
-            raise ConfigurationError(f"max_wait must be >= 0 seconds, got {max_wait!r}")
-        reserved, wait = self._reserve(float(max_wait))
-        if not reserved:
-            raise RetryLater(self.service, retry_after=wait, reason=BUSY_REASON)
+        wait = self._reserved_wait(self._reserve(_checked(max_wait)))
         if wait > 0:
             self._sleep(wait)
+
+    async def acquire_async(self, max_wait: float) -> None:
+        """:meth:`acquire` for coroutines: the reservation runs off the event loop and the wait
+        is awaited, so other tasks run meanwhile."""
+        reservation = await self._reserve_off_loop(_checked(max_wait))
+        wait = self._reserved_wait(reservation)
+        if wait > 0:
+            await self._async_sleep(wait)
+
+    def _reserved_wait(self, reservation: tuple[bool, float]) -> float:
+        """The seconds to wait for a reserved slot; :class:`RetryLater` if none was reserved."""
+        reserved, wait = reservation
+        if not reserved:
+            raise RetryLater(self.service, retry_after=wait, reason=BUSY_REASON)
+        return wait
+
+    async def _reserve_off_loop(self, max_wait: float) -> tuple[bool, float]:
+        """:meth:`_reserve` without blocking the event loop (a thread, unless it is instant)."""
+        return await asyncio.to_thread(self._reserve, max_wait)
 
     @abstractmethod
     def _reserve(self, max_wait: float) -> tuple[bool, float]:
@@ -84,11 +104,15 @@ class MemoryRateLimiter(RateLimiter):
         service: str = "rate-limit",
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
+        async_sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
-        super().__init__(min_interval, service=service, sleep=sleep)
+        super().__init__(min_interval, service=service, sleep=sleep, async_sleep=async_sleep)
         self._clock = clock
         self._lock = threading.Lock()
         self._next_free = float("-inf")
+
+    async def _reserve_off_loop(self, max_wait: float) -> tuple[bool, float]:
+        return self._reserve(max_wait)  # a lock held for microseconds: no thread needed
 
     def _reserve(self, max_wait: float) -> tuple[bool, float]:
         with self._lock:
@@ -120,8 +144,11 @@ class RedisRateLimiter(RateLimiter):
         service: str | None = None,
         clock: Callable[[], float] | None = None,
         sleep: Callable[[float], None] = time.sleep,
+        async_sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
-        super().__init__(min_interval, service=service or key, sleep=sleep)
+        super().__init__(
+            min_interval, service=service or key, sleep=sleep, async_sleep=async_sleep
+        )
         self.key = key
         self._clock = clock
         self._script = _reserve_script(client)
@@ -137,6 +164,12 @@ class RedisRateLimiter(RateLimiter):
                 self.service, retry_after=UNREACHABLE_RETRY_AFTER, reason=UNREACHABLE_REASON
             ) from exc
         return bool(int(reserved)), float(wait)
+
+
+def _checked(max_wait: float) -> float:
+    if not max_wait >= 0:
+        raise ConfigurationError(f"max_wait must be >= 0 seconds, got {max_wait!r}")
+    return float(max_wait)
 
 
 def _reserve_script(client: redis.Redis) -> Script:
