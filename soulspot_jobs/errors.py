@@ -22,7 +22,7 @@ class UpstreamError(SoulspotJobsError):
 
 
 class ServiceUnavailableError(UpstreamError):
-    """The service itself failed: connection error, timeout, 5xx, 429 or 503.
+    """The service itself failed: connection error, timeout, 5xx, 408 or 429.
 
     These, and only these, count as failures of the service's circuit breaker. ``retry_after``
     is the service's own ``Retry-After`` (seconds), when it sent one: the breaker then stays OPEN

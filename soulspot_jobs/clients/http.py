@@ -1,10 +1,11 @@
 """What every upstream client shares: an httpx client and one classification of answers.
 
-Connection errors, timeouts, 5xx, 429 and 503 are failures of the service
-(:class:`ServiceUnavailableError`, counted by its breaker; a ``Retry-After`` travels with it).
-Other 4xx are the job's own errors (:class:`UpstreamRequestError`, :class:`NotFoundError`),
-never counted. A success whose body is not the JSON the API promises (an HTML page from a proxy,
-a truncated body, an object without the fields every answer has) is the service misbehaving too:
+Connection errors, timeouts, 5xx, 408 (the service timed out waiting) and 429 are failures of
+the service (:class:`ServiceUnavailableError`, counted by its breaker; a ``Retry-After`` travels
+with it). Other 4xx are the job's own errors (:class:`UpstreamRequestError`,
+:class:`NotFoundError`), never counted. A success whose body is not the JSON the API promises
+(an HTML page from a proxy, a truncated body, an object without the fields every answer has) is
+the service misbehaving too:
 :func:`json_body` makes it a :class:`ServiceUnavailableError`. The translation happens here,
 once, for all three clients.
 
@@ -31,6 +32,9 @@ from soulspot_jobs.errors import NotFoundError, ServiceUnavailableError, Upstrea
 
 #: Longest ``Retry-After`` honoured, in seconds (a broken header must not stall a service a day).
 MAX_RETRY_AFTER = 3600.0
+
+#: 4xx answers that are the service's trouble, not the request's: 408 Request Timeout, 429.
+SERVICE_SIDE_4XX = frozenset({408, 429})
 
 T = TypeVar("T")
 #: Reads a service's own error message out of an error answer (``None``: use the raw body).
@@ -226,7 +230,7 @@ def raise_for_status(
         return
     said = error_message(response) if error_message is not None else None
     detail = f"{_where(response)} answered {status}: {said or _excerpt(response)}"
-    if status == 429 or status >= 500:
+    if status in SERVICE_SIDE_4XX or status >= 500:
         raise ServiceUnavailableError(
             service, detail, status=status, retry_after=retry_after_seconds(response)
         )
