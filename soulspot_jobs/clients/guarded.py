@@ -99,11 +99,18 @@ class GuardedClient:
         attribute = getattr(self.client, name)
         if name.startswith("_") or name in UNGUARDED or not callable(attribute):
             return attribute
-        # A bound method is a new object per access, but the same function on the same client.
-        identity = getattr(attribute, "__func__", attribute)
+        if inspect.ismethod(attribute) and _class_function(self.client, name) is attribute.__func__:
+            # A method of the client's class is the same on every access: kept as an attribute
+            # of the wrapper, so later calls skip this lookup.
+            guarded = self._guard(attribute)
+            self.__dict__[name] = guarded
+            return guarded
+        # Anything else (a mock's attribute, a function set on the client) is looked up on each
+        # access, so that replacing it on the client takes effect; its guard is reused while
+        # it stays the same object.
         cached = self._guarded.get(name)
-        if cached is None or cached[0] is not identity:
-            cached = (identity, self._guard(attribute))
+        if cached is None or cached[0] is not attribute:
+            cached = (attribute, self._guard(attribute))
             self._guarded[name] = cached
         return cached[1]
 
@@ -122,6 +129,10 @@ class GuardedClient:
             return breaker.call_sync(method, *args, **kwargs)
 
         return guarded
+
+
+def _class_function(client: Any, name: str) -> Any:
+    return getattr(type(client), name, None)
 
 
 def _is_coroutine_function(method: Any) -> bool:
