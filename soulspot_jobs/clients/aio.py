@@ -13,12 +13,16 @@ The sync clients keep these names in their own modules (``clients.spotify.Spotif
 
 from soulspot_jobs.clients.musicbrainz import AsyncMusicBrainzClient as MusicBrainzClient
 from soulspot_jobs.clients.musicbrainz import CircuitBreakerMusicBrainzClient
+from soulspot_jobs.clients.slskd import AsyncSlskdClient as SlskdClient
+from soulspot_jobs.clients.slskd import CircuitBreakerSlskdClient
 from soulspot_jobs.clients.spotify import AsyncSpotifyClient as SpotifyClient
 from soulspot_jobs.clients.spotify import CircuitBreakerSpotifyClient
 
 __all__ = [
     "CircuitBreakerMusicBrainzClient",
+    "CircuitBreakerSlskdClient",
     "CircuitBreakerSpotifyClient",
     "MusicBrainzClient",
+    "SlskdClient",
     "SpotifyClient",
 ]

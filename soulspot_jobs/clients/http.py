@@ -52,6 +52,8 @@ class Request:
     headers: Mapping[str, str] | None = None
     json: Any = None
     data: Mapping[str, str] | None = None
+    #: Seconds for this request, when it needs longer than the client's own timeout.
+    timeout: float | None = None
 
 
 @dataclass(frozen=True)
@@ -204,6 +206,7 @@ def _arguments(request: Request) -> dict[str, Any]:
         "headers": request.headers,
         "json": request.json,
         "data": request.data,
+        "timeout": request.timeout,
     }
     return {name: value for name, value in arguments.items() if value is not None}
 

@@ -312,6 +312,7 @@ def shared_rate_limiter(
 
 
 class CircuitBreakerMusicBrainzClient(GuardedClient):
-    """A :class:`MusicBrainzClient` whose every call goes through the MusicBrainz breaker."""
+    """A :class:`MusicBrainzClient` or :class:`AsyncMusicBrainzClient` whose every call goes
+    through the MusicBrainz breaker."""
 
     service = SERVICE

@@ -33,7 +33,16 @@ from urllib.parse import quote
 import httpx
 
 from soulspot_jobs.clients.guarded import GuardedClient
-from soulspot_jobs.clients.http import UpstreamHttp, json_body
+from soulspot_jobs.clients.http import (
+    AsyncUpstreamHttp,
+    Flow,
+    Pause,
+    Request,
+    UpstreamHttp,
+    drive,
+    drive_async,
+    json_body,
+)
 from soulspot_jobs.errors import (
     NotFoundError,
     PeerUnavailableError,
@@ -46,11 +55,13 @@ __all__ = [
     "AUDIO_EXTENSIONS",
     "LOSSLESS_EXTENSIONS",
     "SERVICE",
+    "AsyncSlskdClient",
     "Candidate",
     "CircuitBreakerSlskdClient",
     "EnqueueFailure",
     "PeerResponse",
     "Search",
+    "SearchResults",
     "SharedFile",
     "SlskdClient",
     "Transfer",
@@ -65,6 +76,9 @@ SERVICE = "slskd-api"
 RESPONSE_LIMIT = 100
 #: Files (over all responses) after which slskd ends a search.
 FILE_LIMIT = 10_000
+#: Seconds past its ``search_timeout`` that :meth:`SlskdClient.search` waits for slskd to end a
+#: search before calling it slskd's failure.
+SEARCH_END_GRACE = 10.0
 #: Seconds to wait before trying again when a 429 came without ``Retry-After``.
 DEFAULT_RETRY_AFTER = 1.0
 #: Least seconds an enqueue request is given: slskd answers only once it reached the peer,
@@ -395,28 +409,28 @@ def _candidates(responses: Iterable[PeerResponse]) -> Iterator[tuple[tuple[Any, 
             yield key, candidate
 
 
-class SlskdClient:
-    """Synchronous client of one slskd daemon, authenticated with its API key.
+@dataclass(frozen=True)
+class SearchResults:
+    """A finished search (:meth:`SlskdClient.search`) and every peer's answer to it."""
 
-    Every answer is classified by :class:`UpstreamHttp`; the API key travels only in the
-    ``X-API-Key`` header, never in an error message.
-    """
+    search: Search
+    responses: tuple[PeerResponse, ...]
+
+    @property
+    def files(self) -> list[tuple[str, SharedFile]]:
+        """Every file offered, with the user offering it, in the order slskd listed them."""
+        return [(peer.username, file) for peer in self.responses for file in peer.files]
+
+
+class SlskdApi:
+    """What both slskd clients know, without I/O: each operation as a :data:`Flow`."""
 
     def __init__(self, settings: SlskdSettings) -> None:
         self.settings = settings
-        self._http = UpstreamHttp(
-            SERVICE,
-            settings.url,
-            timeout=settings.timeout,
-            headers={"X-API-Key": settings.api_key.get_secret_value()},
-            error_message=_error_message,
-        )
 
     # -- searches --------------------------------------------------------------------------
 
-    def start_search(self, query: str, *, search_id: str | None = None) -> Search:
-        """Start searching the Soulseek network for ``query``; raises :class:`RetryLater`
-        while slskd is starting another search."""
+    def start_search(self, query: str, search_id: str | None) -> Flow[Search]:
         body = {
             "id": search_id or str(uuid.uuid4()),
             "searchText": query,
@@ -425,36 +439,47 @@ class SlskdClient:
             "fileLimit": FILE_LIMIT,
             "filterResponses": True,
         }
-        response = self._back_pressured("POST", "/api/v0/searches", "a search is starting", body)
+        response = yield from self._back_pressured(
+            "POST", "/api/v0/searches", "a search is starting", body
+        )
         return json_body(SERVICE, response, Search.from_json)
 
-    def get_search(self, search_id: str) -> Search:
-        """The search's state and counts (its responses are fetched by :meth:`get_responses`)."""
-        response = self._http.request(
+    def get_search(self, search_id: str) -> Flow[Search]:
+        response = yield Request(
             "GET", f"/api/v0/searches/{_segment(search_id)}", params={"includeResponses": False}
         )
         return json_body(SERVICE, response, Search.from_json)
 
-    def get_responses(self, search_id: str) -> list[PeerResponse]:
-        """Every peer's answer to the search so far."""
-        response = self._http.request("GET", f"/api/v0/searches/{_segment(search_id)}/responses")
+    def get_responses(self, search_id: str) -> Flow[list[PeerResponse]]:
+        response = yield Request("GET", f"/api/v0/searches/{_segment(search_id)}/responses")
         return json_body(SERVICE, response, _peer_responses)
+
+    def search(self, query: str) -> Flow[SearchResults]:
+        """Start a search, look at it every ``search_poll_interval`` seconds until slskd has
+        recorded its end (:attr:`Search.ended`), then read its responses.
+
+        A search slskd has not ended :data:`SEARCH_END_GRACE` seconds after its own
+        ``search_timeout`` is slskd misbehaving: :class:`ServiceUnavailableError`.
+        """
+        search = yield from self.start_search(query, None)
+        waited = 0.0
+        limit = self.settings.search_timeout + SEARCH_END_GRACE
+        while not search.ended:
+            if waited >= limit:
+                raise ServiceUnavailableError(
+                    SERVICE, f"the search {search.id} did not end within {limit:.0f} seconds"
+                )
+            yield Pause(self.settings.search_poll_interval)
+            waited += self.settings.search_poll_interval
+            search = yield from self.get_search(search.id)
+        responses = yield from self.get_responses(search.id)
+        return SearchResults(search, tuple(responses))
 
     # -- downloads -------------------------------------------------------------------------
 
-    def enqueue_download(self, username: str, filename: str, size: int) -> Transfer:
-        """Ask slskd to download ``filename`` from ``username``; the transfer to follow.
-
-        When slskd reports the file as not enqueued because it is already being downloaded
-        ("Skipped: Already in progress"; 0.24-0.26 do not always say why), the existing
-        transfer is returned instead of a duplicate; so is the new one after the bare 201 of
-        older versions. Raises :class:`PeerUnavailableError` when the peer is offline,
-        unreachable or refuses, or slskd did not enqueue the file and has no transfer of it
-        (never a failure of slskd's breaker), and :class:`RetryLater` when slskd is busy with
-        other enqueue requests.
-        """
+    def enqueue_download(self, username: str, filename: str, size: int) -> Flow[Transfer]:
         try:
-            response = self._back_pressured(
+            response = yield from self._back_pressured(
                 "POST",
                 f"/api/v0/transfers/downloads/{_segment(username)}",
                 "other downloads are being enqueued",
@@ -467,7 +492,8 @@ class SlskdClient:
                 raise
             raise PeerUnavailableError(SERVICE, username, reason, status=exc.status) from exc
         if not response.content:  # the bare 201 of slskd before 0.24
-            return self._existing_download(username, filename, "slskd answered with no transfer")
+            reason = "slskd answered with no transfer"
+            return (yield from self._existing_download(username, filename, reason))
         result = json_body(SERVICE, response, _json_object)
         for item in result.get("enqueued") or ():
             if isinstance(item, dict) and item.get("filename") == filename and item.get("id"):
@@ -482,48 +508,41 @@ class SlskdClient:
             reason = "; ".join(reasons) or "slskd listed the file as failed, without a reason"
         else:
             reason = "slskd answered with no transfer"
-        return self._existing_download(username, filename, reason)
+        return (yield from self._existing_download(username, filename, reason))
 
-    def get_transfer(self, username: str, transfer_id: str) -> Transfer:
-        """The download's current state and progress."""
-        response = self._http.request(
+    def get_transfer(self, username: str, transfer_id: str) -> Flow[Transfer]:
+        response = yield Request(
             "GET", f"/api/v0/transfers/downloads/{_segment(username)}/{_segment(transfer_id)}"
         )
         return json_body(SERVICE, response, Transfer.from_json)
 
-    def cancel_download(self, username: str, transfer_id: str) -> None:
-        """Cancel the download; slskd keeps it in its list as ``"Completed, Cancelled"``."""
-        self._http.request(
+    def cancel_download(self, username: str, transfer_id: str) -> Flow[None]:
+        yield Request(
             "DELETE",
             f"/api/v0/transfers/downloads/{_segment(username)}/{_segment(transfer_id)}",
             params={"remove": False},
         )
 
-    def close(self) -> None:
-        self._http.close()
-
     # -- helpers ---------------------------------------------------------------------------
 
     def _back_pressured(
-        self, method: str, path: str, reason: str, body: Any, **options: Any
-    ) -> httpx.Response:
+        self, method: str, path: str, reason: str, body: Any, timeout: float | None = None
+    ) -> Flow[httpx.Response]:
         """Send a request whose 429 means "busy, come back soon": raise :class:`RetryLater`."""
         try:
-            return self._http.request(method, path, json=body, **options)
+            return (yield Request(method, path, json=body, timeout=timeout))
         except ServiceUnavailableError as exc:
             if exc.status != 429:
                 raise
             retry_after = exc.retry_after or DEFAULT_RETRY_AFTER
             raise RetryLater(SERVICE, retry_after, f"slskd is busy: {reason}") from exc
 
-    def _existing_download(self, username: str, filename: str, reason: str) -> Transfer:
+    def _existing_download(self, username: str, filename: str, reason: str) -> Flow[Transfer]:
         """The transfer of ``filename`` from ``username`` slskd already has, to follow instead of
         a new one: an unfinished one first, else the latest. Raises
         :class:`PeerUnavailableError` with ``reason`` when slskd lists none."""
         try:
-            response = self._http.request(
-                "GET", f"/api/v0/transfers/downloads/{_segment(username)}"
-            )
+            response = yield Request("GET", f"/api/v0/transfers/downloads/{_segment(username)}")
         except NotFoundError:  # slskd has no download from this user at all
             group: dict[str, Any] = {}
         else:
@@ -546,8 +565,142 @@ class SlskdClient:
         return max(transfers, key=lambda t: (not t.done, t.requested_at))
 
 
+class SlskdClient:
+    """Synchronous client of one slskd daemon, authenticated with its API key.
+
+    Every answer is classified by :class:`UpstreamHttp`; the API key travels only in the
+    ``X-API-Key`` header, never in an error message.
+    """
+
+    def __init__(self, settings: SlskdSettings) -> None:
+        self.settings = settings
+        self._api = SlskdApi(settings)
+        self._http = UpstreamHttp(
+            SERVICE,
+            settings.url,
+            timeout=settings.timeout,
+            headers={"X-API-Key": settings.api_key.get_secret_value()},
+            error_message=_error_message,
+        )
+
+    def __repr__(self) -> str:
+        return f"SlskdClient(url={self.settings.url!r})"
+
+    # -- searches --------------------------------------------------------------------------
+
+    def search(self, query: str) -> SearchResults:
+        """Search the Soulseek network for ``query`` and return the finished search's files.
+
+        Parks the calling thread until slskd ends the search (up to ``search_timeout``); a job
+        that must not wait uses :meth:`start_search`, :meth:`get_search` and
+        :meth:`get_responses`. Raises :class:`RetryLater` while slskd is starting another
+        search.
+        """
+        return drive(self._api.search(query), self._http.send)
+
+    def start_search(self, query: str, *, search_id: str | None = None) -> Search:
+        """Start searching the Soulseek network for ``query``; raises :class:`RetryLater`
+        while slskd is starting another search."""
+        return drive(self._api.start_search(query, search_id), self._http.send)
+
+    def get_search(self, search_id: str) -> Search:
+        """The search's state and counts (its responses are fetched by :meth:`get_responses`)."""
+        return drive(self._api.get_search(search_id), self._http.send)
+
+    def get_responses(self, search_id: str) -> list[PeerResponse]:
+        """Every peer's answer to the search so far."""
+        return drive(self._api.get_responses(search_id), self._http.send)
+
+    # -- downloads -------------------------------------------------------------------------
+
+    def enqueue_download(self, username: str, filename: str, size: int) -> Transfer:
+        """Ask slskd to download ``filename`` from ``username``; the transfer to follow.
+
+        When slskd reports the file as not enqueued because it is already being downloaded
+        ("Skipped: Already in progress"; 0.24-0.26 do not always say why), the existing
+        transfer is returned instead of a duplicate; so is the new one after the bare 201 of
+        older versions. Raises :class:`PeerUnavailableError` when the peer is offline,
+        unreachable or refuses, or slskd did not enqueue the file and has no transfer of it
+        (never a failure of slskd's breaker), and :class:`RetryLater` when slskd is busy with
+        other enqueue requests.
+        """
+        return drive(self._api.enqueue_download(username, filename, size), self._http.send)
+
+    def get_transfer(self, username: str, transfer_id: str) -> Transfer:
+        """The download's current state and progress."""
+        return drive(self._api.get_transfer(username, transfer_id), self._http.send)
+
+    def cancel_download(self, username: str, transfer_id: str) -> None:
+        """Cancel the download; slskd keeps it in its list as ``"Completed, Cancelled"``."""
+        return drive(self._api.cancel_download(username, transfer_id), self._http.send)
+
+    def close(self) -> None:
+        self._http.close()
+
+
+class AsyncSlskdClient:
+    """The async twin of :class:`SlskdClient` on ``httpx.AsyncClient``: the same requests,
+    answers and errors (one :class:`SlskdApi`); :meth:`search` awaits between its looks at the
+    search. Close it with ``await client.aclose()`` or ``async with``.
+    """
+
+    def __init__(self, settings: SlskdSettings) -> None:
+        self.settings = settings
+        self._api = SlskdApi(settings)
+        self._http = AsyncUpstreamHttp(
+            SERVICE,
+            settings.url,
+            timeout=settings.timeout,
+            headers={"X-API-Key": settings.api_key.get_secret_value()},
+            error_message=_error_message,
+        )
+
+    def __repr__(self) -> str:
+        return f"AsyncSlskdClient(url={self.settings.url!r})"
+
+    async def __aenter__(self) -> AsyncSlskdClient:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    async def search(self, query: str) -> SearchResults:
+        """See :meth:`SlskdClient.search` (here the waits are ``asyncio.sleep``)."""
+        return await drive_async(self._api.search(query), self._http.send)
+
+    async def start_search(self, query: str, *, search_id: str | None = None) -> Search:
+        """See :meth:`SlskdClient.start_search`."""
+        return await drive_async(self._api.start_search(query, search_id), self._http.send)
+
+    async def get_search(self, search_id: str) -> Search:
+        """See :meth:`SlskdClient.get_search`."""
+        return await drive_async(self._api.get_search(search_id), self._http.send)
+
+    async def get_responses(self, search_id: str) -> list[PeerResponse]:
+        """See :meth:`SlskdClient.get_responses`."""
+        return await drive_async(self._api.get_responses(search_id), self._http.send)
+
+    async def enqueue_download(self, username: str, filename: str, size: int) -> Transfer:
+        """See :meth:`SlskdClient.enqueue_download`."""
+        flow = self._api.enqueue_download(username, filename, size)
+        return await drive_async(flow, self._http.send)
+
+    async def get_transfer(self, username: str, transfer_id: str) -> Transfer:
+        """See :meth:`SlskdClient.get_transfer`."""
+        return await drive_async(self._api.get_transfer(username, transfer_id), self._http.send)
+
+    async def cancel_download(self, username: str, transfer_id: str) -> None:
+        """See :meth:`SlskdClient.cancel_download`."""
+        flow = self._api.cancel_download(username, transfer_id)
+        return await drive_async(flow, self._http.send)
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+
 class CircuitBreakerSlskdClient(GuardedClient):
-    """:class:`SlskdClient` with every call behind the ``slskd-api`` circuit breaker."""
+    """:class:`SlskdClient` or :class:`AsyncSlskdClient` with every call behind the
+    ``slskd-api`` circuit breaker."""
 
     service = SERVICE
 

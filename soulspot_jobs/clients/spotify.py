@@ -413,7 +413,8 @@ class AsyncSpotifyClient:
 
 
 class CircuitBreakerSpotifyClient(GuardedClient):
-    """:class:`SpotifyClient` with every call behind the ``spotify-api`` circuit breaker."""
+    """:class:`SpotifyClient` or :class:`AsyncSpotifyClient` with every call behind the
+    ``spotify-api`` circuit breaker."""
 
     service = SERVICE
 
