@@ -10,6 +10,7 @@ example promises.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Iterator
 from typing import Any
 from unittest.mock import AsyncMock, MagicMock
@@ -24,18 +25,28 @@ from soulspot_jobs.circuit_breaker import (
     CircuitState,
     circuit_breaker,
 )
-from soulspot_jobs.clients.aio import CircuitBreakerSpotifyClient, SpotifyClient
-from soulspot_jobs.clients.musicbrainz import CircuitBreakerMusicBrainzClient
-from soulspot_jobs.clients.slskd import CircuitBreakerSlskdClient
-from soulspot_jobs.errors import NotFoundError, RetryLater, UpstreamRequestError
+from soulspot_jobs.clients.aio import (
+    CircuitBreakerMusicBrainzClient,
+    CircuitBreakerSlskdClient,
+    CircuitBreakerSpotifyClient,
+    SlskdClient,
+    SpotifyClient,
+)
+from soulspot_jobs.errors import (
+    NotFoundError,
+    RetryLater,
+    ServiceUnavailableError,
+    UpstreamRequestError,
+)
 from soulspot_jobs.fakes.catalog import CATALOG
+from soulspot_jobs.fakes.slskd import FakeSlskd
 from soulspot_jobs.fakes.spotify import (
     DEFAULT_CLIENT_ID,
     DEFAULT_CLIENT_SECRET,
     DEFAULT_USER,
     FakeSpotify,
 )
-from soulspot_jobs.settings import Settings, SpotifySettings
+from soulspot_jobs.settings import Settings, SlskdSettings, SpotifySettings
 
 
 @pytest.fixture
@@ -451,3 +462,77 @@ async def test_the_async_client_awaits_without_blocking_the_loop(fake_spotify: F
     # Then the other task kept running meanwhile
     assert track.id == CATALOG[0].spotify_id
     assert ticks >= 10
+
+
+# -- slskd: the wrapper's search, and Error Handling ---------------------------------------------
+
+SLSKD_KEY = "slskd-key-9a4c2e7b10d35f86"
+
+
+@pytest.fixture
+def fake_slskd() -> Iterator[FakeSlskd]:
+    with FakeSlskd(api_key=SLSKD_KEY, search_duration=0.2) as server:
+        yield server  # type: ignore[misc]
+
+
+def slskd_settings(fake: FakeSlskd, **breaker: Any) -> Settings:
+    return Settings(
+        _env_file=None,
+        slskd=SlskdSettings(
+            url=fake.url, api_key=SLSKD_KEY, timeout=5, search_timeout=1, search_poll_interval=0.05
+        ),
+        observability={"circuit_breaker": breaker},
+    )
+
+
+async def test_protected_slskd_search(fake_slskd: FakeSlskd):
+    settings = slskd_settings(fake_slskd)
+    slskd_client = SlskdClient(settings.slskd)
+
+    result = await CircuitBreakerSlskdClient(slskd_client, settings).search("query")
+
+    # The finished search; "query" matches no file on the fake's peers
+    assert result.search.ended
+    assert result.files == []
+    track = CATALOG[1]
+    found = await CircuitBreakerSlskdClient(slskd_client, settings).search(
+        f"{track.artist} - {track.title}"
+    )
+    assert found.files and all(user for user, _ in found.files)
+    await slskd_client.aclose()
+
+
+async def test_error_handling(fake_slskd: FakeSlskd):
+    # Given the protected slskd client (its breaker opening for 0.3 s) opened by an outage
+    settings = slskd_settings(fake_slskd, timeout=0.3)
+    protected_client = CircuitBreakerSlskdClient(SlskdClient(settings.slskd), settings)
+    fake_slskd.faults.outage(0.2, mode="refuse")
+    for _ in range(5):
+        with pytest.raises(ServiceUnavailableError):
+            await protected_client.search("query")
+    logger = logging.getLogger("design-example")
+
+    # When the design's error handling runs
+    try:
+        result = await protected_client.search("query")
+    except CircuitBreakerError as e:
+        # Circuit is open
+        service_name = e.service_name  # e.g., "slskd-api"
+        retry_after = e.retry_after  # seconds until retry possible
+
+        # Log or notify user
+        logger.warning(
+            f"Service {service_name} temporarily unavailable. "
+            f"Retry in {retry_after:.0f} seconds"
+        )
+
+        # Implement backoff strategy
+        await asyncio.sleep(retry_after)
+
+    # Then it was refused by slskd-api, and after the backoff slskd answers again
+    assert service_name == "slskd-api"
+    assert 0 < retry_after <= 0.3
+    assert "result" not in locals()
+    result = await protected_client.search("query")
+    assert result.search.ended
+    await protected_client.aclose()

@@ -21,6 +21,7 @@ from soulspot_jobs.clients.musicbrainz import (
     MusicBrainzClient,
     shared_rate_limiter,
 )
+from soulspot_jobs.clients.slskd import AsyncSlskdClient, SlskdClient, choose_best
 from soulspot_jobs.clients.spotify import (
     AsyncSpotifyClient,
     CircuitBreakerSpotifyClient,
@@ -28,12 +29,14 @@ from soulspot_jobs.clients.spotify import (
 )
 from soulspot_jobs.errors import (
     NotFoundError,
+    PeerUnavailableError,
     RetryLater,
     ServiceUnavailableError,
     UpstreamRequestError,
 )
 from soulspot_jobs.fakes.catalog import CATALOG
 from soulspot_jobs.fakes.musicbrainz import FakeMusicBrainz
+from soulspot_jobs.fakes.slskd import FakeSlskd
 from soulspot_jobs.fakes.spotify import (
     DEFAULT_CLIENT_ID,
     DEFAULT_CLIENT_SECRET,
@@ -42,7 +45,7 @@ from soulspot_jobs.fakes.spotify import (
     FakeSpotify,
 )
 from soulspot_jobs.rate_limit import RedisRateLimiter
-from soulspot_jobs.settings import MusicBrainzSettings, SpotifySettings
+from soulspot_jobs.settings import MusicBrainzSettings, SlskdSettings, SpotifySettings
 
 TRACK = CATALOG[0]
 
@@ -371,3 +374,94 @@ async def test_a_guarded_async_musicbrainz_client_opens_on_an_outage(
     with pytest.raises(CircuitBreakerError):
         await client.get_recording(TRACK.mbid)
     await client.aclose()
+
+
+# -- slskd --------------------------------------------------------------------------------------
+
+SLSKD_KEY = "slskd-key-5b1e0c7d93a24f68"
+SLSKD_TRACK = CATALOG[1]
+SLSKD_QUERY = f"{SLSKD_TRACK.artist} - {SLSKD_TRACK.title}"
+
+
+@pytest.fixture
+def slskd() -> Iterator[FakeSlskd]:
+    with FakeSlskd(api_key=SLSKD_KEY, search_duration=0.2, transfer_duration=0.2) as server:
+        yield server  # type: ignore[misc]
+
+
+def slskd_settings(fake: FakeSlskd, key: str = SLSKD_KEY, **values: object) -> SlskdSettings:
+    return SlskdSettings(
+        url=fake.url, api_key=key, timeout=5, search_poll_interval=0.05, **values
+    )
+
+
+def test_search_returns_the_finished_searchs_files(slskd: FakeSlskd):
+    # Given the sync client
+    client = SlskdClient(slskd_settings(slskd))
+
+    # When it searches for a catalog track
+    results = client.search(SLSKD_QUERY)
+    client.close()
+
+    # Then the search has ended and its files come with the users offering them
+    assert results.search.ended
+    assert results.search.response_count == len(results.responses) == 4
+    assert len(results.files) == results.search.file_count
+    assert {user for user, _ in results.files} == {r.username for r in results.responses}
+
+
+async def test_the_async_slskd_client_searches_and_downloads_as_the_sync_one(slskd: FakeSlskd):
+    async with AsyncSlskdClient(slskd_settings(slskd)) as client:
+        # When it searches, picks the best file, enqueues it and follows it to its end
+        results = await client.search(SLSKD_QUERY)
+        best = choose_best(results.responses, max_candidates=1)[0]
+        transfer = await client.enqueue_download(best.username, best.filename, best.size)
+        while not transfer.done:
+            await asyncio.sleep(0.05)
+            transfer = await client.get_transfer(transfer.username, transfer.id)
+
+        # And the finer steps read the same search
+        same = await client.get_search(results.search.id)
+        responses = await client.get_responses(results.search.id)
+
+    # Then the search ended with the fake's four peers and the download succeeded
+    assert results.search.ended and same == results.search
+    assert responses == list(results.responses)
+    sync_client = SlskdClient(slskd_settings(slskd))
+    assert best == choose_best(sync_client.get_responses(results.search.id), max_candidates=1)[0]
+    sync_client.close()
+    assert transfer.succeeded
+    assert transfer.bytes_transferred == best.size
+
+
+async def test_the_async_slskd_client_classifies_answers_as_the_sync_one(slskd: FakeSlskd):
+    async with AsyncSlskdClient(slskd_settings(slskd)) as client:
+        # A busy search start is back-pressure, not a failure
+        slskd.busy_searches(1)
+        with pytest.raises(RetryLater):
+            await client.start_search(SLSKD_QUERY)
+        # An offline peer is the peer's failure
+        results = await client.search(SLSKD_QUERY)
+        best = choose_best(results.responses, max_candidates=1)[0]
+        slskd.peers_offline(best.username)
+        with pytest.raises(PeerUnavailableError):
+            await client.enqueue_download(best.username, best.filename, best.size)
+        # An unknown search is not found
+        with pytest.raises(NotFoundError):
+            await client.get_search("00000000-0000-4000-8000-000000000000")
+        # A spoiled body and an outage are slskd's failures
+        slskd.faults.bad_body(1, "html")
+        with pytest.raises(ServiceUnavailableError, match="not JSON"):
+            await client.get_search(results.search.id)
+        slskd.faults.outage(30, mode="refuse")
+        with pytest.raises(ServiceUnavailableError):
+            await client.search(SLSKD_QUERY)
+
+
+async def test_a_wrong_api_key_is_refused_without_the_key_anywhere(slskd: FakeSlskd):
+    wrong = "wrong-key-31c6a0f2e9d8"
+    async with AsyncSlskdClient(slskd_settings(slskd, key=wrong)) as client:
+        with pytest.raises(UpstreamRequestError) as refused:
+            await client.search(SLSKD_QUERY)
+    assert refused.value.status == 401
+    assert wrong not in str(refused.value) and wrong not in repr(client)
