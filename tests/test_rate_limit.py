@@ -122,6 +122,31 @@ def test_an_acquire_beyond_max_wait_raises_retry_later_and_reserves_nothing(
     assert clock.sleeps == pytest.approx([0.25])
 
 
+async def test_async_acquires_await_their_slots_and_share_them_with_sync_ones(
+    make_limiter: MakeLimiter,
+) -> None:
+    # Given a limiter of one request per 0.25 s whose waits are recorded, not slept
+    clock = FakeTime()
+    sleeps: list[float] = []
+    async_sleeps: list[float] = []
+
+    async def async_sleep(seconds: float) -> None:
+        async_sleeps.append(seconds)
+
+    limiter = make_limiter(0.25, clock=clock, sleep=sleeps.append, async_sleep=async_sleep)
+    # When a sync request and two async ones acquire at the same instant
+    limiter.acquire(max_wait=1.0)
+    await limiter.acquire_async(max_wait=1.0)
+    await limiter.acquire_async(max_wait=1.0)
+    # Then the async ones awaited their slots, 0.25 s and 0.5 s away, and nothing slept
+    assert async_sleeps == pytest.approx([0.25, 0.5])
+    assert sleeps == []
+    # And beyond max_wait an async request is told to retry later, as a sync one is
+    with pytest.raises(RetryLater) as refused:
+        await limiter.acquire_async(max_wait=0.1)
+    assert refused.value.retry_after == pytest.approx(0.75)
+
+
 def test_a_slot_exactly_max_wait_away_is_reserved(make_limiter: MakeLimiter) -> None:
     # Given a limiter whose next slot is 0.25 s away
     clock = FakeTime()
