@@ -467,7 +467,7 @@ class SlskdApi:
         while not search.ended:
             if waited >= limit:
                 raise ServiceUnavailableError(
-                    SERVICE, f"the search {search.id} did not end within {limit:.0f} seconds"
+                    SERVICE, f"the search {search.id} did not end within {limit:.1f} seconds"
                 )
             yield Pause(self.settings.search_poll_interval)
             waited += self.settings.search_poll_interval

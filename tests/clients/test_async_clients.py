@@ -14,6 +14,7 @@ import redis
 import structlog
 
 from soulspot_jobs.circuit_breaker import CircuitBreakerError, CircuitState, RedisBackend
+from soulspot_jobs.clients import slskd as slskd_module
 from soulspot_jobs.clients.musicbrainz import SERVICE as MUSICBRAINZ
 from soulspot_jobs.clients.musicbrainz import (
     AsyncMusicBrainzClient,
@@ -465,3 +466,13 @@ async def test_a_wrong_api_key_is_refused_without_the_key_anywhere(slskd: FakeSl
             await client.search(SLSKD_QUERY)
     assert refused.value.status == 401
     assert wrong not in str(refused.value) and wrong not in repr(client)
+
+
+async def test_a_search_slskd_never_ends_is_slskds_failure(monkeypatch: pytest.MonkeyPatch):
+    # Given an slskd whose searches run 30 s although asked for 0.1 s, and a short grace
+    monkeypatch.setattr(slskd_module, "SEARCH_END_GRACE", 0.1)
+    with FakeSlskd(api_key=SLSKD_KEY, search_duration=30) as fake:
+        async with AsyncSlskdClient(slskd_settings(fake, search_timeout=0.1)) as client:
+            # When a search is made, then it is given up as slskd's failure, naming the wait
+            with pytest.raises(ServiceUnavailableError, match="did not end within 0.2 seconds"):
+                await client.search(SLSKD_QUERY)
