@@ -24,7 +24,8 @@ class UpstreamError(SoulspotJobsError):
 class ServiceUnavailableError(UpstreamError):
     """The service itself failed: connection error, timeout, 5xx, 408 or 429.
 
-    These, and only these, count as failures of the service's circuit breaker. ``retry_after``
+    Always a failure of the service's circuit breaker (for the middleware, with the builtin
+    network errors, the only one: see :func:`is_service_failure`). ``retry_after``
     is the service's own ``Retry-After`` (seconds), when it sent one: the breaker then stays OPEN
     at least that long for every worker.
     """

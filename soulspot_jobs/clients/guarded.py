@@ -8,7 +8,8 @@ Which exceptions count as failures of the service (the design's rule, with the c
 errors set apart): by default every ``Exception`` the client raises, except
 
 * the caller's own errors, :class:`~soulspot_jobs.errors.UpstreamRequestError` and its
-  :class:`~soulspot_jobs.errors.NotFoundError` (a 4xx other than 408 and 429);
+  subclasses :class:`~soulspot_jobs.errors.NotFoundError` (a 4xx other than 408 and 429) and
+  :class:`~soulspot_jobs.errors.PeerUnavailableError` (an slskd peer, not slskd);
 * back-pressure, :class:`~soulspot_jobs.errors.RetryLater` (a busy shared rate limit, slskd's
   "one operation at a time");
 * another breaker's :class:`~soulspot_jobs.circuit_breaker.CircuitBreakerError`.
