@@ -332,10 +332,12 @@ async def test_the_shared_limiter_paces_async_calls_without_blocking_the_loop(
             ticker.cancel()
 
     # Then none was refused, they took three intervals, and the loop kept turning meanwhile
+    # (about 75 ticks of 10 ms on a quiet machine; a loop blocked by the waits would see a
+    # handful, during the HTTP requests only)
     assert [r.id for r in found] == [TRACK.mbid] * 4
     assert fake.rate_limited == 0
     assert elapsed >= 3 * interval - fake.tolerance
-    assert ticks >= int(elapsed / 0.01 / 2)
+    assert ticks >= 15
 
 
 async def test_a_busy_limiter_defers_the_async_call_before_anything_is_sent(
