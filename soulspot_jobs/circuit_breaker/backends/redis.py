@@ -139,9 +139,9 @@ class RedisBackend(Backend):
         if mono - self._refreshed_at > self._stale_after or not self._watcher_live():
             return False
         if view.failure_count:
-            now = self._clock() if self._clock else mono + self._offset
-            if now - view.last_failure_at <= config.reset_timeout:
-                return False
+            # Even lapsed failures go to Redis once: the success resets the shared count, which
+            # an OPEN period reached through a ``hold_open`` would otherwise report.
+            return False
         with self._lock:
             view.successes += 1
         return True
