@@ -75,9 +75,7 @@ def demo(
 
 @app.command("settings")
 def show_settings(
-    as_json: bool = typer.Option(
-        False, "--json", help="Print every setting as one JSON document."
-    ),
+    as_json: bool = typer.Option(False, "--json", help="Print every setting as one JSON document."),
 ) -> None:
     """Print what is set, then the defaults in force; secrets and URL passwords hidden."""
     from soulspot_jobs.settings_report import settings_document, settings_lines
