@@ -18,10 +18,16 @@ from soulspot_jobs.actors import downloads, metadata, playlists
 from soulspot_jobs.actors.runtime import Runtime
 from soulspot_jobs.broker import build_broker
 from soulspot_jobs.deferred import DeferredJob
+from soulspot_jobs.errors import InvalidJobError
 from soulspot_jobs.jobs import Job, JobState
 from soulspot_jobs.middleware import CircuitBreakerMiddleware
 from soulspot_jobs.settings import Settings
-from soulspot_jobs.validation import parse_enrichment, parse_playlist_id, parse_query
+from soulspot_jobs.validation import (
+    MAX_TEXT_LENGTH,
+    parse_enrichment,
+    parse_playlist_id,
+    parse_query,
+)
 
 #: The actors whose messages carry a job id as their only argument.
 JOB_ACTORS = frozenset({"search_track", "poll_download", "enrich_metadata", "import_playlist"})
@@ -43,7 +49,7 @@ class SoulspotJobs:
         self.store = self.runtime.store
         downloads.declare(self.broker, self.runtime)
         metadata.declare(self.broker, self.runtime)
-        playlists.declare(self.broker, self.runtime, self.enqueue_download)
+        playlists.declare(self.broker, self.runtime, self._enqueue_track)
 
     def actor(self, name: str) -> dramatiq.Actor:
         return self.broker.get_actor(name)
@@ -95,6 +101,21 @@ class SoulspotJobs:
         job = self.store.create("enrichment", **details)
         self.actor("enrich_metadata").send(job.id)
         return job.id
+
+    def _enqueue_track(self, query: str, **details: Any) -> str:
+        """:meth:`enqueue_download` for one track of a playlist being imported.
+
+        A track whose query cannot be searched (a control character in its title, say) is
+        recorded as a ``failed`` download job with the reason: one odd track neither stops the
+        import (which would be retried, enqueueing its other tracks again) nor vanishes.
+        """
+        try:
+            return self.enqueue_download(query, **details)
+        except InvalidJobError as exc:
+            shown = query[:MAX_TEXT_LENGTH] if isinstance(query, str) else repr(query)
+            job = self.store.create("download", query=shown, **details)
+            self.store.update(job.id, state=JobState.FAILED, last_error=str(exc))
+            return job.id
 
     def job(self, job_id: str) -> Job | None:
         return self.store.get(job_id)

@@ -8,6 +8,7 @@ import sys
 import typer
 
 from soulspot_jobs import __version__, commands
+from soulspot_jobs.errors import ConfigurationError, InvalidJobError
 from soulspot_jobs.logging import configure_logging
 from soulspot_jobs.settings import Settings, SettingsError, load_settings
 
@@ -94,7 +95,7 @@ def main() -> None:
     """Console-script entry point."""
     try:
         app()
-    except SettingsError as exc:
+    except (ConfigurationError, InvalidJobError) as exc:  # a bad setting or a refused job
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(EXIT_BAD_SETTINGS)
 

@@ -21,7 +21,7 @@ from soulspot_jobs.settings import load_settings
 
 #: Exit status of a worker process refused because of an invalid setting (as ``soulspot-jobs``).
 EXIT_BAD_SETTINGS = 2
-#: Exit status when Redis does not answer (Dramatiq's own "broker connection failed").
+#: Exit status when Redis does not answer PING (Dramatiq's own "broker connection failed").
 EXIT_NO_REDIS = 3
 
 
@@ -41,6 +41,6 @@ try:
     jobs.broker.client.ping()
 except redis.RedisError as exc:
     where = settings.redis_url_redacted or "the embedded Redis"
-    raise _refusal(f"Redis at {where} does not answer: {exc}", EXIT_NO_REDIS) from None
+    raise _refusal(f"cannot use Redis at {where}: {exc}", EXIT_NO_REDIS) from None
 broker = jobs.broker
 dramatiq.set_broker(broker)

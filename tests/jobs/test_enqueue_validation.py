@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import redis
 
@@ -93,3 +95,23 @@ def test_a_playlist_given_by_link_or_uri_is_imported(
     # Then Spotify was asked for the right playlist: one download job per track
     assert playlist.state is JobState.DONE, playlist
     assert playlist.details["tracks"] == len(CATALOG)
+
+
+def test_a_playlist_track_that_cannot_be_searched_fails_alone(redis_url: str, fakes: Fakes) -> None:
+    # Given a playlist whose first track has a control character in its title
+    odd = dataclasses.replace(
+        CATALOG[0], title="Around\x07the World", spotify_id="0OddTrack0000000000000"
+    )
+    fakes.spotify.add_playlist("0OddPlaylist0000000000", [odd, CATALOG[1]])
+    app = SoulspotJobs(settings_for(redis_url, fakes))
+    with running(app):
+        # When it is imported
+        [playlist] = finished(app, [app.enqueue_playlist("0OddPlaylist0000000000")])
+        odd_job, good_job = finished(app, playlist.details["jobs"])
+
+    # Then the import is done once, the odd track's job failed with the reason, the other ran
+    assert playlist.state is JobState.DONE, playlist
+    assert playlist.attempts == 1
+    assert odd_job.state is JobState.FAILED
+    assert "invalid query: contains the control character '\\x07'" in odd_job.last_error
+    assert good_job.state is JobState.DONE, good_job
