@@ -3,8 +3,9 @@
 The text form lists, as ``VARIABLE=value`` lines, first what was set in the environment or
 ``.env``, then the defaults in force, then the variables left empty (API keys, client id).
 Per-service breaker overrides appear only when set. The JSON form is the whole
-:class:`~soulspot_jobs.settings.Settings` as a document. In both, API keys and client secrets
-are ``**********`` and passwords inside URLs ``***``.
+:class:`~soulspot_jobs.settings.Settings` as a document, plus each service's effective breaker
+config. In both, API keys and client secrets are ``**********`` and passwords inside URLs
+``***``.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from typing import Any
 from pydantic import BaseModel, SecretStr
 from pydantic_settings import BaseSettings
 
-from soulspot_jobs.settings import HIDDEN, Settings
+from soulspot_jobs.settings import HIDDEN, SERVICES, Settings
 from soulspot_jobs.urls import redact_url
 
 #: Shown for ``REDIS_URL`` when it is unset.
@@ -84,6 +85,14 @@ def settings_lines(settings: Settings) -> list[str]:
 
 
 def settings_document(settings: Settings) -> dict[str, Any]:
-    """The JSON form: every setting, nested as in :class:`Settings`, secrets hidden."""
+    """The JSON form: every setting, nested as in :class:`Settings`, secrets hidden.
+
+    ``circuit_breakers`` adds each service's effective breaker config (its overrides merged on
+    the defaults), which is what the workers use.
+    """
     document = settings.model_dump(mode="json")
+    breakers = settings.observability.circuit_breaker
+    document["circuit_breakers"] = {
+        service: breakers.config_for(service).model_dump(mode="json") for service in SERVICES
+    }
     return json.loads(redact_url(json.dumps(document)))

@@ -451,6 +451,7 @@ def test_the_settings_command_json_hides_secrets_too() -> None:
     printed = json.loads(result.stdout)
     assert printed["slskd"]["url"] == "http://admin:***@slskd.lan"
     assert printed["spotify"]["client_secret"] == "**********"
+    assert printed["circuit_breakers"]["slskd-api"]["failure_threshold"] == 5
     assert "hunter2" not in result.stdout and "s3cr3t-v4lue" not in result.stdout
 
 
