@@ -106,7 +106,13 @@ def _renderer_chain(log_format: str, stream: TextIO) -> list[Processor]:
     if log_format == "auto":
         log_format = "console" if stream.isatty() else "json"
     if log_format == "console":
-        return [structlog.dev.ConsoleRenderer(colors=stream.isatty())]
+        # Plain tracebacks: rich's would print local variables (API keys in request headers),
+        # cut long strings and wrap lines, so a secret could escape the final masking in part.
+        return [
+            structlog.dev.ConsoleRenderer(
+                colors=stream.isatty(), exception_formatter=structlog.dev.plain_traceback
+            )
+        ]
     return [
         _upper_case_level,
         structlog.processors.format_exc_info,

@@ -278,3 +278,24 @@ def test_a_short_secret_is_left_to_the_other_redaction() -> None:
 
     # Then it is written as is
     assert _lines(stream)[0]["message"] == "abcdef"
+
+
+def test_a_console_traceback_shows_no_local_variable_holding_a_secret() -> None:
+    # Given the console format and a long API key in the settings
+    key = "k" * 50 + "-long-api-key-" + "z" * 50
+    stream = io.StringIO()
+    configure_logging(Settings(log_format="console", slskd={"api_key": key}), stream=stream)
+
+    # When an exception is logged from a frame whose locals hold the key and a prefix of it
+    def send(headers: dict[str, str], prefix: str) -> None:
+        raise ConnectionError("upstream closed the connection")
+
+    try:
+        send({"X-API-Key": key}, key[:60])
+    except ConnectionError:
+        structlog.get_logger().exception("request failed")
+
+    # Then the traceback is written, but no part of the key
+    text = stream.getvalue()
+    assert "ConnectionError: upstream closed the connection" in text
+    assert "kkkkkkkkkk" not in text and "long-api-key" not in text
