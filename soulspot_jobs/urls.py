@@ -10,7 +10,7 @@ password. This module sits below both ``settings`` and ``logging``, which share 
 from __future__ import annotations
 
 import re
-from urllib.parse import SplitResult, unquote, urlsplit
+from urllib.parse import SplitResult, parse_qs, unquote, urlsplit
 
 #: The password part of ``scheme://user:password@host``; user may be empty (``redis://:pw@h``).
 _URL_PASSWORD = re.compile(
@@ -110,6 +110,9 @@ def check_redis_url(url: str) -> RedactedUrl:
     scheme = parts.scheme.lower()
     if scheme not in REDIS_SCHEMES:
         raise ValueError(f"must be {expected}")
+    for database in parse_qs(parts.query).get("db", []):
+        if not database.isdigit():
+            raise ValueError(f"database {database!r} is not a number: {expected}")
     if scheme == "unix":
         if not parts.path.strip("/"):
             raise ValueError(f"has no socket path: {expected}")

@@ -315,6 +315,7 @@ def test_a_usable_redis_url_is_accepted(monkeypatch: pytest.MonkeyPatch, value: 
         ("redis://:hunter2/x@h/0", "redis://:***@h/0", "port is not a number"),
         ("redis://127.0.0.1/zero", "redis://127.0.0.1/zero", "database 'zero' is not a number"),
         ("unix://", "unix://", "has no socket path"),
+        ("unix:///run/redis.sock?db=one", "unix:///run/redis.sock?db=one", "database 'one'"),
     ],
 )
 def test_an_unusable_redis_url_is_refused_with_its_password_hidden(
