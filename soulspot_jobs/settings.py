@@ -6,7 +6,8 @@ where the program starts and pass it on explicitly.
 URL settings are checked here (an upstream URL must be ``http(s)://`` with a host, ``REDIS_URL``
 one redis-py can connect by) and held as :class:`~soulspot_jobs.urls.RedactedUrl`: the clients
 get the real URL, while ``repr(settings)``, ``model_dump(mode="json")`` and every error message
-show ``***`` in place of a password. API keys and client secrets are ``SecretStr``.
+show ``***`` in place of a password. API keys, client secrets and refresh tokens are
+``SecretStr``.
 """
 
 from __future__ import annotations
@@ -238,7 +239,8 @@ class Settings(BaseSettings):
         return redact_url(self.redis_url) if self.redis_url is not None else None
 
     def secret_values(self) -> list[str]:
-        """Every secret these settings hold: API keys, client secrets, passwords inside URLs.
+        """Every secret these settings hold: API keys, client secrets, refresh tokens, passwords
+        inside URLs.
 
         The logging setup masks each of them wherever it would appear in a line. A URL's
         password is given both as written (percent-encoded) and decoded.
@@ -246,6 +248,7 @@ class Settings(BaseSettings):
         secrets = [
             self.slskd.api_key.get_secret_value(),
             self.spotify.client_secret.get_secret_value(),
+            self.spotify.refresh_token.get_secret_value(),
         ]
         for url in self.urls().values():
             secrets.extend(url_passwords(url) if url else ())

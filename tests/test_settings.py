@@ -381,10 +381,11 @@ def test_repr_and_json_of_the_settings_hide_every_secret() -> None:
             "api_url": "https://u:api-pw-5@api.example",
             "accounts_url": "https://u:acc-pw-6@accounts.example",
             "client_secret": "spotify-secret-7",
+            "refresh_token": "refresh-token-8",
         },
     )
     secrets = ["redis-pw-1", "slskd-pw-2", "slskd-key-3", "mb-pw-4", "api-pw-5", "acc-pw-6"]
-    secrets.append("spotify-secret-7")
+    secrets += ["spotify-secret-7", "refresh-token-8"]
 
     # When they are represented or dumped as JSON
     shown = [repr(settings), str(settings), settings.model_dump_json(), repr(settings.slskd)]
@@ -430,7 +431,7 @@ def test_the_settings_command_prints_what_is_set_then_the_defaults() -> None:
     assert "# REDIS_URL unset: an embedded redis-server is used" in lines
     assert "CIRCUIT_BREAKER_FAILURE_THRESHOLD=5" in lines
     assert "MUSICBRAINZ_URL=https://musicbrainz.org" in lines
-    assert lines[-1] == "# Empty: SPOTIFY_CLIENT_ID, SPOTIFY_CLIENT_SECRET"
+    assert lines[-1] == "# Empty: SPOTIFY_CLIENT_ID, SPOTIFY_CLIENT_SECRET, SPOTIFY_REFRESH_TOKEN"
     assert "null" not in result.stdout
     assert "hunter2" not in result.stdout and "k3y-that-is-secret" not in result.stdout
     assert len(lines) < 40

@@ -174,7 +174,13 @@ def test_no_secret_reaches_any_byte_the_worker_command_writes(
     locked_redis_url: str, upstreams: Upstreams, tmp_path: Path
 ) -> None:
     # Given a worker command logging everything (DEBUG) with a secret in each kind of setting
-    env = _environment(locked_redis_url, upstreams, LOG_LEVEL="DEBUG")
+    # (a user's refresh token for Spotify among them)
+    env = _environment(
+        locked_redis_url,
+        upstreams,
+        LOG_LEVEL="DEBUG",
+        SPOTIFY_REFRESH_TOKEN=upstreams.spotify.refresh_token,
+    )
     producer = SoulspotJobs(load_settings(REDIS_URL=locked_redis_url))
     try:
         with worker_command(env, tmp_path) as run:
@@ -197,6 +203,7 @@ def test_no_secret_reaches_any_byte_the_worker_command_writes(
         MUSICBRAINZ_PASSWORD,
         SPOTIFY_CLIENT_SECRET,
         REDIS_PASSWORD,
+        upstreams.spotify.refresh_token,
         *upstreams.spotify.issued_tokens,
     ]
     encoded = [
