@@ -41,6 +41,6 @@ try:
     jobs.broker.client.ping()
 except redis.RedisError as exc:
     where = settings.redis_url_redacted or "the embedded Redis"
-    raise _refusal(f"cannot use Redis at {where}: {exc}", EXIT_NO_REDIS) from None
+    raise _refusal(f"cannot reach Redis at {where}: {exc}", EXIT_NO_REDIS) from None
 broker = jobs.broker
 dramatiq.set_broker(broker)
