@@ -23,6 +23,8 @@ from soulspot_jobs.settings import load_settings
 EXIT_BAD_SETTINGS = 2
 #: Exit status when Redis does not answer PING (Dramatiq's own "broker connection failed").
 EXIT_NO_REDIS = 3
+#: Seconds to wait for Redis to accept a connection and answer PING at start-up.
+PING_TIMEOUT = 5.0
 
 
 def _refusal(message: str, status: int) -> SystemExit:
@@ -37,10 +39,17 @@ try:
     jobs = SoulspotJobs(settings)
 except ConfigurationError as exc:
     raise _refusal(str(exc), EXIT_BAD_SETTINGS) from None
-try:
-    jobs.broker.client.ping()
-except redis.RedisError as exc:
-    where = settings.redis_url_redacted or "the embedded Redis"
-    raise _refusal(f"cannot reach Redis at {where}: {exc}", EXIT_NO_REDIS) from None
+if settings.redis_url:
+    # A client of its own, with timeouts, closed at once: the broker's pool stays untouched.
+    probe = redis.Redis.from_url(
+        settings.redis_url, socket_timeout=PING_TIMEOUT, socket_connect_timeout=PING_TIMEOUT
+    )
+    try:
+        probe.ping()
+    except redis.RedisError as exc:
+        where = settings.redis_url_redacted
+        raise _refusal(f"cannot reach Redis at {where}: {exc}", EXIT_NO_REDIS) from None
+    finally:
+        probe.close()
 broker = jobs.broker
 dramatiq.set_broker(broker)
