@@ -18,9 +18,16 @@ from soulspot_jobs.actors import downloads, metadata, playlists
 from soulspot_jobs.actors.runtime import Runtime
 from soulspot_jobs.broker import build_broker
 from soulspot_jobs.deferred import DeferredJob
+from soulspot_jobs.errors import InvalidJobError
 from soulspot_jobs.jobs import Job, JobState
 from soulspot_jobs.middleware import CircuitBreakerMiddleware
 from soulspot_jobs.settings import Settings
+from soulspot_jobs.validation import (
+    MAX_TEXT_LENGTH,
+    parse_enrichment,
+    parse_playlist_id,
+    parse_query,
+)
 
 #: The actors whose messages carry a job id as their only argument.
 JOB_ACTORS = frozenset({"search_track", "poll_download", "enrich_metadata", "import_playlist"})
@@ -42,13 +49,19 @@ class SoulspotJobs:
         self.store = self.runtime.store
         downloads.declare(self.broker, self.runtime)
         metadata.declare(self.broker, self.runtime)
-        playlists.declare(self.broker, self.runtime, self.enqueue_download)
+        playlists.declare(self.broker, self.runtime, self._enqueue_track)
 
     def actor(self, name: str) -> dramatiq.Actor:
         return self.broker.get_actor(name)
 
     def enqueue_download(self, query: str, **details: Any) -> str:
-        """Search slskd for ``query`` ("Artist - Title"), download the best file, enrich it."""
+        """Search slskd for ``query`` ("Artist - Title"), download the best file, enrich it.
+
+        ``query`` must be text of 1 to 300 characters (after stripping) without control
+        characters; otherwise :class:`~soulspot_jobs.errors.InvalidJobError` is raised and no
+        job is recorded.
+        """
+        query = parse_query(query)
         artist, _, title = query.partition(" - ")
         if not title:
             artist, title = "", query
@@ -59,8 +72,13 @@ class SoulspotJobs:
         return job.id
 
     def enqueue_playlist(self, playlist_id: str) -> str:
-        """Import a Spotify playlist: one download job per track."""
-        job = self.store.create("playlist", playlist_id=playlist_id)
+        """Import a Spotify playlist: one download job per track.
+
+        ``playlist_id`` is the playlist's id, its ``https://open.spotify.com/playlist/...`` link
+        or its ``spotify:playlist:...`` URI (recorded as the bare id); anything else raises
+        :class:`~soulspot_jobs.errors.InvalidJobError` and records no job.
+        """
+        job = self.store.create("playlist", playlist_id=parse_playlist_id(playlist_id))
         self.actor("import_playlist").send(job.id)
         return job.id
 
@@ -73,12 +91,31 @@ class SoulspotJobs:
         mbid: str | None = None,
         duration_ms: int | None = None,
     ) -> str:
-        """Look a recording up on MusicBrainz by ``mbid``, ``isrc``, or ``artist`` and ``title``."""
-        job = self.store.create(
-            "enrichment", artist=artist, title=title, isrc=isrc, mbid=mbid, duration_ms=duration_ms
-        )
+        """Look a recording up on MusicBrainz by ``mbid``, ``isrc``, or ``artist`` and ``title``.
+
+        Each argument given is checked (an ISRC like ``USRC17607839``, an mbid that is a UUID,
+        text without control characters); at least one way to look the recording up is needed.
+        Otherwise :class:`~soulspot_jobs.errors.InvalidJobError` is raised and no job recorded.
+        """
+        details = parse_enrichment(artist, title, isrc=isrc, mbid=mbid, duration_ms=duration_ms)
+        job = self.store.create("enrichment", **details)
         self.actor("enrich_metadata").send(job.id)
         return job.id
+
+    def _enqueue_track(self, query: str, **details: Any) -> str:
+        """:meth:`enqueue_download` for one track of a playlist being imported.
+
+        A track whose query cannot be searched (a control character in its title, say) is
+        recorded as a ``failed`` download job with the reason: one odd track neither stops the
+        import (which would be retried, enqueueing its other tracks again) nor vanishes.
+        """
+        try:
+            return self.enqueue_download(query, **details)
+        except InvalidJobError as exc:
+            shown = query[:MAX_TEXT_LENGTH] if isinstance(query, str) else repr(query)
+            job = self.store.create("download", query=shown, **details)
+            self.store.update(job.id, state=JobState.FAILED, last_error=str(exc))
+            return job.id
 
     def job(self, job_id: str) -> Job | None:
         return self.store.get(job_id)

@@ -7,7 +7,8 @@ import sys
 
 import typer
 
-from soulspot_jobs import commands
+from soulspot_jobs import __version__, commands
+from soulspot_jobs.errors import ConfigurationError, InvalidJobError
 from soulspot_jobs.logging import configure_logging
 from soulspot_jobs.settings import Settings, SettingsError, load_settings
 
@@ -21,6 +22,26 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
 )
+
+
+def _print_version(value: bool) -> None:
+    """``--version``: print the version and exit."""
+    if value:
+        typer.echo(f"soulspot-jobs {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(
+    version: bool = typer.Option(
+        False,
+        "--version",
+        callback=_print_version,
+        is_eager=True,
+        help="Print the version and exit.",
+    ),
+) -> None:
+    """Background jobs for SoulSpot Bridge behind cluster-wide circuit breakers."""
 
 
 def _settings_or_exit() -> Settings:
@@ -54,12 +75,17 @@ def demo(
 
 
 @app.command("settings")
-def show_settings() -> None:
-    """Print the effective settings as JSON, with the Redis password hidden."""
+def show_settings(
+    as_json: bool = typer.Option(False, "--json", help="Print every setting as one JSON document."),
+) -> None:
+    """Print what is set, then the defaults in force; secrets and URL passwords hidden."""
+    from soulspot_jobs.settings_report import settings_document, settings_lines
+
     settings = _settings_or_exit()
-    values = settings.model_dump(mode="json")
-    values["redis_url"] = settings.redis_url_redacted
-    typer.echo(json.dumps(values, indent=2))
+    if as_json:
+        typer.echo(json.dumps(settings_document(settings), indent=2))
+    else:
+        typer.echo("\n".join(settings_lines(settings)))
 
 
 commands.register(app)
@@ -69,7 +95,7 @@ def main() -> None:
     """Console-script entry point."""
     try:
         app()
-    except SettingsError as exc:
+    except (ConfigurationError, InvalidJobError) as exc:  # a bad setting or a refused job
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(EXIT_BAD_SETTINGS)
 

@@ -110,3 +110,19 @@ class MalformedMessage(SoulspotJobsError):
     The circuit-breaker middleware sends its message to the dead-letter queue with this reason
     in its options; retrying could never help.
     """
+
+
+class InvalidJobError(SoulspotJobsError, ValueError):
+    """A job was asked for with an argument it could never run with; nothing was enqueued.
+
+    ``argument`` names the argument (``query``, ``playlist``, ``isrc``...); the message says what
+    was wrong and what is accepted, quoting at most the start of the value.
+    """
+
+    def __init__(self, argument: str, reason: str) -> None:
+        self.argument = argument
+        self.reason = reason
+        super().__init__(f"invalid {argument}: {reason}")
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (type(self), (self.argument, self.reason))

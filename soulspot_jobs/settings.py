@@ -2,18 +2,29 @@
 
 Nothing here is read at import time: build a :class:`Settings` (through :func:`load_settings`)
 where the program starts and pass it on explicitly.
+
+URL settings are checked here (an upstream URL must be ``http(s)://`` with a host, ``REDIS_URL``
+one redis-py can connect by) and held as :class:`~soulspot_jobs.urls.RedactedUrl`: the clients
+get the real URL, while ``repr(settings)``, ``model_dump(mode="json")`` and every error message
+show ``***`` in place of a password. API keys, client secrets and refresh tokens are
+``SecretStr``.
 """
 
 from __future__ import annotations
 
 import os
 import re
-from typing import Any, Literal
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Annotated, Any, Literal
 
+from dotenv import dotenv_values
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
+    PlainSerializer,
     SecretStr,
     ValidationError,
     create_model,
@@ -25,7 +36,13 @@ from pydantic_settings import SettingsError as _SourceError
 
 from soulspot_jobs.circuit_breaker.config import CircuitBreakerConfig, CircuitBreakerFields
 from soulspot_jobs.errors import ConfigurationError
-from soulspot_jobs.logging import redact_url
+from soulspot_jobs.urls import (
+    check_http_url,
+    check_redis_url,
+    redact_invalid_url,
+    redact_url,
+    url_passwords,
+)
 
 #: Log level names accepted in ``LOG_LEVEL`` (any case).
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
@@ -37,6 +54,23 @@ SERVICES = {
     "spotify-api": "spotify_api",
     "musicbrainz-api": "musicbrainz_api",
 }
+#: The file read beside the environment, relative to the working directory.
+ENV_FILE = ".env"
+#: How a secret's value is shown in output and error messages.
+HIDDEN = "**********"
+
+#: An upstream API's base URL: ``http(s)://`` with a host; its password hidden when shown.
+HttpUrl = Annotated[
+    str,
+    AfterValidator(check_http_url),
+    PlainSerializer(redact_url, return_type=str, when_used="json"),
+]
+#: A Redis URL redis-py can connect by; its password hidden when shown.
+RedisUrl = Annotated[
+    str,
+    AfterValidator(check_redis_url),
+    PlainSerializer(redact_url, return_type=str, when_used="json"),
+]
 
 
 class SettingsError(ConfigurationError):
@@ -73,7 +107,8 @@ class CircuitBreakerSettings(BaseSettings, CircuitBreakerFields):
     model_config = SettingsConfigDict(
         env_prefix=CIRCUIT_BREAKER_ENV_PREFIX,
         env_nested_delimiter="__",
-        env_file=".env",
+        env_file=ENV_FILE,
+        hide_input_in_errors=True,
         env_ignore_empty=True,
         env_parse_none_str="none",
         extra="ignore",
@@ -99,7 +134,11 @@ class CircuitBreakerSettings(BaseSettings, CircuitBreakerFields):
 
 def _env_config(prefix: str) -> SettingsConfigDict:
     return SettingsConfigDict(
-        env_prefix=prefix, env_file=".env", env_ignore_empty=True, extra="ignore"
+        env_prefix=prefix,
+        env_file=ENV_FILE,
+        env_ignore_empty=True,
+        extra="ignore",
+        hide_input_in_errors=True,
     )
 
 
@@ -108,7 +147,7 @@ class SlskdSettings(BaseSettings):
 
     model_config = _env_config("SLSKD_")
 
-    url: str = "http://127.0.0.1:5030"
+    url: HttpUrl = "http://127.0.0.1:5030"
     api_key: SecretStr = SecretStr("")
     #: Seconds to wait for one HTTP request.
     timeout: float = Field(10.0, gt=0)
@@ -127,7 +166,7 @@ class MusicBrainzSettings(BaseSettings):
 
     model_config = _env_config("MUSICBRAINZ_")
 
-    url: str = "https://musicbrainz.org"
+    url: HttpUrl = "https://musicbrainz.org"
     app_name: str = Field("soulspot-jobs", min_length=1)
     app_version: str = Field("0.1.0", min_length=1)
     #: How MusicBrainz can reach whoever runs this instance (a URL or an e-mail address).
@@ -148,8 +187,8 @@ class SpotifySettings(BaseSettings):
 
     model_config = _env_config("SPOTIFY_")
 
-    api_url: str = "https://api.spotify.com"
-    accounts_url: str = "https://accounts.spotify.com"
+    api_url: HttpUrl = "https://api.spotify.com"
+    accounts_url: HttpUrl = "https://accounts.spotify.com"
     client_id: str = ""
     client_secret: SecretStr = SecretStr("")
     #: A user's refresh token (authorization-code flow); when set, the client acts as that user.
@@ -167,11 +206,15 @@ class Settings(BaseSettings):
     """Everything soulspot-jobs reads from the environment (and ``.env`` in the cwd)."""
 
     model_config = SettingsConfigDict(
-        env_file=".env", env_ignore_empty=True, extra="ignore", populate_by_name=True
+        env_file=ENV_FILE,
+        env_ignore_empty=True,
+        extra="ignore",
+        populate_by_name=True,
+        hide_input_in_errors=True,
     )
 
     #: Redis holding the breakers' state and Dramatiq's queues; ``None`` starts an embedded one.
-    redis_url: str | None = Field(None, validation_alias="REDIS_URL")
+    redis_url: RedisUrl | None = Field(None, validation_alias="REDIS_URL")
     #: Prefix of every Redis key soulspot-jobs writes.
     key_prefix: str = Field("soulspot", min_length=1, validation_alias="SOULSPOT_KEY_PREFIX")
     log_level: LogLevel = "INFO"
@@ -195,6 +238,32 @@ class Settings(BaseSettings):
         """``redis_url`` with its password replaced by ``***``, fit for logs and output."""
         return redact_url(self.redis_url) if self.redis_url is not None else None
 
+    def secret_values(self) -> list[str]:
+        """Every secret these settings hold: API keys, client secrets, refresh tokens, passwords
+        inside URLs.
+
+        The logging setup masks each of them wherever it would appear in a line. A URL's
+        password is given both as written (percent-encoded) and decoded.
+        """
+        secrets = [
+            self.slskd.api_key.get_secret_value(),
+            self.spotify.client_secret.get_secret_value(),
+            self.spotify.refresh_token.get_secret_value(),
+        ]
+        for url in self.urls().values():
+            secrets.extend(url_passwords(url) if url else ())
+        return [secret for secret in dict.fromkeys(secrets) if secret]
+
+    def urls(self) -> dict[str, str | None]:
+        """Every URL setting by environment variable (``REDIS_URL`` is ``None`` when unset)."""
+        return {
+            "REDIS_URL": self.redis_url,
+            "SLSKD_URL": self.slskd.url,
+            "MUSICBRAINZ_URL": self.musicbrainz.url,
+            "SPOTIFY_API_URL": self.spotify.api_url,
+            "SPOTIFY_ACCOUNTS_URL": self.spotify.accounts_url,
+        }
+
 
 #: Environment variable of each top-level field whose name is not simply its upper-case name.
 _ENV_ALIASES = {"redis_url": "REDIS_URL", "key_prefix": "SOULSPOT_KEY_PREFIX"}
@@ -214,8 +283,32 @@ _GROUP_PATHS = {
 }
 
 
-def _env_var(model: str, loc: tuple[str | int, ...]) -> str:
-    """Environment variable behind the field at ``loc`` of the model named ``model``."""
+#: Names of variables whose value is never shown, not even in an error message.
+_SECRET_NAME = re.compile(r"KEY|SECRET|TOKEN|PASSWORD", re.IGNORECASE)
+
+
+def _environment() -> dict[str, str]:
+    """The variables settings are read from, by upper-case name: ``.env``, then the environment.
+
+    Names are matched case-insensitively, as pydantic-settings reads them.
+    """
+    values: dict[str, str] = {}
+    if Path(ENV_FILE).is_file():
+        values.update(
+            (name.upper(), value)
+            for name, value in dotenv_values(ENV_FILE).items()
+            if value is not None
+        )
+    values.update((name.upper(), value) for name, value in os.environ.items())
+    return values
+
+
+def _env_candidates(model: str, loc: tuple[str | int, ...]) -> Iterator[tuple[str, list[str]]]:
+    """Variables that may hold the field at ``loc`` of the model named ``model``, most exact first.
+
+    Each comes with the fields left inside its value: ``CIRCUIT_BREAKER_SLSKD_API__TIMEOUT``
+    with none, then ``CIRCUIT_BREAKER_SLSKD_API`` (a JSON object) with ``["timeout"]``.
+    """
     parts = [str(part) for part in loc]
     group = _GROUPS.get(model)
     if model == Settings.__name__:
@@ -225,18 +318,45 @@ def _env_var(model: str, loc: tuple[str | int, ...]) -> str:
                 break
         else:
             if not parts:
-                return "(settings)"
-            return _ENV_ALIASES.get(parts[0], parts[0].upper())
+                yield "(settings)", []
+                return
+            parts[0] = _ENV_ALIASES.get(parts[0], parts[0])
     prefix = group.model_config.get("env_prefix", "") if group else ""
-    return prefix + "__".join(part.upper() for part in parts)
+    for end in range(len(parts), 0, -1):
+        yield prefix + "__".join(part.upper() for part in parts[:end]), parts[end:]
+
+
+def _shown(name: str, value: Any) -> str:
+    """``value`` of variable ``name`` as an error message may show it: secrets hidden."""
+    if _SECRET_NAME.search(name):
+        return repr(HIDDEN)
+    if isinstance(value, str):
+        return repr(redact_invalid_url(value))
+    return repr(value)
+
+
+def _problem(model: str, error: Any, environment: dict[str, str]) -> str:
+    """``NAME='value': reason`` for one validation error, naming the variable the user set."""
+    candidates = list(_env_candidates(model, error["loc"]))
+    name, inner = candidates[0]
+    value = error.get("input")
+    for candidate, fields in candidates:
+        if candidate in environment:
+            name, inner, value = candidate, fields, environment[candidate]
+            break
+    else:
+        inner = []
+    where = f" (field {'.'.join(inner)})" if inner else ""
+    reason = error["msg"]
+    if error["type"] == "value_error":  # our own checks: their message without pydantic's prefix
+        reason = str(error["ctx"]["error"])
+    return f"{name}={_shown(name, value)}{where}: {reason}"
 
 
 def _describe(exc: ValidationError) -> str:
     """One line: ``invalid setting CIRCUIT_BREAKER_TIMEOUT='x': Input should be ...``."""
-    problems = [
-        f"{_env_var(exc.title, error['loc'])}={error.get('input')!r}: {error['msg']}"
-        for error in exc.errors()
-    ]
+    environment = _environment()
+    problems = [_problem(exc.title, error, environment) for error in exc.errors()]
     return "invalid setting " + "; ".join(problems)
 
 
@@ -248,8 +368,8 @@ def _describe_source_error(exc: _SourceError) -> str:
         name = CIRCUIT_BREAKER_ENV_PREFIX + field.upper()
     else:
         name = _ENV_ALIASES.get(field, field.upper())
-    value = os.environ.get(name)
-    shown = f"{name}={value!r}" if value is not None else name
+    value = _environment().get(name)
+    shown = f"{name}={_shown(name, value)}" if value is not None else name
     return f"invalid setting {shown}: {exc.__cause__ or exc}".replace("\n", " ")
 
 

@@ -204,3 +204,98 @@ def test_capture_logs_still_works_after_configuration() -> None:
 )
 def test_redact_hides_passwords_and_secret_keys(value: object, expected: object) -> None:
     assert redact(value) == expected
+
+
+def test_a_known_secret_is_masked_even_inside_a_traceback_and_a_foreign_message() -> None:
+    # Given JSON logging with settings holding an API key and a URL password
+    stream = io.StringIO()
+    settings = Settings(
+        log_format="json",
+        slskd={"url": "http://admin:Pa55word-x@127.0.0.1:5030", "api_key": "key-abcdef-123"},
+    )
+    configure_logging(settings, stream=stream)
+
+    # When a library logs the key in its message and an exception carries both in a traceback
+    logging.getLogger("somelib").warning("sent X-API-Key=%s", "key-abcdef-123")
+    try:
+        raise RuntimeError("login admin/Pa55word-x with key-abcdef-123 refused")
+    except RuntimeError:
+        structlog.get_logger().exception("upstream refused")
+
+    # Then neither secret is written, while the rest of each line is
+    text = stream.getvalue()
+    assert "key-abcdef-123" not in text and "Pa55word-x" not in text
+    first, second = _lines(stream)
+    assert first["message"] == "sent X-API-Key=***"
+    assert "RuntimeError: login admin/*** with *** refused" in second["exception"]
+
+
+def test_a_url_password_in_an_exception_is_masked() -> None:
+    # Given JSON logging without any known secret
+    stream = _json_logging()
+
+    # When an exception whose text holds a URL with a password is logged
+    try:
+        raise ConnectionError("cannot reach http://bob:unknown-pw@10.0.0.1/")
+    except ConnectionError:
+        logging.getLogger("httpx").exception("request failed")
+
+    # Then the password is masked in the rendered traceback
+    assert "unknown-pw" not in stream.getvalue()
+    assert "http://bob:***@10.0.0.1/" in _lines(stream)[0]["exception"]
+
+
+def test_a_stream_handler_already_writing_to_the_same_stream_is_replaced() -> None:
+    # Given a root handler in another format on the stream (as Dramatiq's worker command
+    # installs with basicConfig) and one on another stream
+    stream, other = io.StringIO(), io.StringIO()
+    root = logging.getLogger()
+    theirs = logging.StreamHandler(stream)
+    theirs.setFormatter(logging.Formatter("[%(levelname)s] %(message)s"))
+    elsewhere = logging.StreamHandler(other)
+    root.addHandler(theirs)
+    root.addHandler(elsewhere)
+
+    # When logging is configured on that stream and a record is logged
+    configure_logging(Settings(log_format="json"), stream=stream)
+    logging.getLogger("dramatiq.WorkerProcess(0)").info("Worker process is ready for action.")
+
+    # Then it is written once on that stream, as our JSON; the other stream keeps its handler
+    [line] = _lines(stream)
+    assert line["message"] == "Worker process is ready for action."
+    assert theirs not in root.handlers
+    assert elsewhere in root.handlers
+    assert other.getvalue() == "Worker process is ready for action.\n"
+
+
+def test_a_short_secret_is_left_to_the_other_redaction() -> None:
+    # Given a very short API key (masking every "abc" in every line would garble the logs)
+    stream = io.StringIO()
+    configure_logging(Settings(log_format="json", slskd={"api_key": "abc"}), stream=stream)
+
+    # When a line happens to hold those letters
+    structlog.get_logger().info("abcdef")
+
+    # Then it is written as is
+    assert _lines(stream)[0]["message"] == "abcdef"
+
+
+def test_a_console_traceback_shows_no_local_variable_holding_a_secret() -> None:
+    # Given the console format and a long API key in the settings
+    key = "k" * 50 + "-long-api-key-" + "z" * 50
+    stream = io.StringIO()
+    configure_logging(Settings(log_format="console", slskd={"api_key": key}), stream=stream)
+
+    # When an exception is logged from a frame whose locals hold the key and a prefix of it
+    def send(headers: dict[str, str], prefix: str) -> None:
+        raise ConnectionError("upstream closed the connection")
+
+    try:
+        send({"X-API-Key": key}, key[:60])
+    except ConnectionError:
+        structlog.get_logger().exception("request failed")
+
+    # Then the traceback is written, but no part of the key
+    text = stream.getvalue()
+    assert "ConnectionError: upstream closed the connection" in text
+    assert "kkkkkkkkkk" not in text and "long-api-key" not in text
