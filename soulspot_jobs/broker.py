@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from dramatiq.brokers.redis import RedisBroker
 from dramatiq.middleware import AgeLimit
 
 from soulspot_jobs.circuit_breaker import Backend, RedisBackend
 from soulspot_jobs.errors import ConfigurationError
 from soulspot_jobs.middleware import CircuitBreakerMiddleware
+from soulspot_jobs.recovery import RecoveringRedisBroker, Recovery
 from soulspot_jobs.settings import Settings, load_settings
 from soulspot_jobs.shutdown import DaemonAsyncIO, ExitGuard
 
@@ -19,7 +19,7 @@ def build_broker(
     backend: Backend | None = None,
     prometheus: bool = False,
     **middleware_options: object,
-) -> RedisBroker:
+) -> SoulspotRedisBroker:
     """A Redis broker on ``url`` (default ``REDIS_URL``) whose breakers live in the same Redis.
 
     Middleware order: (Prometheus,) AgeLimit, TimeLimit, ShutdownNotifications, Callbacks,
@@ -33,12 +33,23 @@ def build_broker(
     are not counted as processed messages and no gauge goes negative
     (:mod:`soulspot_jobs.dramatiq_prometheus`); our own metrics are ``soulspot-jobs serve``'s
     ``/metrics``.
+
+    The broker is a :class:`~soulspot_jobs.recovery.RecoveringRedisBroker` with the
+    :class:`~soulspot_jobs.recovery.Recovery` middleware: a worker process silent for
+    ``RECOVERY_HEARTBEAT_TIMEOUT`` is dead (Dramatiq's own ``heartbeat_timeout`` is set to the
+    same) and its messages are requeued within ``RECOVERY_INTERVAL``; messages a live worker
+    lost from memory are requeued too.
     """
     settings = settings if settings is not None else load_settings()
     url = url or settings.redis_url
     if url is None:
         raise ConfigurationError("REDIS_URL is not set: the broker needs a Redis server")
-    broker = SoulspotRedisBroker(url=url, namespace=f"{settings.key_prefix}:dramatiq")
+    recovery = settings.recovery
+    broker = SoulspotRedisBroker(
+        url=url,
+        namespace=f"{settings.key_prefix}:dramatiq",
+        heartbeat_timeout=int(recovery.heartbeat_timeout * 1000),
+    )
     owns_backend = backend is None
     if backend is None:
         backend = RedisBackend(broker.client, prefix=f"{settings.key_prefix}:breaker")
@@ -51,6 +62,7 @@ def build_broker(
     broker.add_middleware(middleware)
     broker.add_middleware(DaemonAsyncIO())
     broker.add_middleware(ExitGuard())
+    broker.add_middleware(Recovery(recovery, marker_key=f"{settings.key_prefix}:recovery:alive"))
     if prometheus:
         from soulspot_jobs.dramatiq_prometheus import DramatiqPrometheus
 
@@ -58,7 +70,7 @@ def build_broker(
     return broker
 
 
-class SoulspotRedisBroker(RedisBroker):
+class SoulspotRedisBroker(RecoveringRedisBroker):
     """A RedisBroker whose ``close`` first closes the middleware that hold resources.
 
     The circuit-breaker middleware owns a writer thread (the deferred index) and, when it built

@@ -104,6 +104,7 @@ class JobStore:
         pipe = self.client.pipeline(transaction=False)
         pipe.hset(self.key(job.id), mapping=_encode(job.as_dict()))
         pipe.zadd(f"{self.prefix}:all", {job.id: now})
+        pipe.zadd(self.unfinished_key, {job.id: now})
         pipe.execute()
         return job
 
@@ -146,7 +147,20 @@ class JobStore:
         entry = _history_change(job, changes)
         if entry is not None:
             changes["history"] = [*job.history, entry][-HISTORY_LIMIT:]
-        self.client.hset(self.key(job_id), mapping=_encode(changes))
+        pipe = self.client.pipeline(transaction=False)
+        pipe.hset(self.key(job_id), mapping=_encode(changes))
+        if changes.get("state") in FINAL_STATES:
+            pipe.zrem(self.unfinished_key, job_id)
+        pipe.execute()
+
+    @property
+    def unfinished_key(self) -> str:
+        """Sorted set of the jobs not yet done or failed, by creation time (for recovery)."""
+        return f"{self.prefix}:unfinished"
+
+    def unfinished_ids(self) -> list[str]:
+        """Ids of the jobs not yet done or failed, oldest first."""
+        return [_text(job_id) for job_id in self.client.zrange(self.unfinished_key, 0, -1)]
 
     def reopen(self, job_id: str, note: str) -> bool:
         """Take a job out of ``failed`` (or a stale state) back to ``queued``: its work was
@@ -165,7 +179,10 @@ class JobStore:
                 -HISTORY_LIMIT:
             ],
         }
-        self.client.hset(self.key(job_id), mapping=_encode(changes))
+        pipe = self.client.pipeline(transaction=False)
+        pipe.hset(self.key(job_id), mapping=_encode(changes))
+        pipe.zadd(self.unfinished_key, {job_id: now})
+        pipe.execute()
         return True
 
     def jobs(self, *, limit: int = 100) -> list[Job]:

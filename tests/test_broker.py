@@ -13,7 +13,7 @@ from soulspot_jobs.middleware import CircuitBreakerMiddleware
 from soulspot_jobs.settings import load_settings
 
 #: The documented order: AgeLimit first (an expired message takes no trial slot), the breaker
-#: before Retries (a deferral consumes no retry), AsyncIO last.
+#: before Retries (a deferral consumes no retry), AsyncIO, then Recovery (its place is free).
 EXPECTED_ORDER = [
     "AgeLimit",
     "TimeLimit",
@@ -24,6 +24,7 @@ EXPECTED_ORDER = [
     "CircuitBreakerMiddleware",
     "DaemonAsyncIO",
     "ExitGuard",
+    "Recovery",
 ]
 
 
