@@ -22,7 +22,7 @@ def build_broker(
 ) -> SoulspotRedisBroker:
     """A Redis broker on ``url`` (default ``REDIS_URL``) whose breakers live in the same Redis.
 
-    Middleware order: (Prometheus,) AgeLimit, TimeLimit, ShutdownNotifications, Callbacks,
+    Middleware order: (Prometheus,) Recovery, AgeLimit, TimeLimit, ShutdownNotifications, Callbacks,
     Pipelines, Retries, **CircuitBreaker**, AsyncIO (its event loop in a daemon thread) and
     ExitGuard (both in :mod:`soulspot_jobs.shutdown`). AgeLimit comes first so an expired
     message is dead-lettered without taking a trial slot; the breaker comes after Retries, so
@@ -33,6 +33,8 @@ def build_broker(
     are not counted as processed messages and no gauge goes negative
     (:mod:`soulspot_jobs.dramatiq_prometheus`); our own metrics are ``soulspot-jobs serve``'s
     ``/metrics``.
+    Recovery goes first so that it notes each message before any other middleware may enqueue on
+    its behalf, and forgets it after the last one did.
 
     The broker is a :class:`~soulspot_jobs.recovery.RecoveringRedisBroker` with the
     :class:`~soulspot_jobs.recovery.Recovery` middleware: a worker process silent for
@@ -62,11 +64,12 @@ def build_broker(
     broker.add_middleware(middleware)
     broker.add_middleware(DaemonAsyncIO())
     broker.add_middleware(ExitGuard())
-    broker.add_middleware(Recovery(recovery, marker_key=f"{settings.key_prefix}:recovery:alive"))
+    marker_key = f"{settings.key_prefix}:recovery:alive"
+    broker.add_middleware(Recovery(recovery, marker_key=marker_key), before=AgeLimit)
     if prometheus:
         from soulspot_jobs.dramatiq_prometheus import DramatiqPrometheus
 
-        broker.add_middleware(DramatiqPrometheus(), before=AgeLimit)
+        broker.add_middleware(DramatiqPrometheus(), before=Recovery)
     return broker
 
 

@@ -12,6 +12,15 @@ This broker keeps, per queue, the Redis ids of the messages fetched and not yet 
 nacked or requeued (updated under one lock together with each fetch, so it never lags behind
 the ack set), drops from it what a restarting consumer lost, and requeues on request every
 member of its own ack sets it does not hold: the *strays*. It is a drop-in ``RedisBroker``.
+
+Two more gaps of Dramatiq's Redis broker while Redis is away are closed here:
+
+* A message whose follow-up could not be enqueued (its retry, its deferred copy, its next step)
+  would be acknowledged all the same and the job lost. Its acknowledgement is withheld instead:
+  the message stays in the ack set, becomes a stray and runs again once Redis is back.
+* A consumer that fails to requeue its delayed messages on its way to a restart would die of the
+  raw ``redis.ConnectionError``; it is reported as Dramatiq's ``ConnectionClosed``, which the
+  consumer survives.
 """
 
 from __future__ import annotations
@@ -22,8 +31,13 @@ from collections import defaultdict
 from collections.abc import Iterable
 from typing import Any
 
+import redis
+import structlog
 from dramatiq.brokers.redis import RedisBroker
 from dramatiq.common import dq_name
+from dramatiq.errors import ConnectionClosed
+
+log = structlog.get_logger("soulspot_jobs.recovery")
 
 
 def _redis_ids(raw_messages: Iterable[bytes | None]) -> set[str]:
@@ -43,6 +57,26 @@ class RecoveringRedisBroker(RedisBroker):
         self._consumers: dict[tuple[int, str], Any] = {}
         #: Set when a consumer restarted: its lost messages are strays until requeued.
         self.strays_suspected = threading.Event()
+        #: Redis ids of messages whose acknowledgement must not be sent (see the module doc).
+        self._withheld: set[str] = set()
+        #: Per worker thread: the Redis id of the message it is processing.
+        self._processing = threading.local()
+
+    def processing(self, message: Any | None) -> None:
+        """Note the message the calling worker thread processes now (``None``: done)."""
+        self._processing.redis_id = None if message is None else message.options.get(
+            "redis_message_id"
+        )
+
+    def enqueue(self, message: Any, *, delay: int | None = None) -> Any:
+        try:
+            return super().enqueue(message, delay=delay)
+        except redis.RedisError:
+            current = getattr(self._processing, "redis_id", None)
+            if current is not None:
+                with self._held_lock:
+                    self._withheld.add(current)
+            raise
 
     # -- the dispatch commands that move messages in and out of this process's ack sets --
 
@@ -53,6 +87,18 @@ class RecoveringRedisBroker(RedisBroker):
         return raw_messages
 
     def do_ack(self, queue_name: str, redis_id: str) -> Any:
+        with self._held_lock:
+            withheld = redis_id in self._withheld
+            self._withheld.discard(redis_id)
+        if withheld:
+            log.warning(
+                f"Message {redis_id} on {queue_name} not acknowledged: a message it sent could "
+                "not be enqueued (Redis unavailable); it runs again once Redis is back",
+                event_name="recovery.ack_withheld",
+            )
+            self._forget(queue_name, (redis_id,))
+            self.strays_suspected.set()
+            return None
         reply = self._dispatch("ack")(queue_name, redis_id)
         self._forget(queue_name, (redis_id,))
         return reply
@@ -63,7 +109,10 @@ class RecoveringRedisBroker(RedisBroker):
         return reply
 
     def do_requeue(self, queue_name: str, *redis_ids: str) -> Any:
-        reply = self._dispatch("requeue")(queue_name, *redis_ids)
+        try:
+            reply = self._dispatch("requeue")(queue_name, *redis_ids)
+        except redis.ConnectionError as exc:  # left in the ack set: strays, requeued later
+            raise ConnectionClosed(exc) from None
         self._forget(queue_name, redis_ids)
         return reply
 

@@ -46,7 +46,9 @@ class Recovery(Middleware):
     """Requeues dead processes' messages and this process's strays; see the module docstring.
 
     Runs only in processes that run a :class:`dramatiq.Worker` (started on worker boot,
-    stopped on worker shutdown); producers need none of it.
+    stopped on worker shutdown); producers need none of it. It goes first among the middleware,
+    so that it notes each message before any other middleware may enqueue on its behalf, and
+    forgets it after the last one did (see :meth:`RecoveringRedisBroker.processing`).
     """
 
     def __init__(self, settings: RecoverySettings, *, marker_key: str) -> None:
@@ -66,6 +68,18 @@ class Recovery(Middleware):
         self._next_stray_check = time.monotonic() + STRAY_CHECK_EVERY
         self._thread = Periodic("soulspot-recovery", self.settings.interval, self.step)
         self._thread.start()
+
+    def before_process_message(self, broker: dramatiq.Broker, message: Any) -> None:
+        if isinstance(broker, RecoveringRedisBroker):
+            broker.processing(message)
+
+    def after_process_message(
+        self, broker: dramatiq.Broker, message: Any, *, result: Any = None, exception: Any = None
+    ) -> None:
+        if isinstance(broker, RecoveringRedisBroker):
+            broker.processing(None)
+
+    after_skip_message = after_process_message
 
     def after_worker_shutdown(self, broker: dramatiq.Broker, worker: Any) -> None:
         """Stop the thread, then give back at once what the stopped consumers held only in

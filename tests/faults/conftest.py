@@ -8,6 +8,7 @@ figures of the README's fault table.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -189,10 +190,8 @@ def worker_processes(command: subprocess.Popen[bytes]) -> list[int]:
 
 
 def _kill(pid: int) -> None:
-    try:
+    with contextlib.suppress(ProcessLookupError):
         os.kill(pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
 
 
 def worker_env(
