@@ -22,19 +22,19 @@ def build_broker(
 ) -> SoulspotRedisBroker:
     """A Redis broker on ``url`` (default ``REDIS_URL``) whose breakers live in the same Redis.
 
-    Middleware order: (Prometheus,) Recovery, AgeLimit, TimeLimit, ShutdownNotifications, Callbacks,
-    Pipelines, Retries, **CircuitBreaker**, AsyncIO (its event loop in a daemon thread) and
-    ExitGuard (both in :mod:`soulspot_jobs.shutdown`). AgeLimit comes first so an expired
-    message is dead-lettered without taking a trial slot; the breaker comes after Retries, so
-    that its ``after_process_message`` runs first (Dramatiq calls ``after_*`` hooks in reverse
-    order) and a deferred message is never retried as well. Closing the broker closes the
-    middleware (its deferred-index writer and, for a backend built here, the breakers' view
-    watcher). ``prometheus=True`` adds Dramatiq's Prometheus middleware, fixed so that deferrals
-    are not counted as processed messages and no gauge goes negative
+    Middleware order: (Prometheus,) Recovery, AgeLimit, TimeLimit, ShutdownNotifications,
+    Callbacks, Pipelines, Retries, **CircuitBreaker**, AsyncIO (its event loop in a daemon
+    thread) and ExitGuard (both in :mod:`soulspot_jobs.shutdown`). Recovery only takes notes:
+    it goes first so that it notes each message before any other middleware may enqueue on its
+    behalf, and forgets it after the last one did. AgeLimit comes next so an expired message is
+    dead-lettered without taking a trial slot; the breaker comes after Retries, so that its
+    ``after_process_message`` runs first (Dramatiq calls ``after_*`` hooks in reverse order) and
+    a deferred message is never retried as well. Closing the broker closes the middleware (its
+    deferred-index writer and, for a backend built here, the breakers' view watcher).
+    ``prometheus=True`` adds Dramatiq's Prometheus middleware, fixed so that deferrals are not
+    counted as processed messages and no gauge goes negative
     (:mod:`soulspot_jobs.dramatiq_prometheus`); our own metrics are ``soulspot-jobs serve``'s
     ``/metrics``.
-    Recovery goes first so that it notes each message before any other middleware may enqueue on
-    its behalf, and forgets it after the last one did.
 
     The broker is a :class:`~soulspot_jobs.recovery.RecoveringRedisBroker` with the
     :class:`~soulspot_jobs.recovery.Recovery` middleware: a worker process silent for

@@ -92,8 +92,8 @@ class RecoveringRedisBroker(RedisBroker):
             self._withheld.discard(redis_id)
         if withheld:
             log.warning(
-                f"Message {redis_id} on {queue_name} not acknowledged: a message it sent could "
-                "not be enqueued (Redis unavailable); it runs again once Redis is back",
+                f"Message (Redis id {redis_id}) on {queue_name} not acknowledged: a message it "
+                "sent could not be enqueued (Redis unavailable); it runs again once Redis is back",
                 event_name="recovery.ack_withheld",
             )
             self._forget(queue_name, (redis_id,))

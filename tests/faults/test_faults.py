@@ -149,3 +149,38 @@ def test_a_redis_restart_with_an_append_only_file_loses_no_job_and_needs_no_work
     )
     assert lost == 0
     assert recovered_in < RECOVERY_DEADLINE
+
+
+# -- an upstream outage -------------------------------------------------------------------------
+
+
+def test_an_slskd_outage_defers_the_jobs_and_every_one_is_done_once_slskd_is_back(
+    stage: Stage,
+) -> None:
+    # Given workers whose slskd breaker opens for 2 s at a time
+    stage.env.update(CIRCUIT_BREAKER_SLSKD_API__TIMEOUT="2")
+    stage.start_workers(processes=2)
+    job_ids = stage.enqueue_downloads(JOBS)
+    wait_until(lambda: _in_flight(stage, job_ids) >= JOBS // 2, "jobs in flight", 20.0)
+
+    # When slskd refuses every connection for 5 s
+    stage.slskd.faults.outage(5.0, mode="refuse")
+    back_at = time.monotonic() + 5.0
+
+    # Then the jobs are deferred, not failed, and all are done soon after slskd is back
+    stage.wait_all_final(job_ids, RECOVERY_DEADLINE)
+    recovered_in = time.monotonic() - back_at
+    breaker = stage.producer.middleware.breaker("slskd-api").stats
+    lost, duplicates = stage.lost(job_ids), stage.duplicates(job_ids)
+    stage.record(
+        Figures(
+            "slskd refusing connections for 5 s",
+            JOBS,
+            lost,
+            duplicates,
+            recovered_in,
+            f"breaker opened; {breaker.total_rejections} calls refused, jobs deferred",
+        )
+    )
+    assert lost == 0
+    assert breaker.total_rejections > 0
