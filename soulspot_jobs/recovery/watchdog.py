@@ -60,6 +60,11 @@ class Recovery(Middleware):
         self._seen_marker = False
         self._next_stray_check = 0.0
 
+    @property
+    def has_looked(self) -> bool:
+        """Whether this process has looked at Redis once (and so knows its marker)."""
+        return self._seen_marker
+
     def after_worker_boot(self, broker: dramatiq.Broker, worker: Any) -> None:
         if not isinstance(broker, RecoveringRedisBroker):
             return
