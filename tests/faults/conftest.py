@@ -81,10 +81,14 @@ class Stage:
     logs: Path
     env: dict[str, str]
     commands: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    broker_ids: dict[int, set[bytes]] = field(default_factory=dict)
     producer: SoulspotJobs | None = None
 
     def start_workers(self, *, processes: int = 1, threads: int = 4) -> subprocess.Popen[bytes]:
-        """Start ``dramatiq soulspot_jobs.worker``; return once its processes heartbeat."""
+        """Start ``dramatiq soulspot_jobs.worker``; return once its processes heartbeat.
+
+        The command's broker ids are in ``self.broker_ids[command.pid]``.
+        """
         before = self.heartbeats()
         log = open(self.logs / f"worker-{len(self.commands)}.log", "wb")  # noqa: SIM115
         command = subprocess.Popen(
@@ -102,7 +106,20 @@ class Stage:
             "the worker processes' first heartbeats",
             START_DEADLINE,
         )
+        self.broker_ids[command.pid] = self.heartbeats() - before
         return command
+
+    def held_by(self, command: subprocess.Popen[bytes]) -> int:
+        """Messages in the ack sets of ``command``'s worker processes (fetched, not acked)."""
+        client = redis.Redis.from_url(self.redis.url)
+        try:
+            return sum(
+                client.scard(key)
+                for broker_id in self.broker_ids[command.pid]
+                for key in client.scan_iter(f"{NAMESPACE}:__acks__.{broker_id.decode()}.*")
+            )
+        finally:
+            client.close()
 
     def restart_redis(self, down_for: float) -> None:
         """Stop Redis (SHUTDOWN: the append-only file is flushed), keep it down ``down_for``
@@ -145,7 +162,8 @@ class Stage:
         return sum(1 for s in self.states(job_ids).values() if s is not JobState.DONE)
 
     def duplicates(self, job_ids: list[str]) -> int:
-        """Searches started and downloads enqueued at slskd beyond one of each per job."""
+        """Searches started and downloads enqueued at slskd beyond one of each per job: the
+        steps that ran twice (the other steps only read)."""
         searches = len(self.slskd.search_requests)
         transfers = len(self.slskd._transfers)
         return max(0, searches - len(job_ids)) + max(0, transfers - len(job_ids))
