@@ -40,9 +40,24 @@ from dramatiq.errors import ConnectionClosed
 log = structlog.get_logger("soulspot_jobs.recovery")
 
 
+#: How Dramatiq's JSON encoder writes the option, followed by the 36-character id.
+_ID_MARK = b'"redis_message_id":"'
+_ID_LENGTH = 36
+
+
+def _redis_id(raw: bytes) -> str:
+    """The ``redis_message_id`` option of one encoded message, found without decoding it all
+    when the key occurs once (inside a JSON string its quotes would be escaped)."""
+    if raw.count(_ID_MARK) == 1:
+        start = raw.index(_ID_MARK) + len(_ID_MARK)
+        if raw[start + _ID_LENGTH : start + _ID_LENGTH + 1] == b'"':
+            return raw[start : start + _ID_LENGTH].decode()
+    return json.loads(raw)["options"]["redis_message_id"]
+
+
 def _redis_ids(raw_messages: Iterable[bytes | None]) -> set[str]:
     """The ``redis_message_id`` option of each encoded message (``None`` entries skipped)."""
-    return {json.loads(raw)["options"]["redis_message_id"] for raw in raw_messages if raw}
+    return {_redis_id(raw) for raw in raw_messages if raw}
 
 
 class RecoveringRedisBroker(RedisBroker):
@@ -64,8 +79,8 @@ class RecoveringRedisBroker(RedisBroker):
 
     def processing(self, message: Any | None) -> None:
         """Note the message the calling worker thread processes now (``None``: done)."""
-        self._processing.redis_id = None if message is None else message.options.get(
-            "redis_message_id"
+        self._processing.redis_id = (
+            None if message is None else message.options.get("redis_message_id")
         )
 
     def enqueue(self, message: Any, *, delay: int | None = None) -> Any:

@@ -73,7 +73,7 @@ class OrphanCheck(Middleware):
         self._suspects: dict[str, float] = {}
 
     def after_worker_boot(self, broker: dramatiq.Broker, worker: Any) -> None:
-        if not isinstance(broker, RecoveringRedisBroker):
+        if not isinstance(broker, RecoveringRedisBroker) or self._thread is not None:
             return
         self._broker = broker
         source = resources.files("soulspot_jobs.recovery").joinpath("lua", "lead.lua")
@@ -167,9 +167,7 @@ class OrphanCheck(Middleware):
         fields = {"job_id": job_id, "state": job.state.value, "requeues": requeues}
         if requeues < self.settings.orphan_requeues:
             step = next_step(job)
-            self.store.update(
-                job_id, details={"orphan_requeues": requeues + 1}, last_error=reason
-            )
+            self.store.update(job_id, details={"orphan_requeues": requeues + 1}, last_error=reason)
             self._broker.get_actor(step).send(job_id)
             log.error(
                 f"Job {job_id} requeued at {step}: {reason}",

@@ -38,8 +38,7 @@ class Periodic(threading.Thread):
             except redis.RedisError as exc:
                 if not self._failing:
                     log.error(
-                        f"{self.name}: Redis unavailable ({exc}); retrying every "
-                        f"{self.interval} s",
+                        f"{self.name}: Redis unavailable ({exc}); retrying every {self.interval} s",
                         event_name="recovery.redis_unavailable",
                     )
                 self._failing = True

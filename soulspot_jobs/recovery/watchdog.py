@@ -66,7 +66,7 @@ class Recovery(Middleware):
         return self._seen_marker
 
     def after_worker_boot(self, broker: dramatiq.Broker, worker: Any) -> None:
-        if not isinstance(broker, RecoveringRedisBroker):
+        if not isinstance(broker, RecoveringRedisBroker) or self._thread is not None:
             return
         self._broker = broker
         self._script = broker.client.register_script(_heartbeat_source())
@@ -141,8 +141,7 @@ class Recovery(Middleware):
         requeued = self._broker.requeue_strays()
         if requeued:
             log.warning(
-                f"Requeued {requeued} messages this worker had fetched but no longer held "
-                f"({why})",
+                f"Requeued {requeued} messages this worker had fetched but no longer held ({why})",
                 event_name="recovery.strays",
                 requeued=requeued,
             )

@@ -93,8 +93,14 @@ class Stage:
         log = open(self.logs / f"worker-{len(self.commands)}.log", "wb")  # noqa: SIM115
         command = subprocess.Popen(
             [
-                sys.executable, "-m", "dramatiq", "soulspot_jobs.worker",
-                "--processes", str(processes), "--threads", str(threads),
+                sys.executable,
+                "-m",
+                "dramatiq",
+                "soulspot_jobs.worker",
+                "--processes",
+                str(processes),
+                "--threads",
+                str(threads),
             ],  # fmt: skip
             env=self.env,
             stdout=log,
