@@ -142,6 +142,13 @@ class RecoveringRedisBroker(RedisBroker):
             self._forget_what_was_lost(queue_name, previous)
         return consumer
 
+    def forget_prefetched(self, consumers: Iterable[Any]) -> None:
+        """The worker stopped: what its consumers had prefetched will never be processed."""
+        for thread in consumers:
+            consumer = getattr(thread, "consumer", None)
+            if consumer is not None:
+                self._forget(thread.queue_name, _redis_ids(consumer.message_cache))
+
     # -- strays ---------------------------------------------------------------------------
 
     def ack_set_key(self, queue_name: str, broker_id: str | None = None) -> str:

@@ -3,14 +3,18 @@
 A job in a non-final state always has a message somewhere while it is alive: in a queue, a
 delay queue, a worker's ack set (the ``.msgs`` hashes hold all three) or the dead letters. When
 Redis lost data (restarted without persistence, or a crash took the last second of an
-append-only file) or Dramatiq dropped a message (a retry that could not be enqueued while Redis
-was away), the record is all that is left. One worker process at a time (a lease in Redis)
-looks every ``RECOVERY_ORPHAN_CHECK_INTERVAL`` for such jobs: not done or failed, no activity
-for ``RECOVERY_ORPHAN_AFTER`` (last update, or the end of a deferral) and no message anywhere,
-on two looks in a row with no update in between (a message moving between hashes during one
-scan cannot make a job look orphaned). Each is requeued at its current step, logged at ERROR
-(``job.orphaned``); after ``RECOVERY_ORPHAN_REQUEUES`` requeues it is marked ``failed`` with the
-reason instead.
+append-only file) or a message was dropped some other way (a producer died between writing the
+record and sending its message), the record is all that is left.
+
+One worker process at a time (a lease in Redis) looks every ``RECOVERY_ORPHAN_CHECK_INTERVAL``
+for such jobs: not done or failed, no sign of life for ``RECOVERY_ORPHAN_AFTER`` (last update,
+or the end of a deferral) and no message anywhere, on two looks in a row with no update in
+between (a message moving between hashes during one scan cannot make a job look orphaned). The
+unfinished jobs are a sorted set scored by their last sign of life, so a look reads only the
+idle ones; the message hashes are scanned only when some job is idle, and at most a tenth of
+the time (a long backlog makes queued jobs look idle). Each orphan is requeued at its current
+step, logged at ERROR (``job.orphaned``); after ``RECOVERY_ORPHAN_REQUEUES`` requeues it is
+marked ``failed`` with the reason instead.
 """
 
 from __future__ import annotations
@@ -37,6 +41,8 @@ log = structlog.get_logger("soulspot_jobs.recovery")
 BATCH = 500
 #: The lease on the check lasts this many check intervals (a dead holder is replaced after it).
 LEASE_INTERVALS = 3
+#: After a look that scanned the message hashes, wait this many times its duration.
+SCAN_BACKOFF = 10
 
 
 def next_step(job: Job) -> str:
@@ -71,6 +77,8 @@ class OrphanCheck(Middleware):
         self._thread: Periodic | None = None
         #: Jobs that looked orphaned on the previous look, with their ``updated_at`` then.
         self._suspects: dict[str, float] = {}
+        #: ``time.monotonic()`` before which no look starts (see ``SCAN_BACKOFF``).
+        self._next_scan = 0.0
 
     def after_worker_boot(self, broker: dramatiq.Broker, worker: Any) -> None:
         if not isinstance(broker, RecoveringRedisBroker) or self._thread is not None:
@@ -94,10 +102,16 @@ class OrphanCheck(Middleware):
         if not self._lead(keys=[self.lease_key], args=[self._token, lease_ms]):
             self._suspects = {}
             return []
+        now = time.monotonic()
+        if now < self._next_scan:
+            return []
         suspects = self._inactive_jobs(time.time())
         if suspects:
             for job_id in self._jobs_with_messages(set(suspects)):
                 del suspects[job_id]
+            # Jobs waiting behind a long backlog look idle too; keep the scans of the message
+            # hashes to about a tenth of this thread's time however big the backlog grows.
+            self._next_scan = now + SCAN_BACKOFF * (time.monotonic() - now)
         confirmed = [job for job, seen in suspects.items() if self._suspects.get(job) == seen]
         self._suspects = suspects
         return [job_id for job_id in confirmed if self._recover(job_id)]
@@ -107,7 +121,7 @@ class OrphanCheck(Middleware):
     def _inactive_jobs(self, now: float) -> dict[str, float]:
         """Unfinished jobs with no activity for ``orphan_after``: id -> ``updated_at``."""
         client, found, gone = self.store.client, {}, []
-        job_ids = self.store.unfinished_ids()
+        job_ids = self.store.unfinished_ids(idle_since=now - self.settings.orphan_after)
         for start in range(0, len(job_ids), BATCH):
             batch = job_ids[start : start + BATCH]
             pipe = client.pipeline(transaction=False)

@@ -93,6 +93,7 @@ class Recovery(Middleware):
             return
         self._thread.stop(STOP_TIMEOUT)
         self._thread = None
+        self._broker.forget_prefetched(getattr(worker, "consumers", {}).values())
         try:
             self._requeue_strays("on shutdown")
         except Exception as exc:  # the other processes will requeue them after the timeout

@@ -149,3 +149,36 @@ def test_a_redis_that_lost_its_data_is_reported_in_the_worker_log(
     [report] = [e for e in logs if e.get("event_name") == "recovery.redis_data_lost"]
     assert report["log_level"] == "error"
     assert "appendonly" in report["event"]
+
+
+def test_a_stopped_worker_gives_back_what_it_prefetched_at_once(redis_url: str) -> None:
+    # Given a worker whose two threads are busy and which holds two more messages (its prefetch)
+    broker, runs, release = build_broker(_settings(redis_url)), Runs(), threading.Event()
+
+    @dramatiq.actor(broker=broker, actor_name="slow", max_retries=0)
+    def slow(n: int) -> None:
+        release.wait(10)
+        runs.add(n)
+
+    for n in range(6):
+        slow.send(n)
+    worker = dramatiq.Worker(broker, worker_threads=2, worker_timeout=100)
+    worker.start()
+    stopped = False
+    try:
+        wait_until(lambda: broker.held_count() == 4, "the prefetch", 5.0)
+
+        # When it is stopped gracefully, its threads finishing their messages
+        release.set()
+        worker.stop()
+        stopped = True
+
+        # Then nothing is left in its ack sets: what it did not process is queued again
+        acks = broker.client.keys(f"{broker.namespace}:__acks__.{broker.broker_id}.*")
+        assert sum(broker.client.scard(key) for key in acks) == 0
+        assert broker.client.llen(f"{broker.namespace}:default") == 6 - sum(runs.counts.values())
+    finally:
+        release.set()
+        if not stopped:
+            worker.stop()
+        broker.close()
