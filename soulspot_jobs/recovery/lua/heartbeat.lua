@@ -12,8 +12,10 @@
 -- 1. Heartbeat for this process (Dramatiq's consumers do the same on every command, but a
 --    process whose threads are all busy may issue none for a long time).
 -- 2. Every other process silent for the timeout is dead: each message in its ack sets that
---    still exists goes back to the tail of its queue, and the ack set is deleted. The dead id
---    stays in the heartbeats set; Dramatiq's own maintenance removes it once it has no ack set.
+--    still exists goes back to the tail of its queue, the ack sets are deleted and the id leaves
+--    the heartbeats set (a process that was only stalled adds itself again with its next
+--    command). Every worker of this application declares all its queues, so ARGV names every
+--    ack set a dead process can have.
 -- 3. The marker is read and renewed: a process that saw it once and then finds it missing
 --    knows Redis lost its data.
 --
@@ -44,6 +46,7 @@ for _, worker in ipairs(redis.call('ZRANGEBYSCORE', heartbeats, 0, now - timeout
     end
     if found > 0 then dead_with_messages = dead_with_messages + 1 end
     requeued = requeued + found
+    redis.call('ZREM', heartbeats, worker)
   end
 end
 return {had_marker, requeued, dead_with_messages}
