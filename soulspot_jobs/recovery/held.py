@@ -106,6 +106,12 @@ class RecoveringRedisBroker(RedisBroker):
             withheld = redis_id in self._withheld
             self._withheld.discard(redis_id)
         if withheld:
+            try:  # while Redis is away, Dramatiq retries the ack: keep that pace (no busy loop)
+                self.client.ping()
+            except redis.RedisError as exc:
+                with self._held_lock:
+                    self._withheld.add(redis_id)
+                raise ConnectionClosed(exc) from None
             log.warning(
                 f"Message (Redis id {redis_id}) on {queue_name} not acknowledged: a message it "
                 "sent could not be enqueued (Redis unavailable); it runs again once Redis is back",
