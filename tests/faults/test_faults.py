@@ -41,13 +41,17 @@ def test_a_killed_workers_jobs_are_all_done_within_a_minute_by_the_surviving_wor
     stage.start_workers()
     job_ids = stage.enqueue_downloads(JOBS)
     wait_until(lambda: _in_flight(stage, job_ids) >= JOBS // 2, "jobs in flight", 20.0)
+    # And slskd's breaker held OPEN for 5 s, so that the workers hold deferred messages
+    breaker = stage.producer.middleware.breaker("slskd-api")
+    breaker.record_failure_sync(breaker.acquire_sync(), hold_open=5.0)
     wait_until(lambda: stage.held_by(doomed) >= 3, "messages held by the doomed worker", 20.0)
 
-    # When one worker process is killed with its messages in flight, delayed polls included
-    held = stage.held_by(doomed)
+    # When one worker process is killed with its messages in flight, deferrals included
     [pid] = worker_processes(doomed)
     os.kill(pid, signal.SIGKILL)
     killed_at = time.monotonic()
+    held = stage.held_by(doomed)  # what it took with it: left in its ack sets
+    assert held > 0
 
     # Then the survivor finishes every job within the deadline, each exactly once
     stage.wait_all_final(job_ids, RECOVERY_DEADLINE)
