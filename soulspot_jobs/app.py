@@ -21,6 +21,7 @@ from soulspot_jobs.deferred import DeferredJob
 from soulspot_jobs.errors import InvalidJobError
 from soulspot_jobs.jobs import Job, JobState
 from soulspot_jobs.middleware import CircuitBreakerMiddleware
+from soulspot_jobs.recovery import OrphanCheck
 from soulspot_jobs.settings import Settings
 from soulspot_jobs.validation import (
     MAX_TEXT_LENGTH,
@@ -50,6 +51,14 @@ class SoulspotJobs:
         downloads.declare(self.broker, self.runtime)
         metadata.declare(self.broker, self.runtime)
         playlists.declare(self.broker, self.runtime, self._enqueue_track)
+        self.broker.add_middleware(
+            OrphanCheck(
+                settings.recovery,
+                self.store,
+                job_actors=JOB_ACTORS,
+                lease_key=f"{settings.key_prefix}:recovery:orphan-check",
+            )
+        )
 
     def actor(self, name: str) -> dramatiq.Actor:
         return self.broker.get_actor(name)

@@ -104,6 +104,7 @@ class JobStore:
         pipe = self.client.pipeline(transaction=False)
         pipe.hset(self.key(job.id), mapping=_encode(job.as_dict()))
         pipe.zadd(f"{self.prefix}:all", {job.id: now})
+        pipe.zadd(self.unfinished_key, {job.id: now})
         pipe.execute()
         return job
 
@@ -146,7 +147,25 @@ class JobStore:
         entry = _history_change(job, changes)
         if entry is not None:
             changes["history"] = [*job.history, entry][-HISTORY_LIMIT:]
-        self.client.hset(self.key(job_id), mapping=_encode(changes))
+        pipe = self.client.pipeline(transaction=False)
+        pipe.hset(self.key(job_id), mapping=_encode(changes))
+        if changes.get("state") in FINAL_STATES:
+            pipe.zrem(self.unfinished_key, job_id)
+        elif job.state not in FINAL_STATES:
+            resumes = (changes.get("deferred_until") or 0) / 1000
+            pipe.zadd(self.unfinished_key, {job_id: max(changes["updated_at"], resumes)})
+        pipe.execute()
+
+    @property
+    def unfinished_key(self) -> str:
+        """Sorted set of the jobs not yet done or failed, scored by their last sign of life
+        (creation, last update, or the end of a deferral), epoch seconds; read by recovery."""
+        return f"{self.prefix}:unfinished"
+
+    def unfinished_ids(self, *, idle_since: float = float("inf")) -> list[str]:
+        """Ids of the jobs not yet done or failed with no sign of life after ``idle_since``."""
+        found = self.client.zrangebyscore(self.unfinished_key, "-inf", idle_since)
+        return [_text(job_id) for job_id in found]
 
     def reopen(self, job_id: str, note: str) -> bool:
         """Take a job out of ``failed`` (or a stale state) back to ``queued``: its work was
@@ -165,7 +184,10 @@ class JobStore:
                 -HISTORY_LIMIT:
             ],
         }
-        self.client.hset(self.key(job_id), mapping=_encode(changes))
+        pipe = self.client.pipeline(transaction=False)
+        pipe.hset(self.key(job_id), mapping=_encode(changes))
+        pipe.zadd(self.unfinished_key, {job_id: now})
+        pipe.execute()
         return True
 
     def jobs(self, *, limit: int = 100) -> list[Job]:

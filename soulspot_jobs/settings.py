@@ -25,10 +25,12 @@ from pydantic import (
     ConfigDict,
     Field,
     PlainSerializer,
+    PrivateAttr,
     SecretStr,
     ValidationError,
     create_model,
     field_validator,
+    model_validator,
 )
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -71,6 +73,11 @@ RedisUrl = Annotated[
     AfterValidator(check_redis_url),
     PlainSerializer(redact_url, return_type=str, when_used="json"),
 ]
+#: A HALF_OPEN trial is one message run; the most HTTP calls one job step makes (``search_track``:
+#: look at the search, read its responses, enqueue the download) ...
+TRIAL_LEASE_CALLS = 3
+#: ... each bounded by the service's HTTP timeout, plus this many seconds of margin.
+TRIAL_LEASE_MARGIN = 5.0
 
 
 class SettingsError(ConfigurationError):
@@ -101,7 +108,10 @@ class CircuitBreakerSettings(BaseSettings, CircuitBreakerFields):
     :class:`CircuitBreakerFields`), parsed leniently because environment values are strings.
     A service's overrides are read from ``CIRCUIT_BREAKER_SLSKD_API__TIMEOUT=30`` or
     ``CIRCUIT_BREAKER_SLSKD_API='{"timeout": 30}'``.
-    Seconds are floats; ``max_timeout`` accepts ``none``.
+    Seconds are floats; ``max_timeout`` accepts ``none``. ``trial_lease`` unset (the default)
+    is derived per service from its HTTP timeout: ``TRIAL_LEASE_CALLS`` × timeout +
+    ``TRIAL_LEASE_MARGIN`` (35 s with the 10 s default), so a dead trial holder wedges HALF_OPEN
+    no longer than a live trial could last.
     """
 
     model_config = SettingsConfigDict(
@@ -117,6 +127,10 @@ class CircuitBreakerSettings(BaseSettings, CircuitBreakerFields):
     slskd_api: CircuitBreakerOverrides = Field(default_factory=CircuitBreakerOverrides)
     spotify_api: CircuitBreakerOverrides = Field(default_factory=CircuitBreakerOverrides)
     musicbrainz_api: CircuitBreakerOverrides = Field(default_factory=CircuitBreakerOverrides)
+    #: Seconds a trial slot stays taken if its caller never reports; ``None``: derived.
+    trial_lease: float | None = Field(None, gt=0)
+    #: HTTP timeout of each service's client (seconds), set by :class:`Settings`.
+    _client_timeouts: dict[str, float] = PrivateAttr(default_factory=dict)
 
     def config_for(self, service: str) -> CircuitBreakerConfig:
         """The breaker config of ``service`` (``"slskd-api"``): its overrides on the defaults.
@@ -124,11 +138,14 @@ class CircuitBreakerSettings(BaseSettings, CircuitBreakerFields):
         An unknown service gets the defaults. Raises :class:`ConfigurationError` when the merged
         values contradict each other (``max_timeout`` below ``timeout``).
         """
-        values = self.model_dump(exclude=set(SERVICES.values()))
+        values = self.model_dump(exclude=set(SERVICES.values()), exclude_none=True)
         field = SERVICES.get(service)
         if field is not None:
             overrides: CircuitBreakerOverrides = getattr(self, field)
             values.update(overrides.model_dump(exclude_unset=True, exclude_none=True))
+        client_timeout = self._client_timeouts.get(service)
+        if "trial_lease" not in values and client_timeout is not None:
+            values["trial_lease"] = TRIAL_LEASE_CALLS * client_timeout + TRIAL_LEASE_MARGIN
         return CircuitBreakerConfig(**values)
 
 
@@ -196,6 +213,29 @@ class SpotifySettings(BaseSettings):
     timeout: float = Field(10.0, gt=0)
 
 
+class RecoverySettings(BaseSettings):
+    """How workers bring back the work of a dead worker or of a Redis restart (``RECOVERY_*``).
+
+    See the README's *Crash recovery*: every worker process heartbeats every ``interval``; one
+    silent for ``heartbeat_timeout`` is dead and its unacknowledged messages are requeued. A job
+    record in a non-final state with no message anywhere for ``orphan_after`` is requeued at
+    its current step (at most ``orphan_requeues`` times, then marked ``failed``).
+    """
+
+    model_config = _env_config("RECOVERY_")
+
+    #: Seconds between two heartbeats (and looks for dead workers) of each worker process.
+    interval: float = Field(1.0, gt=0)
+    #: Seconds without a heartbeat after which a worker process counts as dead.
+    heartbeat_timeout: float = Field(15.0, gt=0)
+    #: Seconds a non-final job may have no message anywhere before it is requeued or failed.
+    orphan_after: float = Field(20.0, gt=0)
+    #: Seconds between two looks for such jobs (one worker process looks at a time).
+    orphan_check_interval: float = Field(5.0, gt=0)
+    #: Times a job whose messages vanished is requeued before it is marked failed.
+    orphan_requeues: int = Field(3, ge=0)
+
+
 class ObservabilitySettings(BaseModel):
     """Settings of the cross-cutting concerns; for now the circuit breakers."""
 
@@ -224,6 +264,7 @@ class Settings(BaseSettings):
     slskd: SlskdSettings = Field(default_factory=SlskdSettings)
     musicbrainz: MusicBrainzSettings = Field(default_factory=MusicBrainzSettings)
     spotify: SpotifySettings = Field(default_factory=SpotifySettings)
+    recovery: RecoverySettings = Field(default_factory=RecoverySettings)
 
     @field_validator("log_level", mode="before")
     @classmethod
@@ -232,6 +273,16 @@ class Settings(BaseSettings):
             value = value.strip().upper()
             return "WARNING" if value == "WARN" else value
         return value
+
+    @model_validator(mode="after")
+    def _breakers_know_client_timeouts(self) -> Settings:
+        """Each service's breaker derives its default ``trial_lease`` from its HTTP timeout."""
+        self.observability.circuit_breaker._client_timeouts = {
+            "slskd-api": self.slskd.timeout,
+            "musicbrainz-api": self.musicbrainz.timeout,
+            "spotify-api": self.spotify.timeout,
+        }
+        return self
 
     @property
     def redis_url_redacted(self) -> str | None:
@@ -272,7 +323,13 @@ _ENV_ALIASES = {"redis_url": "REDIS_URL", "key_prefix": "SOULSPOT_KEY_PREFIX"}
 #: Settings groups read from their own environment prefix, by model name.
 _GROUPS: dict[str, type[BaseSettings]] = {
     group.__name__: group
-    for group in (CircuitBreakerSettings, SlskdSettings, MusicBrainzSettings, SpotifySettings)
+    for group in (
+        CircuitBreakerSettings,
+        SlskdSettings,
+        MusicBrainzSettings,
+        SpotifySettings,
+        RecoverySettings,
+    )
 }
 #: Where each group sits in :class:`Settings`.
 _GROUP_PATHS = {
@@ -280,6 +337,7 @@ _GROUP_PATHS = {
     ("slskd",): SlskdSettings,
     ("musicbrainz",): MusicBrainzSettings,
     ("spotify",): SpotifySettings,
+    ("recovery",): RecoverySettings,
 }
 
 

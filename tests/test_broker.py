@@ -13,8 +13,10 @@ from soulspot_jobs.middleware import CircuitBreakerMiddleware
 from soulspot_jobs.settings import load_settings
 
 #: The documented order: AgeLimit first (an expired message takes no trial slot), the breaker
-#: before Retries (a deferral consumes no retry), AsyncIO last.
+#: before Retries (a deferral consumes no retry), AsyncIO last; Recovery before all (it notes
+#: each message before any middleware may enqueue on its behalf).
 EXPECTED_ORDER = [
+    "Recovery",
     "AgeLimit",
     "TimeLimit",
     "ShutdownNotifications",

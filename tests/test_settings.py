@@ -46,7 +46,10 @@ def test_defaults_match_the_design() -> None:
     assert settings.key_prefix == "soulspot"
     assert settings.log_level == "INFO"
     assert settings.log_format == "auto"
-    assert settings.observability.circuit_breaker.config_for("slskd-api") == CircuitBreakerConfig()
+    # (except the trial lease, which follows slskd's 10 s HTTP timeout instead of 60 s)
+    assert settings.observability.circuit_breaker.config_for("slskd-api") == CircuitBreakerConfig(
+        trial_lease=35.0
+    )
 
 
 def test_environment_variables_are_read(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -48,7 +48,7 @@ def admit(record: BreakerRecord, config: CircuitBreakerConfig, now: float, token
             return Decision(Verdict.REJECTED, OPEN, retry_after=positive(record.open_until - now))
         transition = _move(record, HALF_OPEN, now)
     if record.state is HALF_OPEN:
-        _expire_trials(record, now)
+        expire_trials(record, now)
         if len(record.trials) < config.half_open_max_calls:
             record.trials[token] = now + config.trial_lease
             record.version += 1
@@ -203,7 +203,8 @@ def _close(record: BreakerRecord, now: float) -> Transition:
     return _move(record, CLOSED, now)
 
 
-def _expire_trials(record: BreakerRecord, now: float) -> None:
+def expire_trials(record: BreakerRecord, now: float) -> None:
+    """Free the trial slots whose lease ended by ``now`` (their holders never reported)."""
     expired = [token for token, lease in record.trials.items() if lease <= now]
     for token in expired:
         del record.trials[token]
@@ -213,7 +214,7 @@ def _expire_trials(record: BreakerRecord, now: float) -> None:
 
 def _end_trial(record: BreakerRecord, now: float, token: str | None) -> bool:
     """Remove ``token``'s slot; True when it held a live one (so its outcome counts)."""
-    _expire_trials(record, now)
+    expire_trials(record, now)
     if token is None or token not in record.trials:
         return False
     del record.trials[token]

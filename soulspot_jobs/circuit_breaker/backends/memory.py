@@ -101,4 +101,6 @@ class MemoryBackend(Backend):
 
     def stats(self, name: str, config: CircuitBreakerConfig) -> BreakerStats:
         with self._lock:
-            return policy.stats(self._record(name), config, name, self.clock())
+            record, now = self._record(name), self.clock()
+            policy.expire_trials(record, now)  # like the Redis snapshot: a look frees dead slots
+            return policy.stats(record, config, name, now)
