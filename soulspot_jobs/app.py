@@ -20,6 +20,7 @@ from soulspot_jobs.broker import build_broker
 from soulspot_jobs.deferred import DeferredJob
 from soulspot_jobs.jobs import Job, JobState
 from soulspot_jobs.middleware import CircuitBreakerMiddleware
+from soulspot_jobs.queues import declare_queues, send_first_step
 from soulspot_jobs.settings import Settings
 
 #: The actors whose messages carry a job id as their only argument.
@@ -43,6 +44,7 @@ class SoulspotJobs:
         downloads.declare(self.broker, self.runtime)
         metadata.declare(self.broker, self.runtime)
         playlists.declare(self.broker, self.runtime, self.enqueue_download)
+        declare_queues(self.broker)
 
     def actor(self, name: str) -> dramatiq.Actor:
         return self.broker.get_actor(name)
@@ -55,13 +57,13 @@ class SoulspotJobs:
         job = self.store.create(
             "download", query=query, artist=artist.strip(), title=title.strip(), **details
         )
-        self.actor("search_track").send(job.id)
+        send_first_step(self.actor("search_track"), job.id)
         return job.id
 
     def enqueue_playlist(self, playlist_id: str) -> str:
         """Import a Spotify playlist: one download job per track."""
         job = self.store.create("playlist", playlist_id=playlist_id)
-        self.actor("import_playlist").send(job.id)
+        send_first_step(self.actor("import_playlist"), job.id)
         return job.id
 
     def enqueue_enrichment(
@@ -77,7 +79,7 @@ class SoulspotJobs:
         job = self.store.create(
             "enrichment", artist=artist, title=title, isrc=isrc, mbid=mbid, duration_ms=duration_ms
         )
-        self.actor("enrich_metadata").send(job.id)
+        send_first_step(self.actor("enrich_metadata"), job.id)
         return job.id
 
     def job(self, job_id: str) -> Job | None:
