@@ -1,11 +1,15 @@
 """Job records: what a user sees of a job's progress and outcome, keyed by the job id.
 
 Every job (a track download, a playlist import, a metadata enrichment) has one Redis hash
-``<prefix>:job:<id>``; the ids of all jobs are in the sorted set ``<prefix>:jobs`` by creation
+``<prefix>:job:<id>``; the ids of all jobs are in the sorted set ``<prefix>:all`` by creation
 time. The actors write each step; the middleware marks a job ``deferred`` (with the service and
 until when) while a breaker holds it back. Each record keeps its own history (field ``history``:
 every change of state, service or error, the last :data:`HISTORY_LIMIT` of them), so a job shows
 how it got where it is, not only where it is.
+
+Nothing grows forever: a record that reaches a final state expires ``ttl`` seconds later (Redis
+EXPIRE), and the index is trimmed of ids whose record is gone, lazily (when a job finishes, at
+most once per ``TRIM_INTERVAL`` per store, the ``TRIM_BATCH`` oldest ids; and when listing).
 """
 
 from __future__ import annotations
@@ -23,6 +27,10 @@ import redis
 DEFAULT_PREFIX = "soulspot:jobs"
 #: Entries a job's history keeps; older ones are dropped first.
 HISTORY_LIMIT = 100
+#: Oldest ids of the index one trim looks at (one ZRANGE, one pipeline of EXISTS, one ZREM).
+TRIM_BATCH = 500
+#: Seconds between two trims of the index by one store; a trim runs when a job finishes.
+TRIM_INTERVAL = 60.0
 
 
 class JobState(StrEnum):
@@ -88,12 +96,28 @@ def history_entry(
 class JobStore:
     """Job records in Redis; every write is one pipelined round trip."""
 
-    def __init__(self, client: redis.Redis, *, prefix: str = DEFAULT_PREFIX) -> None:
+    def __init__(
+        self,
+        client: redis.Redis,
+        *,
+        prefix: str = DEFAULT_PREFIX,
+        ttl: float | None = None,
+        trim_interval: float = TRIM_INTERVAL,
+    ) -> None:
         self.client = client
         self.prefix = prefix
+        #: Seconds a finished job's record is kept; ``None`` keeps it forever.
+        self.ttl = ttl
+        self.trim_interval = trim_interval
+        self._next_trim = 0.0
 
     def key(self, job_id: str) -> str:
         return f"{self.prefix}:job:{job_id}"
+
+    @property
+    def index_key(self) -> str:
+        """The sorted set of every job id, scored by creation time (epoch seconds)."""
+        return f"{self.prefix}:all"
 
     def create(self, kind: str, **details: Any) -> Job:
         """Record a new ``queued`` job of ``kind``."""
@@ -103,7 +127,7 @@ class JobStore:
         job.history = [history_entry(now, JobState.QUEUED, None, "created")]
         pipe = self.client.pipeline(transaction=False)
         pipe.hset(self.key(job.id), mapping=_encode(job.as_dict()))
-        pipe.zadd(f"{self.prefix}:all", {job.id: now})
+        pipe.zadd(self.index_key, {job.id: now})
         pipe.execute()
         return job
 
@@ -146,7 +170,14 @@ class JobStore:
         entry = _history_change(job, changes)
         if entry is not None:
             changes["history"] = [*job.history, entry][-HISTORY_LIMIT:]
-        self.client.hset(self.key(job_id), mapping=_encode(changes))
+        finishing = changes.get("state") in FINAL_STATES
+        pipe = self.client.pipeline(transaction=False)
+        pipe.hset(self.key(job_id), mapping=_encode(changes))
+        if self.ttl is not None and (finishing or job.state in FINAL_STATES):
+            pipe.pexpire(self.key(job_id), max(1, round(self.ttl * 1000)))
+        pipe.execute()
+        if finishing:
+            self._trim_now_and_then()
 
     def reopen(self, job_id: str, note: str) -> bool:
         """Take a job out of ``failed`` (or a stale state) back to ``queued``: its work was
@@ -165,13 +196,19 @@ class JobStore:
                 -HISTORY_LIMIT:
             ],
         }
-        self.client.hset(self.key(job_id), mapping=_encode(changes))
+        pipe = self.client.pipeline(transaction=False)
+        pipe.hset(self.key(job_id), mapping=_encode(changes))
+        pipe.persist(self.key(job_id))  # running again: no longer a finished record that expires
+        pipe.execute()
         return True
 
     def jobs(self, *, limit: int = 100) -> list[Job]:
         """The most recent jobs, newest first."""
-        ids = self.client.zrevrange(f"{self.prefix}:all", 0, limit - 1)
-        found = (self.get(_text(job_id)) for job_id in ids)
+        ids = [_text(job_id) for job_id in self.client.zrevrange(self.index_key, 0, limit - 1)]
+        found = [self.get(job_id) for job_id in ids]
+        gone = [job_id for job_id, job in zip(ids, found, strict=True) if job is None]
+        if gone:
+            self.client.zrem(self.index_key, *gone)
         return [job for job in found if job is not None]
 
     def find(self, *, state: JobState | None = None, limit: int = 100) -> list[Job]:
@@ -202,6 +239,30 @@ class JobStore:
                 counts[state] = counts.get(state, 0) + 1
         return counts
 
+    def trim_index(self, batch: int = TRIM_BATCH) -> int:
+        """Remove from the index the ids among its ``batch`` oldest whose record has expired.
+
+        Returns how many were removed. An id enters the index only after its record was
+        written, so an id without a record is one whose record expired (or was deleted).
+        """
+        ids = self.client.zrange(self.index_key, 0, batch - 1)
+        if not ids:
+            return 0
+        pipe = self.client.pipeline(transaction=False)
+        for job_id in ids:
+            pipe.exists(self.key(_text(job_id)))
+        gone = [job_id for job_id, found in zip(ids, pipe.execute(), strict=True) if not found]
+        if gone:
+            self.client.zrem(self.index_key, *gone)
+        return len(gone)
+
+    def _trim_now_and_then(self) -> None:
+        """Trim the index if this store has not done so for ``trim_interval`` seconds."""
+        now = time.monotonic()
+        if now < self._next_trim:
+            return
+        self._next_trim = now + self.trim_interval
+        self.trim_index()
 
 def _history_change(job: Job, changes: dict[str, Any]) -> dict[str, Any] | None:
     """The history entry ``changes`` make to ``job``, or None when they change nothing shown."""
