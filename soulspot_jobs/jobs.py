@@ -9,7 +9,7 @@ how it got where it is, not only where it is.
 
 Nothing grows forever: a record that reaches a final state expires ``ttl`` seconds later (Redis
 EXPIRE), and the index is trimmed of ids whose record is gone, lazily (when a job finishes, at
-most once per ``TRIM_INTERVAL`` per store, the ``TRIM_BATCH`` oldest ids; and when listing).
+most once per ``TRIM_INTERVAL`` per store, starting from the oldest ids; and when listing).
 """
 
 from __future__ import annotations
@@ -27,8 +27,11 @@ import redis
 DEFAULT_PREFIX = "soulspot:jobs"
 #: Entries a job's history keeps; older ones are dropped first.
 HISTORY_LIMIT = 100
-#: Oldest ids of the index one trim looks at (one ZRANGE, one pipeline of EXISTS, one ZREM).
+#: Oldest ids of the index one trim looks at per round (one ZRANGE, one pipeline of EXISTS,
+#: one ZREM).
 TRIM_BATCH = 500
+#: Most rounds one trim makes; it stops early at a round that found no expired id.
+TRIM_ROUNDS = 20
 #: Seconds between two trims of the index by one store; a trim runs when a job finishes.
 TRIM_INTERVAL = 60.0
 
@@ -239,22 +242,26 @@ class JobStore:
                 counts[state] = counts.get(state, 0) + 1
         return counts
 
-    def trim_index(self, batch: int = TRIM_BATCH) -> int:
-        """Remove from the index the ids among its ``batch`` oldest whose record has expired.
+    def trim_index(self, batch: int = TRIM_BATCH, rounds: int = TRIM_ROUNDS) -> int:
+        """Remove from the index the ids among its oldest whose record has expired.
 
-        Returns how many were removed. An id enters the index only after its record was
-        written, so an id without a record is one whose record expired (or was deleted).
+        Each round looks at the ``batch`` oldest ids and removes those without a record; rounds
+        go on while they find some, up to ``rounds``. Returns how many ids were removed. An id
+        enters the index only after its record was written, so an id without a record is one
+        whose record expired (or was deleted).
         """
-        ids = self.client.zrange(self.index_key, 0, batch - 1)
-        if not ids:
-            return 0
-        pipe = self.client.pipeline(transaction=False)
-        for job_id in ids:
-            pipe.exists(self.key(_text(job_id)))
-        gone = [job_id for job_id, found in zip(ids, pipe.execute(), strict=True) if not found]
-        if gone:
+        removed = 0
+        for _ in range(rounds):
+            ids = self.client.zrange(self.index_key, 0, batch - 1)
+            pipe = self.client.pipeline(transaction=False)
+            for job_id in ids:
+                pipe.exists(self.key(_text(job_id)))
+            gone = [job_id for job_id, found in zip(ids, pipe.execute(), strict=True) if not found]
+            if not gone:
+                break
             self.client.zrem(self.index_key, *gone)
-        return len(gone)
+            removed += len(gone)
+        return removed
 
     def _trim_now_and_then(self) -> None:
         """Trim the index if this store has not done so for ``trim_interval`` seconds."""
@@ -263,6 +270,7 @@ class JobStore:
             return
         self._next_trim = now + self.trim_interval
         self.trim_index()
+
 
 def _history_change(job: Job, changes: dict[str, Any]) -> dict[str, Any] | None:
     """The history entry ``changes`` make to ``job``, or None when they change nothing shown."""
