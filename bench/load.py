@@ -7,8 +7,9 @@ One embedded Redis; the fake slskd and MusicBrainz in this process, with short d
 search completes after 0.5 s, a transfer after 0.5 s, polls every 0.5 s, no MusicBrainz rate
 rule); N download jobs enqueued before the workers start (each the real chain: search, search
 polls, download, download polls, MusicBrainz lookup); then ``dramatiq soulspot_jobs.worker -p P
--t T`` as a subprocess. ``--outage-at`` seconds after the workers start, slskd answers 503 for
-``--outage`` seconds (the breaker opens, slskd steps are deferred, then it recovers).
+-t T`` as a subprocess. ``--outage-at`` seconds after the workers start (and not before the first
+job is done, which the outage would otherwise delay), slskd answers 503 for ``--outage`` seconds:
+the breaker opens, slskd steps are deferred, then it recovers.
 
 Printed: jobs/s, time to the first job done, peak RSS of each worker process, Redis
 ``used_memory`` before, after the run (finished records retained) and once the records expired
@@ -43,8 +44,14 @@ from soulspot_jobs.settings import load_settings
 SEARCH_DURATION = TRANSFER_DURATION = POLL_INTERVAL = 0.5
 #: Seconds the slskd breaker stays OPEN before its trial (the default 60 s outlasts the run).
 BREAKER_TIMEOUT = 5.0
-#: Seconds between two looks at the job records and the workers' memory.
+#: Seconds between two looks at the workers' memory (and, until one is done, at the oldest jobs).
 SAMPLE_INTERVAL = 0.25
+#: Oldest pending jobs looked at every ``SAMPLE_INTERVAL`` until one is done: jobs start in
+#: order, so the first one done is among them (if it were not, the time measured would only be
+#: later than the truth).
+FIRST_SAMPLE = 500
+#: Seconds between two looks at every pending job, once one is done.
+FULL_SAMPLE_INTERVAL = 2.0
 #: Job records read per pipeline while watching progress.
 CHUNK = 5_000
 #: Longest the run may take, in seconds.
@@ -87,10 +94,12 @@ class Progress:
         self.first_done_at: float | None = None
         self.last_final_at: float | None = None
 
-    def sample(self, now: float) -> None:
+    def sample(self, now: float, limit: int | None = None) -> None:
+        """Read the state of the ``limit`` oldest pending jobs (all when ``None``)."""
+        looked_at, rest = self.pending[:limit], self.pending[len(self.pending[:limit]) :]
         still = []
-        for start in range(0, len(self.pending), CHUNK):
-            chunk = self.pending[start : start + CHUNK]
+        for start in range(0, len(looked_at), CHUNK):
+            chunk = looked_at[start : start + CHUNK]
             pipe = self.client.pipeline(transaction=False)
             for job_id in chunk:
                 pipe.hget(self.app.store.key(job_id), "state")
@@ -103,7 +112,7 @@ class Progress:
                         self.first_done_at = now
                 else:
                     still.append(job_id)
-        self.pending = still
+        self.pending = still + rest
 
 
 class PeakRss:
@@ -151,17 +160,23 @@ def run(options: argparse.Namespace) -> None:
             workers = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
         start = time.perf_counter()
         progress, rss = Progress(client, app, job_ids), PeakRss(workers)
-        outage_started = False
+        outage_started, outage_at = False, float("nan")
         peak_memory = backlog_memory
+        next_full_sample = 0.0
         try:
             while progress.pending:
                 now = time.perf_counter() - start
                 if now > RUN_DEADLINE:
                     raise TimeoutError(f"{len(progress.pending)} jobs unfinished after {now:.0f} s")
-                if not outage_started and now >= options.outage_at:
+                first_done = progress.first_done_at is not None
+                if not outage_started and first_done and now >= options.outage_at:
                     slskd.faults.outage(options.outage, mode="503")
-                    outage_started = True
-                progress.sample(now)
+                    outage_started, outage_at = True, now
+                if progress.first_done_at is None:
+                    progress.sample(now, FIRST_SAMPLE)
+                elif now >= next_full_sample:
+                    progress.sample(now)
+                    next_full_sample = now + FULL_SAMPLE_INTERVAL
                 rss.sample()
                 peak_memory = max(peak_memory, used_memory(client))
                 time.sleep(SAMPLE_INTERVAL)
@@ -191,13 +206,16 @@ def run(options: argparse.Namespace) -> None:
         app.close()
         client.close()
 
-    lines = log_path.read_text(errors="replace").splitlines()
-    deferrals = sum('"job.deferred"' in line for line in lines)
-    exceeded = sum("Retries exceeded" in line for line in lines)
+    # Our JSON lines only (the worker command also prints Dramatiq's own copy of each record).
+    lines = [line for line in log_path.read_text(errors="replace").splitlines() if line[:1] == "{"]
+    deferred = [line for line in lines if '"job.deferred"' in line]
+    deferrals = Counter("refused" if "Circuit breaker" in line else "busy" for line in deferred)
+    deferrals["opened"] = sum('"circuit_breaker.opened"' in line for line in lines)
+    exceeded = sum("Retries exceeded" in line for line in log_path.read_text().splitlines())
     report(
         options, enqueue_s, run_s, progress, rss, deferrals, exceeded, stats,
         memory=(baseline, backlog_memory, peak_memory, after_run, retained, after_expiry),
-        keys_left=keys_left, log_path=log_path,
+        keys_left=keys_left, log_path=log_path, outage_at=outage_at,
     )  # fmt: skip
 
 
@@ -207,13 +225,14 @@ def report(
     run_s: float,
     progress: Progress,
     rss: PeakRss,
-    deferrals: int,
+    deferrals: Counter[str],
     exceeded: int,
     stats: dict,
     *,
     memory: tuple[int, ...],
     keys_left: list[str],
     log_path: Path,
+    outage_at: float,
 ) -> None:
     baseline, backlog, peak, after_run, retained, after_expiry = memory
     mb = 1024 * 1024
@@ -221,7 +240,7 @@ def report(
     first = progress.first_done_at
     print(
         f"jobs: {n} downloads, {options.processes} worker processes x {options.threads} threads,"
-        f" slskd down (503) from {options.outage_at:.0f} s for {options.outage:.0f} s,"
+        f" slskd down (503) from {outage_at:.1f} s for {options.outage:.0f} s,"
         f" job TTL {options.job_ttl:.0f} s; worker log: {log_path}"
     )
     print(f"states: {dict(progress.states)}")
@@ -238,14 +257,20 @@ def report(
             "peak RSS per worker process",
             ", ".join(f"{peak_rss / mb:.0f} MB" for peak_rss in sorted(rss.peaks.values())),
         ),
-        ("deferrals (`job.deferred` log lines)", f"{deferrals:,}"),
+        (
+            "deferrals (`job.deferred` log lines)",
+            f"{deferrals['refused'] + deferrals['busy']:,}: {deferrals['refused']:,} refused by"
+            f" an OPEN or HALF_OPEN breaker, {deferrals['busy']:,} slskd back-pressure"
+            f" (429 while another search starts)",
+        ),
+        ("breaker openings (`circuit_breaker.opened`)", str(deferrals["opened"])),
     ]
     for service, s in stats.items():
         rows.append(
             (
                 f"{service} breaker",
                 f"{s.total_failures} failures (each a Dramatiq retry of its step),"
-                f" {s.total_rejections:,} refusals, {s.reopens} reopens, now {s.state.value}",
+                f" {s.total_rejections:,} refusals, now {s.state.value}",
             )
         )
     rows.append(("messages out of retries", str(exceeded)))
