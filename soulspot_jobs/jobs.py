@@ -153,8 +153,9 @@ class JobStore:
     ) -> None:
         """Set ``fields`` (state, service, last_error, ...) and merge ``details`` into the job.
 
-        A job in a final state (done, failed) keeps its state. A change of state or service, or a
-        new ``last_error``, is appended to the job's history.
+        A job in a final state (done, failed) keeps its state, and its record expires ``ttl``
+        seconds after its last write. A change of state or service, or a new ``last_error``, is
+        appended to the job's history.
         """
         job = self.get(job_id)
         if job is None:
