@@ -278,7 +278,7 @@ def report(
         rows.append(
             (
                 f"{service} breaker",
-                f"{s.total_failures} failures (each a Dramatiq retry of its step),"
+                f"{s.total_failures} failures counted,"
                 f" {s.total_rejections:,} refusals, now {s.state.value}",
             )
         )
