@@ -21,6 +21,7 @@ from soulspot_jobs.deferred import DeferredJob
 from soulspot_jobs.errors import InvalidJobError
 from soulspot_jobs.jobs import Job, JobState
 from soulspot_jobs.middleware import CircuitBreakerMiddleware
+from soulspot_jobs.queues import declare_queues, send_first_step
 from soulspot_jobs.recovery import OrphanCheck
 from soulspot_jobs.settings import Settings
 from soulspot_jobs.validation import (
@@ -59,6 +60,7 @@ class SoulspotJobs:
                 lease_key=f"{settings.key_prefix}:recovery:orphan-check",
             )
         )
+        declare_queues(self.broker)
 
     def actor(self, name: str) -> dramatiq.Actor:
         return self.broker.get_actor(name)
@@ -77,7 +79,7 @@ class SoulspotJobs:
         job = self.store.create(
             "download", query=query, artist=artist.strip(), title=title.strip(), **details
         )
-        self.actor("search_track").send(job.id)
+        send_first_step(self.actor("search_track"), job.id)
         return job.id
 
     def enqueue_playlist(self, playlist_id: str) -> str:
@@ -88,7 +90,7 @@ class SoulspotJobs:
         :class:`~soulspot_jobs.errors.InvalidJobError` and records no job.
         """
         job = self.store.create("playlist", playlist_id=parse_playlist_id(playlist_id))
-        self.actor("import_playlist").send(job.id)
+        send_first_step(self.actor("import_playlist"), job.id)
         return job.id
 
     def enqueue_enrichment(
@@ -108,7 +110,7 @@ class SoulspotJobs:
         """
         details = parse_enrichment(artist, title, isrc=isrc, mbid=mbid, duration_ms=duration_ms)
         job = self.store.create("enrichment", **details)
-        self.actor("enrich_metadata").send(job.id)
+        send_first_step(self.actor("enrich_metadata"), job.id)
         return job.id
 
     def _enqueue_track(self, query: str, **details: Any) -> str:

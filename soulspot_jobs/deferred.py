@@ -3,7 +3,8 @@
 The middleware records a message when it defers it and removes it when the message runs or is
 dead-lettered, so the index holds exactly the messages deferred and not yet run. Entries live in
 one Redis hash per service (``<prefix>:deferred:<service>``, message id -> JSON), so counting a
-service's backlog is one HLEN.
+service's backlog is one HLEN. Each hash, and the set of services, expires ``KEY_TTL`` after the
+last deferral written to it.
 
 Writes cost no round trip of their own on the deferral path: the Redis index buffers them and a
 background thread writes them every ``FLUSH_INTERVAL`` in one pipeline, in the order they were
@@ -36,6 +37,10 @@ FLUSH_INTERVAL = 0.05
 WRITE_AT_ONCE_BELOW = 1000
 #: Buffered changes beyond which the caller writes them itself (Redis is slow or away).
 MAX_BUFFERED = 10_000
+#: Milliseconds the index's keys live after their last deferral: Dramatiq's longest delay
+#: (7 days) plus a day. Entries are removed when their message runs; the expiry only reclaims
+#: entries whose message vanished (a Redis restart without persistence, a purged queue).
+KEY_TTL = (7 + 1) * 24 * 3600 * 1000
 
 
 @dataclass(frozen=True, slots=True)
@@ -182,6 +187,8 @@ class RedisDeferredIndex(DeferredIndex):
                     pipe.sadd(self._services_key, service)
                     pipe.hset(self.key(service), message_id, entry)
                     pipe.hincrby(self._totals_key, service, 1)
+                    pipe.pexpire(self._services_key, KEY_TTL)
+                    pipe.pexpire(self.key(service), KEY_TTL)
                 else:
                     pipe.hdel(self.key(service), message_id)
             try:

@@ -1,11 +1,15 @@
 """Job records: what a user sees of a job's progress and outcome, keyed by the job id.
 
 Every job (a track download, a playlist import, a metadata enrichment) has one Redis hash
-``<prefix>:job:<id>``; the ids of all jobs are in the sorted set ``<prefix>:jobs`` by creation
+``<prefix>:job:<id>``; the ids of all jobs are in the sorted set ``<prefix>:all`` by creation
 time. The actors write each step; the middleware marks a job ``deferred`` (with the service and
 until when) while a breaker holds it back. Each record keeps its own history (field ``history``:
 every change of state, service or error, the last :data:`HISTORY_LIMIT` of them), so a job shows
 how it got where it is, not only where it is.
+
+Nothing grows forever: a record that reaches a final state expires ``ttl`` seconds later (Redis
+EXPIRE), and the index is trimmed of ids whose record is gone, lazily (when a job finishes, at
+most once per ``TRIM_INTERVAL`` per store, starting from the oldest ids; and when listing).
 """
 
 from __future__ import annotations
@@ -23,6 +27,13 @@ import redis
 DEFAULT_PREFIX = "soulspot:jobs"
 #: Entries a job's history keeps; older ones are dropped first.
 HISTORY_LIMIT = 100
+#: Oldest ids of the index one trim looks at per round (one ZRANGE, one pipeline of EXISTS,
+#: one ZREM).
+TRIM_BATCH = 500
+#: Most rounds one trim makes; it stops early at a round that found no expired id.
+TRIM_ROUNDS = 20
+#: Seconds between two trims of the index by one store; a trim runs when a job finishes.
+TRIM_INTERVAL = 60.0
 
 
 class JobState(StrEnum):
@@ -88,12 +99,28 @@ def history_entry(
 class JobStore:
     """Job records in Redis; every write is one pipelined round trip."""
 
-    def __init__(self, client: redis.Redis, *, prefix: str = DEFAULT_PREFIX) -> None:
+    def __init__(
+        self,
+        client: redis.Redis,
+        *,
+        prefix: str = DEFAULT_PREFIX,
+        ttl: float | None = None,
+        trim_interval: float = TRIM_INTERVAL,
+    ) -> None:
         self.client = client
         self.prefix = prefix
+        #: Seconds a finished job's record is kept; ``None`` keeps it forever.
+        self.ttl = ttl
+        self.trim_interval = trim_interval
+        self._next_trim = 0.0
 
     def key(self, job_id: str) -> str:
         return f"{self.prefix}:job:{job_id}"
+
+    @property
+    def index_key(self) -> str:
+        """The sorted set of every job id, scored by creation time (epoch seconds)."""
+        return f"{self.prefix}:all"
 
     def create(self, kind: str, **details: Any) -> Job:
         """Record a new ``queued`` job of ``kind``."""
@@ -103,7 +130,7 @@ class JobStore:
         job.history = [history_entry(now, JobState.QUEUED, None, "created")]
         pipe = self.client.pipeline(transaction=False)
         pipe.hset(self.key(job.id), mapping=_encode(job.as_dict()))
-        pipe.zadd(f"{self.prefix}:all", {job.id: now})
+        pipe.zadd(self.index_key, {job.id: now})
         pipe.zadd(self.unfinished_key, {job.id: now})
         pipe.execute()
         return job
@@ -127,8 +154,9 @@ class JobStore:
     ) -> None:
         """Set ``fields`` (state, service, last_error, ...) and merge ``details`` into the job.
 
-        A job in a final state (done, failed) keeps its state. A change of state or service, or a
-        new ``last_error``, is appended to the job's history.
+        A job in a final state (done, failed) keeps its state, and its record expires ``ttl``
+        seconds after its last write. A change of state or service, or a new ``last_error``, is
+        appended to the job's history.
         """
         job = self.get(job_id)
         if job is None:
@@ -147,14 +175,19 @@ class JobStore:
         entry = _history_change(job, changes)
         if entry is not None:
             changes["history"] = [*job.history, entry][-HISTORY_LIMIT:]
+        finishing = changes.get("state") in FINAL_STATES
         pipe = self.client.pipeline(transaction=False)
         pipe.hset(self.key(job_id), mapping=_encode(changes))
-        if changes.get("state") in FINAL_STATES:
+        if finishing:
             pipe.zrem(self.unfinished_key, job_id)
         elif job.state not in FINAL_STATES:
             resumes = (changes.get("deferred_until") or 0) / 1000
             pipe.zadd(self.unfinished_key, {job_id: max(changes["updated_at"], resumes)})
+        if self.ttl is not None and (finishing or job.state in FINAL_STATES):
+            pipe.pexpire(self.key(job_id), max(1, round(self.ttl * 1000)))
         pipe.execute()
+        if finishing:
+            self._trim_now_and_then()
 
     @property
     def unfinished_key(self) -> str:
@@ -187,13 +220,17 @@ class JobStore:
         pipe = self.client.pipeline(transaction=False)
         pipe.hset(self.key(job_id), mapping=_encode(changes))
         pipe.zadd(self.unfinished_key, {job_id: now})
+        pipe.persist(self.key(job_id))  # running again: no longer a finished record that expires
         pipe.execute()
         return True
 
     def jobs(self, *, limit: int = 100) -> list[Job]:
         """The most recent jobs, newest first."""
-        ids = self.client.zrevrange(f"{self.prefix}:all", 0, limit - 1)
-        found = (self.get(_text(job_id)) for job_id in ids)
+        ids = [_text(job_id) for job_id in self.client.zrevrange(self.index_key, 0, limit - 1)]
+        found = [self.get(job_id) for job_id in ids]
+        gone = [job_id for job_id, job in zip(ids, found, strict=True) if job is None]
+        if gone:
+            self.client.zrem(self.index_key, *gone)
         return [job for job in found if job is not None]
 
     def find(self, *, state: JobState | None = None, limit: int = 100) -> list[Job]:
@@ -223,6 +260,35 @@ class JobStore:
                 state = json.loads(raw)
                 counts[state] = counts.get(state, 0) + 1
         return counts
+
+    def trim_index(self, batch: int = TRIM_BATCH, rounds: int = TRIM_ROUNDS) -> int:
+        """Remove from the index the ids among its oldest whose record has expired.
+
+        Each round looks at the ``batch`` oldest ids and removes those without a record; rounds
+        go on while they find some, up to ``rounds``. Returns how many ids were removed. An id
+        enters the index only after its record was written, so an id without a record is one
+        whose record expired (or was deleted).
+        """
+        removed = 0
+        for _ in range(rounds):
+            ids = self.client.zrange(self.index_key, 0, batch - 1)
+            pipe = self.client.pipeline(transaction=False)
+            for job_id in ids:
+                pipe.exists(self.key(_text(job_id)))
+            gone = [job_id for job_id, found in zip(ids, pipe.execute(), strict=True) if not found]
+            if not gone:
+                break
+            self.client.zrem(self.index_key, *gone)
+            removed += len(gone)
+        return removed
+
+    def _trim_now_and_then(self) -> None:
+        """Trim the index if this store has not done so for ``trim_interval`` seconds."""
+        now = time.monotonic()
+        if now < self._next_trim:
+            return
+        self._next_trim = now + self.trim_interval
+        self.trim_index()
 
 
 def _history_change(job: Job, changes: dict[str, Any]) -> dict[str, Any] | None:

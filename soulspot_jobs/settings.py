@@ -257,6 +257,8 @@ class Settings(BaseSettings):
     redis_url: RedisUrl | None = Field(None, validation_alias="REDIS_URL")
     #: Prefix of every Redis key soulspot-jobs writes.
     key_prefix: str = Field("soulspot", min_length=1, validation_alias="SOULSPOT_KEY_PREFIX")
+    #: Seconds a finished (done or failed) job's record is kept before Redis expires it.
+    job_ttl: float = Field(7 * 24 * 3600.0, gt=0, validation_alias="SOULSPOT_JOB_TTL")
     log_level: LogLevel = "INFO"
     #: ``auto`` renders for a console when stderr is a terminal, JSON otherwise.
     log_format: Literal["auto", "json", "console"] = "auto"
@@ -317,7 +319,11 @@ class Settings(BaseSettings):
 
 
 #: Environment variable of each top-level field whose name is not simply its upper-case name.
-_ENV_ALIASES = {"redis_url": "REDIS_URL", "key_prefix": "SOULSPOT_KEY_PREFIX"}
+_ENV_ALIASES = {
+    "redis_url": "REDIS_URL",
+    "key_prefix": "SOULSPOT_KEY_PREFIX",
+    "job_ttl": "SOULSPOT_JOB_TTL",
+}
 
 
 #: Settings groups read from their own environment prefix, by model name.

@@ -33,7 +33,7 @@ class Runtime:
         self.settings = settings
         self.redis = client
         self.middleware = middleware
-        self.store = JobStore(client, prefix=f"{settings.key_prefix}:jobs")
+        self.store = JobStore(client, prefix=f"{settings.key_prefix}:jobs", ttl=settings.job_ttl)
         self._lock = threading.Lock()
 
     @cached_property

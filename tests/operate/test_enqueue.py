@@ -10,6 +10,7 @@ import dramatiq
 import redis
 
 from soulspot_jobs.jobs import JobStore
+from soulspot_jobs.queues import NEW_JOBS_QUEUE
 
 from .conftest import Cli, run_process
 
@@ -17,8 +18,8 @@ from .conftest import Cli, run_process
 NAMESPACE = "soulspot:dramatiq"
 
 
-def queued_actors(client: redis.Redis, queue: str = "default") -> list[str]:
-    """Actor names of the messages waiting on ``queue``."""
+def queued_actors(client: redis.Redis, queue: str = NEW_JOBS_QUEUE) -> list[str]:
+    """Actor names of the messages waiting on ``queue`` (by default that of new jobs)."""
     raw = client.hvals(f"{NAMESPACE}:{queue}.msgs")
     return [dramatiq.Message.decode(data).actor_name for data in raw]
 
