@@ -259,6 +259,8 @@ class Settings(BaseSettings):
     key_prefix: str = Field("soulspot", min_length=1, validation_alias="SOULSPOT_KEY_PREFIX")
     #: Seconds a finished (done or failed) job's record is kept before Redis expires it.
     job_ttl: float = Field(7 * 24 * 3600.0, gt=0, validation_alias="SOULSPOT_JOB_TTL")
+    #: Where the embedded Redis (used while ``REDIS_URL`` is unset) keeps its socket and data.
+    data_dir: Path = Field(Path(".soulspot"), validation_alias="SOULSPOT_DATA_DIR")
     log_level: LogLevel = "INFO"
     #: ``auto`` renders for a console when stderr is a terminal, JSON otherwise.
     log_format: Literal["auto", "json", "console"] = "auto"
@@ -323,6 +325,7 @@ _ENV_ALIASES = {
     "redis_url": "REDIS_URL",
     "key_prefix": "SOULSPOT_KEY_PREFIX",
     "job_ttl": "SOULSPOT_JOB_TTL",
+    "data_dir": "SOULSPOT_DATA_DIR",
 }
 
 
