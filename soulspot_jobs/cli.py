@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
+from dataclasses import asdict
+from pathlib import Path
+from typing import Annotated
 
 import typer
 
 from soulspot_jobs import __version__, commands
 from soulspot_jobs.errors import ConfigurationError, InvalidJobError
 from soulspot_jobs.logging import configure_logging
+from soulspot_jobs.redis_connection import RedisUnavailable
 from soulspot_jobs.settings import Settings, SettingsError, load_settings
 
 #: Exit status of a command refused because of an invalid setting.
@@ -88,6 +93,95 @@ def show_settings(
         typer.echo("\n".join(settings_lines(settings)))
 
 
+@app.command()
+def worker(
+    processes: Annotated[
+        int | None,
+        typer.Option("--processes", "-p", min=1, help="Worker processes (default: one per CPU)."),
+    ] = None,
+    threads: Annotated[
+        int | None,
+        typer.Option("--threads", "-t", min=1, help="Worker threads per process (default: 8)."),
+    ] = None,
+    watch: Annotated[
+        bool,
+        typer.Option("--watch", help="Restart the workers when a .py file changes (development)."),
+    ] = False,
+    watch_dir: Annotated[
+        Path | None,
+        typer.Option(
+            "--watch-dir",
+            exists=True,
+            file_okay=False,
+            help="Directory --watch watches (implies --watch; default: the installed package).",
+        ),
+    ] = None,
+) -> None:
+    """Run Dramatiq worker processes for the jobs, as `dramatiq soulspot_jobs.worker` does.
+
+    Uses REDIS_URL, or the embedded Redis of SOULSPOT_DATA_DIR (started if none runs).
+    SIGTERM or Ctrl-C stops the workers cleanly (exit status 0); a second one kills them.
+    """
+    import soulspot_jobs
+    from soulspot_jobs.redis_connection import data_dir, redis_for
+    from soulspot_jobs.worker_runner import WorkerRunner, dramatiq_command
+
+    settings = _settings_or_exit()
+    configure_logging(settings)
+    if watch and watch_dir is None:
+        watch_dir = Path(soulspot_jobs.__file__).parent
+    with redis_for(settings):
+        env = {**os.environ, "SOULSPOT_DATA_DIR": str(data_dir(settings))}
+        runner = WorkerRunner(dramatiq_command(processes, threads), env=env, watch=watch_dir)
+        code = runner.run()
+    raise typer.Exit(code)
+
+
+redis_app = typer.Typer(
+    help="The embedded Redis that commands share while REDIS_URL is unset.",
+    no_args_is_help=True,
+)
+app.add_typer(redis_app, name="redis")
+
+
+@redis_app.command("status")
+def redis_status(
+    as_json: Annotated[bool, typer.Option("--json", help="Print the status as JSON.")] = False,
+) -> None:
+    """Print whether the embedded Redis runs, its URL, pid, users and data directory."""
+    from soulspot_jobs.redis_connection import embedded_server
+
+    settings = _settings_or_exit()
+    status = embedded_server(settings).status()
+    if as_json:
+        typer.echo(json.dumps({**asdict(status), "redis_url": settings.redis_url_redacted}))
+        return
+    if settings.redis_url is not None:
+        typer.echo(f"REDIS_URL is set: commands use {settings.redis_url_redacted}")
+    if not status.running:
+        typer.echo(f"embedded Redis: not running (data directory {status.data_dir})")
+        return
+    users = ", ".join(str(pid) for pid in status.users) or "none"
+    typer.echo(f"embedded Redis: running, pid {status.pid}, {status.url}")
+    typer.echo(f"  used by: {users}")
+    typer.echo(f"  data: {status.data_dir} (append-only file {status.aof_bytes} bytes)")
+    typer.echo(f"  log: {status.log}")
+
+
+@redis_app.command("stop")
+def redis_stop() -> None:
+    """Stop the embedded Redis now, even while commands still use it (its data is kept)."""
+    from soulspot_jobs.redis_connection import embedded_server
+
+    settings = _settings_or_exit()
+    status = embedded_server(settings).stop()
+    if not status.running:
+        typer.echo(f"embedded Redis: not running (data directory {status.data_dir})")
+        return
+    still = f"; it was still used by {len(status.users)} process(es)" if status.users else ""
+    typer.echo(f"embedded Redis: stopped pid {status.pid} in {status.data_dir}{still}")
+
+
 commands.register(app)
 
 
@@ -98,6 +192,9 @@ def main() -> None:
     except (ConfigurationError, InvalidJobError) as exc:  # a bad setting or a refused job
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(EXIT_BAD_SETTINGS)
+    except RedisUnavailable as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(exc.exit_code)
 
 
 if __name__ == "__main__":

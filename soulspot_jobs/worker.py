@@ -1,30 +1,31 @@
 """The module Dramatiq's worker command loads: ``dramatiq soulspot_jobs.worker``.
 
-Importing it reads the settings from the environment (``REDIS_URL`` must be set: every worker
-process must share one Redis), configures logging and declares the actors on the broker. This
-module exists for the worker command; programs should build :class:`SoulspotJobs` themselves.
+Importing it reads the settings from the environment, configures logging, gets the Redis every
+worker process shares (``REDIS_URL``, or the embedded server of ``SOULSPOT_DATA_DIR``, which
+this process then uses until it exits) and declares the actors on the broker. This module exists
+for the worker command; programs should build :class:`SoulspotJobs` themselves.
 
 A setting that cannot be used, or a Redis that does not answer, stops each worker process with
 one line on stderr (``error: invalid setting ...``, as ``soulspot-jobs`` prints it) instead of a
 traceback; the command then exits with that process's status.
 """
 
+import atexit
 import sys
+from contextlib import ExitStack
 
 import dramatiq
-import redis
 
 from soulspot_jobs.app import SoulspotJobs
 from soulspot_jobs.errors import ConfigurationError
 from soulspot_jobs.logging import configure_logging
+from soulspot_jobs.redis_connection import EXIT_BAD_URL, RedisUnavailable, redis_for
 from soulspot_jobs.settings import load_settings
 
 #: Exit status of a worker process refused because of an invalid setting (as ``soulspot-jobs``).
 EXIT_BAD_SETTINGS = 2
 #: Exit status when Redis does not answer PING (Dramatiq's own "broker connection failed").
 EXIT_NO_REDIS = 3
-#: Seconds to wait for Redis to accept a connection and answer PING at start-up.
-PING_TIMEOUT = 5.0
 
 
 def _refusal(message: str, status: int) -> SystemExit:
@@ -33,23 +34,18 @@ def _refusal(message: str, status: int) -> SystemExit:
     return SystemExit(status)
 
 
+#: Holds this process's use of the Redis until the interpreter exits.
+_redis = ExitStack()
+atexit.register(_redis.close)
 try:
     settings = load_settings()
     configure_logging(settings)
-    jobs = SoulspotJobs(settings)
+    redis_url = _redis.enter_context(redis_for(settings))
+    jobs = SoulspotJobs(settings, url=redis_url)
 except ConfigurationError as exc:
     raise _refusal(str(exc), EXIT_BAD_SETTINGS) from None
-if settings.redis_url:
-    # A client of its own, with timeouts, closed at once: the broker's pool stays untouched.
-    probe = redis.Redis.from_url(
-        settings.redis_url, socket_timeout=PING_TIMEOUT, socket_connect_timeout=PING_TIMEOUT
-    )
-    try:
-        probe.ping()
-    except redis.RedisError as exc:
-        where = settings.redis_url_redacted
-        raise _refusal(f"cannot reach Redis at {where}: {exc}", EXIT_NO_REDIS) from None
-    finally:
-        probe.close()
+except RedisUnavailable as exc:
+    status = EXIT_BAD_SETTINGS if exc.exit_code == EXIT_BAD_URL else EXIT_NO_REDIS
+    raise _refusal(str(exc), status) from None
 broker = jobs.broker
 dramatiq.set_broker(broker)

@@ -108,6 +108,8 @@ class SharedRedis:
     def stop(self) -> ServerStatus:
         """Stop the server whoever still uses it; returns what was running (``running=False``:
         nothing was)."""
+        if not self.data.root.is_dir():
+            return self._status()
         with self._locked():
             status = self._status()
             state = self.data.read_state()
@@ -118,6 +120,8 @@ class SharedRedis:
 
     def status(self) -> ServerStatus:
         """Whether a server runs for this data directory, where, and for whom."""
+        if not self.data.root.is_dir():
+            return self._status()
         with self._locked():
             return self._status()
 
