@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import redis
 
 from soulspot_jobs.redis_server import EmbeddedRedis
+from soulspot_jobs.shared_redis import SharedRedis
 
 
 @pytest.fixture(scope="session")
@@ -34,3 +36,11 @@ def redis_client(redis_url: str) -> Iterator[redis.Redis]:
     client = redis.Redis.from_url(redis_url)
     yield client
     client.close()
+
+
+@pytest.fixture
+def data_dir(tmp_path: Path) -> Iterator[Path]:
+    """An empty ``SOULSPOT_DATA_DIR``; an embedded Redis a test left running there is stopped."""
+    directory = tmp_path / "data"
+    yield directory
+    SharedRedis(directory).stop()
