@@ -130,9 +130,10 @@ def worker(
     configure_logging(settings)
     if watch and watch_dir is None:
         watch_dir = Path(soulspot_jobs.__file__).parent
-    with redis_for(settings):
+    with redis_for(settings) as url:
         env = {**os.environ, "SOULSPOT_DATA_DIR": str(data_dir(settings))}
-        runner = WorkerRunner(dramatiq_command(processes, threads), env=env, watch=watch_dir)
+        command = dramatiq_command(processes, threads)
+        runner = WorkerRunner(command, env=env, watch=watch_dir, redis_url=url)
         code = runner.run()
     raise typer.Exit(code)
 

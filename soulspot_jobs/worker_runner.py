@@ -33,6 +33,7 @@ from types import FrameType
 import structlog
 
 from soulspot_jobs.dramatiq_main import PARENT_PID_ENV
+from soulspot_jobs.logging import redact_url
 from soulspot_jobs.source_watch import watch_sources
 
 #: Seconds of quiet after a source change before the workers restart (one save, one restart).
@@ -64,8 +65,10 @@ class WorkerRunner:
         *,
         env: Mapping[str, str] | None = None,
         watch: Path | None = None,
+        redis_url: str = "",
     ) -> None:
         self.command = list(command)
+        self.redis_url = redact_url(redis_url)
         self.env = dict(env if env is not None else os.environ)
         self.watch = watch
         self._wake = threading.Event()
@@ -130,7 +133,12 @@ class WorkerRunner:
         env = {**self.env, PARENT_PID_ENV: str(os.getpid())}
         child = subprocess.Popen(self.command, env=env, process_group=0)
         threading.Thread(target=self._wake_on_exit, args=(child,), daemon=True).start()
-        log.info("worker.started", pid=child.pid, command=" ".join(self.command[2:]))
+        log.info(
+            "worker.started",
+            pid=child.pid,
+            command=" ".join(self.command[2:]),
+            redis=self.redis_url,
+        )
         return child
 
     def _wake_on_exit(self, child: subprocess.Popen[bytes]) -> None:
