@@ -17,6 +17,7 @@ from soulspot_jobs.settings import load_settings
 from soulspot_jobs.shared_redis import DataDir, SharedRedis
 from soulspot_jobs.shared_redis.layout import MAX_SOCKET_PATH
 from soulspot_jobs.shared_redis.processes import is_alive, wait_for_exit
+from tests.polling import wait_until
 from tests.processes import SOULSPOT_JOBS, Spawned, environment
 
 #: Seconds a test waits for a server to end.
@@ -46,6 +47,15 @@ def _url_and_pid(holder: Spawned) -> tuple[str, int]:
     [line] = holder.wait_for("unix://", stream="stdout")
     url, pid = line.split()
     return url, int(pid)
+
+
+def _wait_for_the_append_only_file(client: redis.Redis) -> None:
+    """Until the server has written every change to its append-only file (a crash from then on
+    loses nothing; with appendfsync everysec a busy disk can hold writes back up to 2 s)."""
+    wait_until(
+        lambda: client.info("persistence")["aof_buffer_length"] == 0,
+        "the append-only file to be written",
+    )
 
 
 def _cli(data_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:
@@ -135,6 +145,7 @@ def test_a_killed_server_is_replaced_with_its_data_by_the_next_process(data_dir:
         with redis.Redis.from_url(url) as client:
             client.set("kept", "yes")
             killed = client.info("server")["process_id"]
+            _wait_for_the_append_only_file(client)
         os.kill(killed, signal.SIGKILL)
         assert wait_for_exit(killed, EXIT_DEADLINE)
 

@@ -23,18 +23,16 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import redis
-
 import soulspot_jobs
 from soulspot_jobs.redis_server import find_redis_server
-from soulspot_jobs.shared_redis.layout import DataDir, ServerState, SharedRedisError
-from soulspot_jobs.shared_redis.processes import end_process, is_alive, wait_for_exit
-from soulspot_jobs.shared_redis.supervisor import (
+from soulspot_jobs.shared_redis.control import (
     STARTUP_TIMEOUT,
     STOP_TIMEOUT,
-    client_for,
+    answers,
     shutdown_server,
 )
+from soulspot_jobs.shared_redis.layout import DataDir, ServerState, SharedRedisError
+from soulspot_jobs.shared_redis.processes import end_process, is_alive, wait_for_exit
 from soulspot_jobs.shared_redis.users import Users
 
 #: Seconds a starting process waits for the server beyond the supervisor's own startup limit.
@@ -165,7 +163,7 @@ class SharedRedis:
             state.status == "ready"
             and is_alive(state.supervisor_pid, state.supervisor_started)
             and is_alive(state.pid, state.pid_started)
-            and _answers(state.socket)
+            and answers(state.socket)
         ):
             return state
         self._stop_server(state)
@@ -203,7 +201,7 @@ class SharedRedis:
                 raise self._start_error("its supervisor ended")
             if state.status == "failed":
                 raise self._start_error(state.error)
-            if state.status == "ready" and _answers(state.socket):
+            if state.status == "ready" and answers(state.socket):
                 return state
             if time.monotonic() >= deadline:
                 self._stop_server(state)
@@ -252,19 +250,6 @@ class SharedRedis:
             log=str(self.data.log_path),
             aof_bytes=aof_bytes,
         )
-
-
-def _answers(socket_path: str) -> bool:
-    """Whether a server answers PING on ``socket_path`` within a second."""
-    if not socket_path:
-        return False
-    client = client_for(socket_path)
-    try:
-        return bool(client.ping())
-    except (redis.RedisError, OSError):
-        return False
-    finally:
-        client.close()
 
 
 @atexit.register

@@ -24,20 +24,20 @@ from collections.abc import Sequence
 from types import FrameType
 
 import redis
-from redis.backoff import NoBackoff
-from redis.retry import Retry
 
 from soulspot_jobs.redis_server import die_with_parent, find_redis_server
+from soulspot_jobs.shared_redis.control import (
+    STARTUP_TIMEOUT,
+    STOP_TIMEOUT,
+    client_for,
+    shutdown_server,
+)
 from soulspot_jobs.shared_redis.layout import DataDir, ServerState
 from soulspot_jobs.shared_redis.processes import start_time
 from soulspot_jobs.shared_redis.users import Users
 
 #: Seconds between two looks at the users (how long the server outlives its last user).
 POLL_INTERVAL = 0.25
-#: Seconds redis-server may take to answer PING after starting (it loads the append-only file).
-STARTUP_TIMEOUT = 30.0
-#: Seconds to wait for redis-server to exit after SHUTDOWN, then after SIGTERM.
-STOP_TIMEOUT = 10.0
 #: Seconds between two PINGs while the server starts.
 _PING_INTERVAL = 0.02
 
@@ -56,26 +56,6 @@ def redis_command(executable: str, data: DataDir) -> list[str]:
         "--daemonize", "no",
         "--logfile", "",
     ]  # fmt: skip
-
-
-def client_for(socket_path: str, timeout: float = 1.0) -> redis.Redis:
-    """A client on the server's socket that fails at once instead of retrying with backoff."""
-    return redis.Redis(
-        unix_socket_path=socket_path,
-        socket_timeout=timeout,
-        socket_connect_timeout=timeout,
-        retry=Retry(NoBackoff(), 0),
-    )
-
-
-def shutdown_server(socket_path: str) -> None:
-    """Ask the server on ``socket_path`` to SHUTDOWN (flushing its append-only file)."""
-    client = client_for(socket_path, STOP_TIMEOUT)
-    try:
-        with contextlib.suppress(redis.RedisError, OSError):
-            client.shutdown()
-    finally:
-        client.close()
 
 
 def _log(message: str) -> None:
