@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import signal
+import sys
 from pathlib import Path
 
 import pytest
@@ -91,6 +92,28 @@ def test_two_worker_commands_started_at_once_share_one_embedded_redis(
     finally:
         for worker in workers:
             worker.kill_group()
+
+
+def test_the_dramatiq_command_alone_runs_on_the_embedded_redis(
+    tmp_path: Path, data_dir: Path
+) -> None:
+    # Given `dramatiq soulspot_jobs.worker` started without REDIS_URL
+    command = [sys.executable, "-m", "dramatiq", "soulspot_jobs.worker", "-p", "1", "-t", "1"]
+    dramatiq = Spawned(command, env=environment(data_dir, LOG_FORMAT="json"), cwd=tmp_path)
+    try:
+        # When its worker process is ready
+        dramatiq.wait_for(READY, timeout=START_DEADLINE)
+
+        # Then that process uses the embedded server of the data directory
+        status = SharedRedis(data_dir).status()
+        assert status.running and status.pid is not None
+        assert len(status.users) == 1 and status.users[0] != dramatiq.pid
+
+        # And once Dramatiq has stopped, the server stops too (its last user is gone)
+        assert dramatiq.stop(signal.SIGTERM, STOP_DEADLINE) == 0
+        assert wait_for_exit(status.pid, STOP_DEADLINE)
+    finally:
+        dramatiq.kill_group()
 
 
 def test_worker_watch_restarts_the_workers_when_a_py_file_changes(
