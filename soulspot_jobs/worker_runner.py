@@ -74,7 +74,7 @@ class WorkerRunner:
         self._wake = threading.Event()
         self._child: subprocess.Popen[bytes] | None = None
         self._stop_signals = 0
-        self._stops_logged = 0
+        self._stops_passed_on = 0
         self._stop_signal_name = ""
         self._changed_at: float | None = None
         self._changed_path = ""
@@ -102,9 +102,10 @@ class WorkerRunner:
             child = self._child
             code = child.poll() if child is not None else None
             if self._stop_signals:
-                if self._stop_signals > self._stops_logged:
-                    self._stops_logged = self._stop_signals
+                if self._stop_signals > self._stops_passed_on:
+                    self._stops_passed_on = self._stop_signals
                     log.info("worker.stopping", signal=self._stop_signal_name, pid=os.getpid())
+                    self._signal_child(signal.SIGTERM)
                 if child is None or code is not None:
                     log.info("worker.stopped", exit_code=code or 0)
                     return code or 0
@@ -156,10 +157,10 @@ class WorkerRunner:
         )
 
     def _on_stop_signal(self, signum: int, _frame: FrameType | None) -> None:
-        # No logging here: the main thread may hold the logging lock when the signal arrives.
+        # Only flags here (the main thread may hold the logging lock when the signal arrives);
+        # the loop, woken at once, passes the signal on.
         self._stop_signals += 1
         self._stop_signal_name = signal.Signals(signum).name
-        self._signal_child(signal.SIGTERM)
         self._wake.set()
 
     def _on_change(self, path: str) -> None:

@@ -40,7 +40,7 @@ HOLDER = textwrap.dedent(
 
 
 def _holder(data_dir: Path) -> Spawned:
-    return Spawned([sys.executable, "-c", HOLDER], env=environment(data_dir))
+    return Spawned([sys.executable, "-c", HOLDER], env=environment(data_dir), cwd=data_dir.parent)
 
 
 def _url_and_pid(holder: Spawned) -> tuple[str, int]:

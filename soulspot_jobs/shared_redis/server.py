@@ -39,6 +39,8 @@ from soulspot_jobs.shared_redis.users import Users
 START_MARGIN = 5.0
 #: Seconds a detaching process waits for the lock before leaving the stop to the supervisor.
 DETACH_LOCK_TIMEOUT = 5.0
+#: Seconds a supervisor gets to exit by itself after its server ended (it looks 4 times a second).
+SUPERVISOR_EXIT_WAIT = 2.0
 #: Seconds between two looks at a starting server.
 _POLL = 0.02
 
@@ -221,8 +223,9 @@ class SharedRedis:
             if not wait_for_exit(state.pid, STOP_TIMEOUT, state.pid_started):
                 end_process(state.pid, STOP_TIMEOUT, state.pid_started)
         # Once its server has ended the supervisor exits by itself; a starting one needs a push.
-        if not wait_for_exit(state.supervisor_pid, STOP_TIMEOUT, state.supervisor_started):
-            end_process(state.supervisor_pid, STOP_TIMEOUT, state.supervisor_started)
+        supervisor = (state.supervisor_pid, state.supervisor_started)
+        if not wait_for_exit(supervisor[0], SUPERVISOR_EXIT_WAIT, supervisor[1]):
+            end_process(supervisor[0], STOP_TIMEOUT, supervisor[1])
         self.data.remove_state()
 
     def _status(self) -> ServerStatus:
