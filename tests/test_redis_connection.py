@@ -18,6 +18,7 @@ from soulspot_jobs.redis_connection import (
     RedisUnavailable,
     redis_for,
 )
+from soulspot_jobs.redis_server import EmbeddedRedis
 from soulspot_jobs.settings import load_settings
 from tests.processes import SOULSPOT_JOBS, environment
 
@@ -129,3 +130,55 @@ def test_a_reachable_redis_url_is_used_as_it_is_and_nothing_is_started(
         assert url == redis_url
         assert client.ping()
     assert not data_dir.exists()
+
+
+def test_a_url_with_a_password_and_a_database_number_is_used_as_given() -> None:
+    # Given a Redis that requires a password
+    with EmbeddedRedis() as server:
+        with redis.Redis.from_url(server.url) as admin:
+            admin.config_set("requirepass", "s3cret")
+        url = f"redis://:s3cret@127.0.0.1:{server.port}/2"
+
+        # When a command asks for its Redis with the password and database 2
+        settings = load_settings(REDIS_URL=url)
+        with redis_for(settings) as given, redis.Redis.from_url(given) as client:
+            client.set("where", "db2")
+
+            # Then it works on database 2
+            assert given == url
+            assert client.info("keyspace") == {"db2": {"keys": 1, "expires": 0, "avg_ttl": 0}}
+
+        # And a wrong password is one line, with the password hidden
+        wrong = f"redis://:wrong@127.0.0.1:{server.port}/2"
+        with pytest.raises(RedisUnavailable) as refused, redis_for(load_settings(REDIS_URL=wrong)):
+            pass
+        assert "refused the credentials" in str(refused.value)
+        assert "wrong" not in str(refused.value) and "\n" not in str(refused.value)
+
+
+def test_a_unix_socket_url_with_a_database_number_is_used_as_given() -> None:
+    # Given a Redis on a unix socket
+    with EmbeddedRedis(unix_socket=True) as server:
+        url = f"{server.url}?db=3"
+
+        # When a command asks for its Redis on database 3 of that socket
+        settings = load_settings(REDIS_URL=url)
+        with redis_for(settings) as given, redis.Redis.from_url(given) as client:
+            client.set("where", "db3")
+
+            # Then it works there
+            assert given == url
+            assert set(client.info("keyspace")) == {"db3"}
+
+
+def test_a_rediss_url_is_accepted_as_a_form_and_refused_only_for_want_of_a_server(
+    closed_port: int,
+) -> None:
+    # When a command asks for a TLS Redis nobody serves
+    url = f"rediss://:pw@127.0.0.1:{closed_port}/0"
+    with pytest.raises(RedisUnavailable) as refused, redis_for(load_settings(REDIS_URL=url)):
+        pass
+
+    # Then the URL's form was fine: the server is what is missing
+    assert refused.value.exit_code == EXIT_NO_REDIS
+    assert str(refused.value).startswith("cannot reach Redis at REDIS_URL='rediss://:***@")
