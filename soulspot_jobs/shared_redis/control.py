@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import time
 
 import redis
 from redis.backoff import NoBackoff
@@ -12,6 +13,8 @@ from redis.retry import Retry
 STARTUP_TIMEOUT = 30.0
 #: Seconds to wait for redis-server to exit after SHUTDOWN, then after SIGTERM.
 STOP_TIMEOUT = 10.0
+#: Seconds between two PINGs of a server that did not answer.
+_RETRY_INTERVAL = 0.05
 
 
 def client_for(socket_path: str, timeout: float = 1.0) -> redis.Redis:
@@ -34,14 +37,23 @@ def shutdown_server(socket_path: str) -> None:
         client.close()
 
 
-def answers(socket_path: str) -> bool:
-    """Whether a server answers PING on ``socket_path`` within a second."""
+def answers(socket_path: str, within: float = 0.0) -> bool:
+    """Whether a server answers PING on ``socket_path``, asking again for ``within`` seconds.
+
+    Each attempt waits a second at most. A server still loading its append-only file, or too
+    busy to answer one PING on a loaded machine, gets the whole ``within`` to answer one.
+    """
     if not socket_path:
         return False
+    deadline = time.monotonic() + within
     client = client_for(socket_path)
     try:
-        return bool(client.ping())
-    except (redis.RedisError, OSError):
-        return False
+        while True:
+            with contextlib.suppress(redis.RedisError, OSError):
+                if client.ping():
+                    return True
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(_RETRY_INTERVAL)
     finally:
         client.close()

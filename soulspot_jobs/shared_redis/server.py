@@ -37,6 +37,8 @@ from soulspot_jobs.shared_redis.users import Users
 
 #: Seconds a starting process waits for the server beyond the supervisor's own startup limit.
 START_MARGIN = 5.0
+#: Seconds a running server gets to answer PING before it is taken for hung and replaced.
+HEALTH_TIMEOUT = 10.0
 #: Seconds a detaching process waits for the lock before leaving the stop to the supervisor.
 DETACH_LOCK_TIMEOUT = 5.0
 #: Seconds a supervisor gets to exit by itself after its server ended (it looks 4 times a second).
@@ -165,7 +167,7 @@ class SharedRedis:
             state.status == "ready"
             and is_alive(state.supervisor_pid, state.supervisor_started)
             and is_alive(state.pid, state.pid_started)
-            and answers(state.socket)
+            and answers(state.socket, within=HEALTH_TIMEOUT)
         ):
             return state
         self._stop_server(state)
