@@ -101,7 +101,15 @@ class Spawned:
         return self.wait(timeout)
 
     def kill_group(self) -> None:
-        """Kill whatever is left of the command and its process group (test clean-up)."""
+        """Kill whatever is left of the command: its process group and every descendant,
+        including those in process groups of their own (test clean-up).
+
+        Descendants go first: once the test stops reading its output, a Dramatiq left running
+        would block for ever writing its logs.
+        """
+        for pid in _descendants(self.process.pid):
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGKILL)
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(self.process.pid, signal.SIGKILL)
         with contextlib.suppress(subprocess.TimeoutExpired):
@@ -112,3 +120,23 @@ class Spawned:
     def _read(stream: object, into: list[str]) -> None:
         for line in stream:  # type: ignore[attr-defined]
             into.append(line)
+
+
+def _descendants(root: int) -> list[int]:
+    """Pids of every live descendant of ``root``, read from ``/proc`` (Linux)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        parent = int(stat[stat.rfind(")") + 2 :].split()[1])
+        children.setdefault(parent, []).append(int(entry.name))
+    found, pending = [], [root]
+    while pending:
+        for child in children.get(pending.pop(), []):
+            found.append(child)
+            pending.append(child)
+    return found
