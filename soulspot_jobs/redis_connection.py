@@ -32,8 +32,8 @@ from soulspot_jobs.shared_redis import SharedRedis, SharedRedisError
 CONNECT_TIMEOUT = 3.0
 #: Exit status of a command whose ``REDIS_URL`` is malformed (a bad setting).
 EXIT_BAD_URL = 2
-#: Exit status of a command that found no Redis to use (the code Dramatiq gives the same case).
-EXIT_NO_REDIS = 3
+#: Exit status of a command that found no Redis to use (as every operator command gives).
+EXIT_NO_REDIS = 1
 #: URL schemes redis-py connects with.
 SCHEMES = ("redis", "rediss", "unix")
 #: The path of a ``redis://`` URL: nothing, ``/`` or ``/<database number>``.
