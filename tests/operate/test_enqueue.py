@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import socket
 import time
 from pathlib import Path
@@ -11,6 +12,7 @@ import redis
 
 from soulspot_jobs.jobs import JobStore
 from soulspot_jobs.queues import NEW_JOBS_QUEUE
+from soulspot_jobs.shared_redis import SharedRedis
 
 from .conftest import Cli, run_process
 
@@ -76,15 +78,24 @@ def test_enqueue_enrich_without_what_to_look_up_is_one_line_and_exit_2(
     assert JobStore(redis_client).jobs() == []
 
 
-def test_without_redis_url_a_command_says_so_in_one_line_and_exits_1(tmp_path: Path) -> None:
-    # When a command runs as its own process with REDIS_URL unset
-    result = run_process("enqueue", "download", "A - B", cwd=tmp_path)
+def test_without_redis_url_commands_share_the_embedded_redis_of_the_data_directory(
+    tmp_path: Path,
+) -> None:
+    data_dir = tmp_path / ".soulspot"
+    try:
+        # When a download is enqueued by a process with REDIS_URL unset (the embedded Redis of
+        # ./.soulspot/ starts for it and stops when it exits)
+        enqueued = run_process("enqueue", "download", "A - B", cwd=tmp_path)
+        assert enqueued.returncode == 0, enqueued.stderr
+        job_id = enqueued.stdout.strip()
 
-    # Then it prints one error line and exits 1, no traceback
-    assert result.returncode == 1
-    assert result.stderr.startswith("error: ")
-    assert len(result.stderr.strip().splitlines()) == 1
-    assert "REDIS_URL" in result.stderr
+        # Then a later process finds the job there, still queued (the append-only file kept it)
+        shown = run_process("jobs", "show", job_id, "--json", cwd=tmp_path)
+        assert shown.returncode == 0, shown.stderr
+        assert json.loads(shown.stdout)["state"] == "queued"
+        assert (data_dir / "redis" / "appendonly.aof").is_file()
+    finally:
+        SharedRedis(data_dir).stop()
 
 
 def test_an_unreachable_redis_is_one_line_and_exit_1_within_seconds(tmp_path: Path) -> None:
