@@ -58,28 +58,50 @@ class DaemonAsyncIO(AsyncIO):
 
 class ExitGuard(Middleware):
     """In each worker process of the ``dramatiq`` command: a deadline once SIGTERM arrives, and
-    a watch on the parent process (``after_process_boot`` runs in the process's main thread)."""
+    a watch on the parent process (see :func:`guard_worker_process`)."""
 
     def __init__(self, *, check_interval: float = CHECK_INTERVAL, grace: float = GRACE) -> None:
         self.check_interval = check_interval
         self.grace = grace
 
     def after_process_boot(self, broker: dramatiq.Broker) -> None:
-        deadline = _Deadline(shutdown_timeout(sys.argv) / 1000 + self.grace)
-        previous = signal.getsignal(signal.SIGTERM)
+        guard_worker_process(check_interval=self.check_interval, grace=self.grace)
 
-        def on_sigterm(signum: int, frame: FrameType | None) -> None:
-            deadline.arm()
-            if callable(previous):
-                previous(signum, frame)
 
-        signal.signal(signal.SIGTERM, on_sigterm)
-        threading.Thread(
-            target=_watch_parent,
-            args=(_parent_pid(), self.check_interval, deadline),
-            name="soulspot-parent-watch",
-            daemon=True,
-        ).start()
+#: Set once this process is guarded.
+_guarded = threading.Event()
+
+
+def guard_worker_process(*, check_interval: float = CHECK_INTERVAL, grace: float = GRACE) -> None:
+    """Arm a deadline on SIGTERM and watch the parent, once per forked worker process.
+
+    Called as early as possible (the worker module calls it before anything can fail, since a
+    worker process whose boot fails after its parent died blocks for ever in Dramatiq's start-up
+    handshake), and again by :class:`ExitGuard`. A no-op in a process that was not forked by
+    ``multiprocessing`` (a program importing the worker module) and off the main thread.
+    """
+    if (
+        _guarded.is_set()
+        or multiprocessing.parent_process() is None
+        or threading.current_thread() is not threading.main_thread()
+    ):
+        return
+    _guarded.set()
+    deadline = _Deadline(shutdown_timeout(sys.argv) / 1000 + grace)
+    previous = signal.getsignal(signal.SIGTERM)
+
+    def on_sigterm(signum: int, frame: FrameType | None) -> None:
+        deadline.arm()
+        if callable(previous):
+            previous(signum, frame)
+
+    signal.signal(signal.SIGTERM, on_sigterm)
+    threading.Thread(
+        target=_watch_parent,
+        args=(_parent_pid(), check_interval, deadline),
+        name="soulspot-parent-watch",
+        daemon=True,
+    ).start()
 
 
 def shutdown_timeout(argv: list[str]) -> int:

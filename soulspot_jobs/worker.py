@@ -21,6 +21,7 @@ from soulspot_jobs.errors import ConfigurationError
 from soulspot_jobs.logging import configure_logging
 from soulspot_jobs.redis_connection import EXIT_BAD_URL, RedisUnavailable, redis_for
 from soulspot_jobs.settings import load_settings
+from soulspot_jobs.shutdown import guard_worker_process
 
 #: Exit status of a worker process refused because of an invalid setting (as ``soulspot-jobs``).
 EXIT_BAD_SETTINGS = 2
@@ -33,6 +34,9 @@ def _refusal(message: str, status: int) -> SystemExit:
     print(f"error: {message}", file=sys.stderr, flush=True)
     return SystemExit(status)
 
+
+# First: even a worker process whose boot fails must be able to exit (see guard_worker_process).
+guard_worker_process()
 
 #: Holds this process's use of the Redis until the interpreter exits.
 _redis = ExitStack()
