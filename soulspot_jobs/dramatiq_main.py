@@ -33,6 +33,19 @@ def _end_with_parent() -> None:
         sys.exit(0)
 
 
+def _log_in_our_format() -> None:
+    """Configure logging before Dramatiq does, so its own process's lines ("booting up",
+    "Sending signal ...") come out in our format too (Dramatiq's ``basicConfig`` then finds a
+    handler and changes nothing). A bad setting is left for the worker processes to report."""
+    from soulspot_jobs.errors import ConfigurationError
+    from soulspot_jobs.logging import configure_logging
+    from soulspot_jobs.settings import load_settings
+
+    with contextlib.suppress(ConfigurationError):
+        configure_logging(load_settings())
+
+
 if __name__ == "__main__":
     _end_with_parent()
+    _log_in_our_format()
     runpy.run_module("dramatiq", run_name="__main__", alter_sys=True)

@@ -63,6 +63,9 @@ def test_the_worker_stops_cleanly_on_sigterm_or_sigint_and_so_does_the_embedded_
         assert not is_alive(dramatiq)
         assert wait_for_exit(status.pid, STOP_DEADLINE)
         assert "Traceback" not in "".join(worker.stderr)
+        # And every line it printed, Dramatiq's own process's included, is one of our records
+        printed = [line for line in worker.stderr if line.strip()]
+        assert printed and all(line.startswith("{") for line in printed), printed[:5]
     finally:
         worker.kill_group()
 
