@@ -176,14 +176,16 @@ class DeadLetters:
         xq = self._xq(letter.queue)
         if not self.client.zrem(xq, letter.redis_message_id):
             raise DeadLetterNotFound(f"dead letter {letter.message_id!r} was taken meanwhile")
+        if self.on_requeue is not None:
+            # Before the enqueue: a worker may run the message the moment it is enqueued, and
+            # must find its job record out of ``failed`` by then.
+            self.on_requeue(letter)
         try:
             self.broker.enqueue(fresh_copy(letter.message))
         except BaseException:
             self.client.zadd(xq, {letter.redis_message_id: letter.dead_lettered_at})
             raise
         self.client.hdel(xq + MESSAGES_SUFFIX, letter.redis_message_id)
-        if self.on_requeue is not None:
-            self.on_requeue(letter)
 
     def _xq(self, queue: str) -> str:
         return f"{self.namespace}:{queue}{XQ_SUFFIX}"

@@ -315,7 +315,7 @@ def test_a_redis_that_does_not_answer_stops_the_worker_command_with_one_line(
     assert result.returncode == 3, result.stderr
     errors = [text for text in result.stderr.splitlines() if text.startswith("error: ")]
     assert errors == [
-        "error: cannot reach Redis at redis://:***@127.0.0.1:1/0: "
+        "error: cannot reach Redis at REDIS_URL='redis://:***@127.0.0.1:1/0': "
         "Error 111 connecting to 127.0.0.1:1. Connection refused."
     ]
     assert "Traceback" not in result.stderr
