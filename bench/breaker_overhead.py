@@ -41,6 +41,7 @@ from soulspot_jobs.circuit_breaker import (
 from soulspot_jobs.circuit_breaker.backends.redis import STALE_AFTER_INTERVALS
 from soulspot_jobs.circuit_breaker.state import Verdict
 from soulspot_jobs.redis_server import EmbeddedRedis
+from soulspot_jobs.redis_stats import command_calls
 
 #: Default number of calls timed for the in-memory variants (the pybreaker-redis variant makes a
 #: tenth of them: each of its calls is several round trips).
@@ -120,13 +121,8 @@ class CommandCount:
         self.client.config_resetstat()
 
     def read(self) -> CommandCount:
-        stats = self.client.info("commandstats")
-        self.by_command = {
-            name.removeprefix("cmdstat_"): int(values["calls"])
-            for name, values in stats.items()
-            # the measuring commands themselves are not the breaker's
-            if not name.startswith(("cmdstat_config", "cmdstat_info"))
-        }
+        # the measuring commands themselves (CONFIG RESETSTAT, INFO) are not the breaker's
+        self.by_command = dict(command_calls(self.client))
         self.total = sum(self.by_command.values())
         self.evalsha = self.by_command.get("evalsha", 0)
         return self

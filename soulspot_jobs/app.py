@@ -47,7 +47,7 @@ class SoulspotJobs:
         self.middleware = next(
             m for m in self.broker.middleware if isinstance(m, CircuitBreakerMiddleware)
         )
-        self.runtime = Runtime(settings, self.broker.client, self.middleware)
+        self.runtime = Runtime(settings, self.broker.redis, self.middleware)
         self.store = self.runtime.store
         downloads.declare(self.broker, self.runtime)
         metadata.declare(self.broker, self.runtime)

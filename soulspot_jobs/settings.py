@@ -255,6 +255,8 @@ class Settings(BaseSettings):
 
     #: Redis holding the breakers' state and Dramatiq's queues; ``None`` starts an embedded one.
     redis_url: RedisUrl | None = Field(None, validation_alias="REDIS_URL")
+    #: Where Dramatiq's messages go: ``amqp://`` (RabbitMQ) or ``redis://``; ``None``: REDIS_URL.
+    broker_url: str | None = Field(None, validation_alias="BROKER_URL")
     #: Prefix of every Redis key soulspot-jobs writes.
     key_prefix: str = Field("soulspot", min_length=1, validation_alias="SOULSPOT_KEY_PREFIX")
     #: Seconds a finished (done or failed) job's record is kept before Redis expires it.
@@ -323,6 +325,7 @@ class Settings(BaseSettings):
 #: Environment variable of each top-level field whose name is not simply its upper-case name.
 _ENV_ALIASES = {
     "redis_url": "REDIS_URL",
+    "broker_url": "BROKER_URL",
     "key_prefix": "SOULSPOT_KEY_PREFIX",
     "job_ttl": "SOULSPOT_JOB_TTL",
     "data_dir": "SOULSPOT_DATA_DIR",

@@ -1,4 +1,10 @@
-"""Fixtures shared by every test: one real redis-server per session, flushed before each test."""
+"""Fixtures shared by every test: one real Redis-compatible server per session, flushed before
+each test.
+
+``SOULSPOT_TEST_REDIS`` picks the server (``redis6``, the default, ``valkey`` or ``redis7``; see
+:mod:`tests.servers`). Asking for one that is not available stops the run with an error before
+any test runs.
+"""
 
 from __future__ import annotations
 
@@ -10,12 +16,35 @@ import redis
 
 from soulspot_jobs.redis_server import EmbeddedRedis
 from soulspot_jobs.shared_redis import SharedRedis
+from tests.servers import RedisKind, ServerUnavailable, resolve, selected_kind
+
+_KIND: RedisKind | None = None
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    global _KIND
+    try:
+        _KIND = resolve(selected_kind())
+    except ServerUnavailable as exc:
+        raise pytest.UsageError(f"the test server is not available: {exc}") from None
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    assert _KIND is not None
+    return f"redis server: {_KIND.name} ({_KIND.version.split(' sha=')[0]}) {_KIND.executable}"
 
 
 @pytest.fixture(scope="session")
-def redis_server() -> Iterator[EmbeddedRedis]:
-    """A real redis-server on a free loopback port, stopped when the session ends."""
-    with EmbeddedRedis() as server:
+def redis_kind() -> RedisKind:
+    """The server kind of this run, as picked by ``SOULSPOT_TEST_REDIS``."""
+    assert _KIND is not None
+    return _KIND
+
+
+@pytest.fixture(scope="session")
+def redis_server(redis_kind: RedisKind) -> Iterator[EmbeddedRedis]:
+    """A real server of the run's kind on a free loopback port, stopped when the session ends."""
+    with EmbeddedRedis(executable=redis_kind.executable) as server:
         yield server
 
 

@@ -44,8 +44,10 @@ from soulspot_jobs.middleware import (
     CircuitBreakerMiddleware,
 )
 from soulspot_jobs.redis_server import EmbeddedRedis
+from soulspot_jobs.redis_stats import command_calls
 from soulspot_jobs.settings import load_settings
 from tests.polling import wait_until
+from tests.servers import RedisKind
 
 #: Queue of every test actor.
 QUEUE = "jobs"
@@ -724,10 +726,10 @@ def test_the_deferred_index_follows_a_message_deferred_by_two_services(
 
 
 def test_an_unreachable_deferred_index_never_fails_or_duplicates_a_deferral(
-    harness: Harness, logs: LogWatch, redis_client: redis.Redis
+    harness: Harness, logs: LogWatch, redis_client: redis.Redis, redis_kind: RedisKind
 ) -> None:
     # Given a deferred index on a Redis that is down (the broker and breakers are fine)
-    with EmbeddedRedis() as index_server:
+    with EmbeddedRedis(executable=redis_kind.executable) as index_server:
         index = RedisDeferredIndex(redis.Redis.from_url(index_server.url, socket_timeout=1))
     slskd = harness.breaker("slskd-api", config(timeout=HOLD_OPEN, success_threshold=1))
     broker, _ = harness.broker(slskd, index=index)
@@ -762,9 +764,7 @@ UNTAGGED_MESSAGES = 20
 
 def _command_calls(client: redis.Redis) -> dict[str, int]:
     """Calls per command (``INFO commandstats``), without the test's own INFO/CONFIG calls."""
-    stats = client.info("commandstats")
-    calls = {name.removeprefix("cmdstat_"): value["calls"] for name, value in stats.items()}
-    return {name: n for name, n in calls.items() if not name.startswith(("info", "config"))}
+    return dict(command_calls(client))
 
 
 def _run_untagged(broker: RedisBroker, client: redis.Redis) -> dict[str, int]:

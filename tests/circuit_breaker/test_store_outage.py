@@ -15,14 +15,15 @@ from soulspot_jobs.circuit_breaker import (
 )
 from soulspot_jobs.circuit_breaker.breaker import STORE_RETRY_AFTER
 from soulspot_jobs.redis_server import EmbeddedRedis
+from tests.servers import RedisKind
 
 CALLS = 20
 
 
 @pytest.fixture
-def server() -> Iterator[EmbeddedRedis]:
-    """A Redis of this test's own, so the test can stop it."""
-    with EmbeddedRedis() as own:
+def server(redis_kind: RedisKind) -> Iterator[EmbeddedRedis]:
+    """A Redis of this test's own (of the run's kind), so the test can stop it."""
+    with EmbeddedRedis(executable=redis_kind.executable) as own:
         yield own
 
 
@@ -89,7 +90,7 @@ def test_a_store_that_comes_back_is_used_again_and_its_return_is_logged_once(
     breaker.call_sync(lambda: None)
     try:
         # When Redis is back on the same port
-        with EmbeddedRedis(port=port), structlog.testing.capture_logs() as logs:
+        with EmbeddedRedis(port=port, executable=server.executable), structlog.testing.capture_logs() as logs:
             for _ in range(3):
                 breaker.call_sync(lambda: None)
             stats = breaker.stats

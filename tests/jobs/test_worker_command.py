@@ -18,6 +18,7 @@ from soulspot_jobs.redis_server import EmbeddedRedis
 from soulspot_jobs.settings import load_settings
 from tests.jobs.conftest import CLIENT_MARGIN, Fakes, finished
 from tests.polling import wait_until
+from tests.servers import RedisKind
 
 #: Seconds the worker command may take to shut down after SIGTERM.
 SHUTDOWN_DEADLINE = 30
@@ -61,12 +62,12 @@ def test_the_dramatiq_worker_command_runs_a_download_job_to_done(
 
 
 def test_worker_processes_orphaned_while_redis_is_down_exit_within_their_shutdown_timeout(
-    fakes: Fakes,
+    fakes: Fakes, redis_kind: RedisKind
 ) -> None:
     # Given the worker command on its own Redis, busy with jobs whose upstreams are unreachable
     # (so every worker thread logs), with a short shutdown timeout
     shutdown_timeout = 3.0
-    with EmbeddedRedis() as server:
+    with EmbeddedRedis(executable=redis_kind.executable) as server:
         env = {
             **os.environ,
             "REDIS_URL": server.url,
