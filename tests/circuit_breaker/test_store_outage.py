@@ -90,7 +90,10 @@ def test_a_store_that_comes_back_is_used_again_and_its_return_is_logged_once(
     breaker.call_sync(lambda: None)
     try:
         # When Redis is back on the same port
-        with EmbeddedRedis(port=port, executable=server.executable), structlog.testing.capture_logs() as logs:
+        with (
+            EmbeddedRedis(port=port, executable=server.executable),
+            structlog.testing.capture_logs() as logs,
+        ):
             for _ in range(3):
                 breaker.call_sync(lambda: None)
             stats = breaker.stats
