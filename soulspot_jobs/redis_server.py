@@ -100,6 +100,7 @@ class EmbeddedRedis:
         startup_timeout: float = STARTUP_TIMEOUT,
         appendonly: bool = False,
         data_dir: str | Path | None = None,
+        extra_args: tuple[str, ...] = (),
     ) -> None:
         if appendonly and data_dir is None:
             raise RedisServerError("appendonly=True needs a data_dir that outlives the server")
@@ -111,6 +112,8 @@ class EmbeddedRedis:
         self.unix_socket = unix_socket
         self.executable = executable
         self.startup_timeout = startup_timeout
+        #: More ``--option value`` arguments for the server (TLS ports and certificates).
+        self.extra_args = tuple(extra_args)
         self._process: subprocess.Popen[bytes] | None = None
         self._dir: Path | None = None
         self._port: int | None = None
@@ -217,6 +220,7 @@ class EmbeddedRedis:
         ]  # fmt: skip
         if self.unix_socket:
             args += ["--unixsocket", str(self._dir / "redis.sock"), "--unixsocketperm", "700"]
+        args += self.extra_args
         with open(self._dir / "redis.log", "wb") as log:
             return subprocess.Popen(
                 args,
