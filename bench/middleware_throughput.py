@@ -54,10 +54,17 @@ def drain(broker: dramatiq.Broker, messages: int, **options: object) -> tuple[fl
     return seconds, trips.count
 
 
-def defer_backlog(url: str, messages: int) -> tuple[float, int, int]:
-    """Time to defer ``messages`` while OPEN; (seconds, round trips, deferred)."""
+def defer_backlog(
+    url: str, messages: int, broker_url: str | None = None
+) -> tuple[float, int, int]:
+    """Time to defer ``messages`` while OPEN; (seconds, Redis round trips, deferred).
+
+    Breakers live in the Redis at ``url``; messages there too, or on ``broker_url`` (RabbitMQ).
+    """
     flush(url)
     settings = settings_for(url)
+    if broker_url is not None:
+        settings = settings.model_copy(update={"broker_url": broker_url})
     broker, middleware = guarded_broker(settings)
 
     @dramatiq.actor(broker=broker, queue_name=QUEUE, service="slskd-api", max_retries=0)
@@ -76,7 +83,8 @@ def defer_backlog(url: str, messages: int) -> tuple[float, int, int]:
         with lock:
             deferrals += 1
 
-    middleware.on_defer = count_deferral  # counted in memory: polling must not add round trips
+    # counted in memory: polling must not add round trips
+    middleware.deferrals.on_defer = count_deferral
     worker = dramatiq.Worker(broker, worker_threads=WORKER_THREADS, worker_timeout=100)
     trips = RoundTrips()
     with trips.counting():
