@@ -261,7 +261,7 @@ def test_the_job_chain_on_rabbitmq_survives_an_slskd_outage(
     assert [job.state for job in done] == [JobState.DONE] * 3
     deferred = [e for e in logs if e.get("event_name") == "job.deferred"]
     assert deferred and {e["service"] for e in deferred} == {"slskd-api"}
-    # The job records live in Redis, not in RabbitMQ
-    assert redis_client.exists(f"soulspot:jobs:{downloads[0]}") or redis_client.keys(
-        f"soulspot:jobs*{downloads[0]}*"
-    )
+    # The job records and the breakers live in Redis; no Dramatiq queue does
+    assert all(redis_client.exists(f"soulspot:jobs:job:{job_id}") for job_id in downloads)
+    assert redis_client.exists("soulspot:breaker:slskd-api")
+    assert redis_client.keys("soulspot:dramatiq*") == []
