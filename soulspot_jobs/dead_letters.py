@@ -39,6 +39,10 @@ CIRCUIT_BREAKER_OPTION_PREFIX = "circuit_breaker_"
 log = structlog.get_logger("soulspot_jobs.dead_letters")
 
 
+class DeadLettersUnsupported(SoulspotJobsError):
+    """The broker keeps its dead letters elsewhere than in Redis (RabbitMQ)."""
+
+
 class DeadLetterNotFound(SoulspotJobsError, LookupError):
     """No dead-lettered message has the id given (or another requeue took it first)."""
 
@@ -106,6 +110,11 @@ class DeadLetters:
         *,
         on_requeue: Callable[[DeadLetter], None] | None = None,
     ) -> None:
+        if not isinstance(broker, RedisBroker):
+            raise DeadLettersUnsupported(
+                "dead letters are read from a Redis broker; with BROKER_URL on RabbitMQ they are "
+                "in RabbitMQ's <queue>.XQ queues: use RabbitMQ's tools"
+            )
         self.broker = broker
         self.client = broker.client
         self.namespace = broker.namespace

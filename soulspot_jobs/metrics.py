@@ -19,6 +19,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
+from dramatiq.brokers.redis import RedisBroker
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
@@ -39,7 +40,9 @@ class SoulspotCollector(Collector):
 
     def __init__(self, app: SoulspotJobs) -> None:
         self.app = app
-        self.dead_letters = DeadLetters(app.broker)
+        # a RabbitMQ broker keeps its dead letters in RabbitMQ: no gauge from here then
+        redis_broker = isinstance(app.broker, RedisBroker)
+        self.dead_letters = DeadLetters(app.broker) if redis_broker else None
 
     def collect(self) -> Iterator[Metric]:
         yield from self._breakers()
@@ -55,7 +58,8 @@ class SoulspotCollector(Collector):
             "Dead-lettered messages kept by the broker, per queue.",
             labels=["queue"],
         )
-        for queue, count in sorted(self.dead_letters.counts().items()):
+        counts = self.dead_letters.counts() if self.dead_letters is not None else {}
+        for queue, count in sorted(counts.items()):
             dead.add_metric([queue], count)
         yield dead
 

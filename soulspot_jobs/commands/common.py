@@ -40,6 +40,7 @@ def connected() -> Iterator[Any]:
     A bad setting exits with 2; an unreachable Redis, or Redis failing mid-command, with 1.
     """
     from soulspot_jobs.app import SoulspotJobs
+    from soulspot_jobs.dead_letters import DeadLettersUnsupported
 
     try:
         settings = load_settings()
@@ -48,13 +49,16 @@ def connected() -> Iterator[Any]:
     configure_logging(settings)
     try:
         with redis_for(settings) as url:
-            jobs = SoulspotJobs(settings, url=url)
+            # the broker follows BROKER_URL when set (RabbitMQ), else this Redis
+            jobs = SoulspotJobs(settings.model_copy(update={"redis_url": url}))
             try:
                 yield jobs
             finally:
                 jobs.close()
     except RedisUnavailable as exc:
         fail(str(exc), EXIT_UNAVAILABLE)
+    except DeadLettersUnsupported as exc:
+        fail(str(exc), EXIT_BAD_INPUT)
     except (redis.RedisError, BackendUnavailableError) as exc:
         fail(f"Redis failed: {exc}", EXIT_UNAVAILABLE)
 
