@@ -95,11 +95,15 @@ def test_build_broker_with_an_amqp_url_keeps_the_middleware_order_and_breakers_i
     # When the broker is built
     broker = _guarded(rabbitmq, redis_url)
     try:
-        # Then it is a RabbitmqBroker with the breaker after Retries, and its Redis is REDIS_URL
+        # Then it is a RabbitmqBroker with the middleware of the Redis broker, in the same order
+        # (the breaker right after Retries), and its Redis is REDIS_URL
+        redis_broker = build_broker(load_settings(REDIS_URL=redis_url))
+        expected = [type(m).__name__ for m in redis_broker.middleware]
+        redis_broker.close()
         names = [type(m).__name__ for m in broker.middleware]
         assert isinstance(broker, RabbitmqBroker)
+        assert names == expected
         assert names.index("CircuitBreakerMiddleware") == names.index("Retries") + 1
-        assert names[-2:] == ["DaemonAsyncIO", "ParentWatch"]
         assert broker.redis.ping()
         kwargs = broker.redis.connection_pool.connection_kwargs
         assert str(kwargs["port"]) in redis_url
