@@ -25,6 +25,7 @@ from dramatiq.brokers.rabbitmq import RabbitmqBroker
 from soulspot_jobs.app import SoulspotJobs
 from soulspot_jobs.broker import build_broker
 from soulspot_jobs.circuit_breaker import CircuitState
+from soulspot_jobs.dead_letters import DeadLetters, DeadLettersUnsupported
 from soulspot_jobs.errors import ServiceUnavailableError
 from soulspot_jobs.fakes.catalog import CATALOG
 from soulspot_jobs.jobs import JobState
@@ -107,6 +108,20 @@ def test_build_broker_with_an_amqp_url_keeps_the_middleware_order_and_breakers_i
         assert broker.redis.ping()
         kwargs = broker.redis.connection_pool.connection_kwargs
         assert str(kwargs["port"]) in redis_url
+    finally:
+        broker.close()
+
+
+def test_dead_letters_of_a_rabbitmq_broker_are_refused_with_where_they_are(
+    rabbitmq: EmbeddedRabbitMQ, redis_url: str
+) -> None:
+    # Given a RabbitMQ broker
+    broker = _guarded(rabbitmq, redis_url)
+    try:
+        # When the Redis dead-letter reader is asked for its dead letters
+        # Then it refuses, naming where they are
+        with pytest.raises(DeadLettersUnsupported, match=r"RabbitMQ's <queue>\.XQ"):
+            DeadLetters(broker)
     finally:
         broker.close()
 
