@@ -24,6 +24,7 @@ from bench._harness import WORKER_THREADS, flush, quiet_logs, run_until
 from soulspot_jobs.broker import build_broker
 from soulspot_jobs.recovery import RecoveringRedisBroker
 from soulspot_jobs.redis_server import EmbeddedRedis
+from soulspot_jobs.redis_stats import command_calls
 from soulspot_jobs.settings import load_settings
 
 #: Alternating rounds of the throughput comparison.
@@ -32,7 +33,7 @@ ROUNDS = 3
 
 def commands(client: redis.Redis) -> int:
     """Commands Redis executed since the last reset (EVALSHA and the commands scripts ran)."""
-    return sum(int(s["calls"]) for s in client.info("commandstats").values())
+    return sum(command_calls(client).values())
 
 
 def idle_cost(url: str, seconds: float, delayed: int, *, plain: bool = False) -> float:

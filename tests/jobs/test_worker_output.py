@@ -31,6 +31,7 @@ from soulspot_jobs.jobs import JobState
 from soulspot_jobs.redis_server import EmbeddedRedis
 from soulspot_jobs.settings import load_settings
 from tests.jobs.conftest import CLIENT_MARGIN, MUSICBRAINZ_INTERVAL, finished
+from tests.servers import RedisKind
 
 #: The worker command, from the virtualenv running the tests.
 DRAMATIQ = str(Path(sys.executable).with_name("dramatiq"))
@@ -87,9 +88,9 @@ def upstreams() -> Iterator[Upstreams]:
 
 
 @pytest.fixture
-def locked_redis_url() -> Iterator[str]:
+def locked_redis_url(redis_kind: RedisKind) -> Iterator[str]:
     """A fresh redis-server of this test that refuses clients without ``REDIS_PASSWORD``."""
-    with EmbeddedRedis() as server:
+    with EmbeddedRedis(executable=redis_kind.executable) as server:
         client = redis.Redis(host=server.host, port=server.port)
         client.config_set("requirepass", REDIS_PASSWORD)
         client.close()
