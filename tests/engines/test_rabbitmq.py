@@ -31,6 +31,7 @@ from soulspot_jobs.fakes.catalog import CATALOG
 from soulspot_jobs.jobs import JobState
 from soulspot_jobs.middleware import DEAD_LETTER_REASON, CircuitBreakerMiddleware
 from soulspot_jobs.rabbitmq_server import EmbeddedRabbitMQ
+from soulspot_jobs.recovery import Recovery
 from soulspot_jobs.settings import load_settings
 from tests.jobs.conftest import Fakes, finished, running, settings_for
 from tests.polling import wait_until
@@ -97,9 +98,10 @@ def test_build_broker_with_an_amqp_url_keeps_the_middleware_order_and_breakers_i
     broker = _guarded(rabbitmq, redis_url)
     try:
         # Then it is a RabbitmqBroker with the middleware of the Redis broker, in the same order
-        # (the breaker right after Retries), and its Redis is REDIS_URL
+        # (the breaker right after Retries), but for Recovery (RabbitMQ itself redelivers a dead
+        # consumer's messages), and its Redis is REDIS_URL
         redis_broker = build_broker(load_settings(REDIS_URL=redis_url))
-        expected = [type(m).__name__ for m in redis_broker.middleware]
+        expected = [type(m).__name__ for m in redis_broker.middleware if type(m) is not Recovery]
         redis_broker.close()
         names = [type(m).__name__ for m in broker.middleware]
         assert isinstance(broker, RabbitmqBroker)
