@@ -725,6 +725,7 @@ def test_the_deferred_index_follows_a_message_deferred_by_two_services(
     assert middleware.index.counts() == {}
 
 
+@pytest.mark.faults
 def test_an_unreachable_deferred_index_never_fails_or_duplicates_a_deferral(
     harness: Harness, logs: LogWatch, redis_client: redis.Redis, redis_kind: RedisKind
 ) -> None:

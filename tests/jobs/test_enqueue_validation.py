@@ -14,6 +14,9 @@ from soulspot_jobs.fakes.spotify import DEMO_PLAYLIST
 from soulspot_jobs.jobs import JobState
 from tests.jobs.conftest import Fakes, finished, running, settings_for
 
+#: Bad input is one of the faults of the fault suite (``pytest -m faults``).
+pytestmark = pytest.mark.faults
+
 
 def _nothing_enqueued(app: SoulspotJobs, client: redis.Redis) -> None:
     """No job record and no message anywhere in Redis."""
