@@ -84,6 +84,9 @@ NOT_SERVICE_FAILURES = (dramatiq.Retry, RateLimitExceeded)
 #: Exceptions that hold a message back from inside: it is deferred, never retried.
 HELD_BACK = (CircuitBreakerError, RetryLater)
 
+#: Argument shapes remembered by the wrong-arguments check (a bound on its memory).
+MAX_SHAPES = 10_000
+
 #: Log lines of Dramatiq's that say the wrong thing about a deferred message.
 _SKIPPED = "Message %s was skipped."
 _FAILED = "Failed to process message %s with unhandled exception."
@@ -155,6 +158,8 @@ class CircuitBreakerMiddleware(Middleware):
         self._breakers: dict[str, CircuitBreaker] = dict(breakers or {})
         self._breakers_lock = threading.Lock()
         self._signatures: dict[str, inspect.Signature | None] = {}
+        #: Whether arguments of a shape (actor, positional count, keyword names) bind.
+        self._shapes: dict[tuple[str, int, tuple[str, ...]], str | None] = {}
         #: Per worker thread: the tagged message being processed and what it holds.
         self._local = threading.local()
         self._log_filter = _DeferralLogFilter(self._local)
@@ -342,21 +347,29 @@ class CircuitBreakerMiddleware(Middleware):
             return "unknown"
 
     def _argument_problem(self, broker: dramatiq.Broker, message: Any) -> str | None:
-        """Why the actor cannot be called with the message's arguments, or ``None``."""
+        """Why the actor cannot be called with the message's arguments, or ``None``.
+
+        Whether arguments bind depends only on their shape (how many, which keywords), so the
+        answer is cached per actor and shape: a healthy message costs a dictionary look-up.
+        """
         name = message.actor_name
+        shape = (name, len(message.args), tuple(sorted(message.kwargs)))
+        if shape in self._shapes:
+            return self._shapes[shape]
         if name not in self._signatures:
             try:
                 self._signatures[name] = inspect.signature(broker.get_actor(name).fn)
             except (TypeError, ValueError):
                 self._signatures[name] = None
-        signature = self._signatures[name]
-        if signature is None:
-            return None
-        try:
-            signature.bind(*message.args, **message.kwargs)
-        except TypeError as exc:
-            return f"malformed: wrong arguments for {name}: {exc}"
-        return None
+        signature, problem = self._signatures[name], None
+        if signature is not None:
+            try:
+                signature.bind(*message.args, **message.kwargs)
+            except TypeError as exc:
+                problem = f"malformed: wrong arguments for {name}: {exc}"
+        if len(self._shapes) < MAX_SHAPES:
+            self._shapes[shape] = problem
+        return problem
 
     # -- replacing a message -------------------------------------------------------------
 
