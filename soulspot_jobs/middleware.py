@@ -377,7 +377,8 @@ class CircuitBreakerMiddleware(Middleware):
         """Replace ``message`` by a deferred copy or a dead-letter hop; the original is acked.
 
         When the broker refuses the copy, the original is failed instead (dead-lettered with
-        Dramatiq's own record, or left for redelivery if the broker is down): never lost.
+        Dramatiq's own record; while the broker is unreachable, kept for redelivery: RabbitMQ
+        redelivers it, the recovering Redis broker withholds its rejection): never lost.
         """
         try:
             if isinstance(outcome, Refusal):

@@ -16,8 +16,11 @@ member of its own ack sets it does not hold: the *strays*. It is a drop-in ``Red
 Two more gaps of Dramatiq's Redis broker while Redis is away are closed here:
 
 * A message whose follow-up could not be enqueued (its retry, its deferred copy, its next step)
-  would be acknowledged all the same and the job lost. Its acknowledgement is withheld instead:
-  the message stays in the ack set, becomes a stray and runs again once Redis is back.
+  would be acknowledged all the same and the job lost, or, when the failed enqueue made it fail
+  (a deferral the broker refused), dead-lettered once Redis is back while its job waits for
+  ever. Its acknowledgement or rejection is withheld instead: the message stays in the ack set,
+  becomes a stray and runs again once Redis is back. Only connection errors count (Redis
+  unavailable); a command Redis refuses fails the message as usual.
 * A consumer that fails to requeue its delayed messages on its way to a restart would die of the
   raw ``redis.ConnectionError``; it is reported as Dramatiq's ``ConnectionClosed``, which the
   consumer survives.
@@ -86,7 +89,7 @@ class RecoveringRedisBroker(RedisBroker):
     def enqueue(self, message: Any, *, delay: int | None = None) -> Any:
         try:
             return super().enqueue(message, delay=delay)
-        except redis.RedisError:
+        except (redis.ConnectionError, redis.TimeoutError):
             current = getattr(self._processing, "redis_id", None)
             if current is not None:
                 with self._held_lock:
@@ -102,32 +105,42 @@ class RecoveringRedisBroker(RedisBroker):
         return raw_messages
 
     def do_ack(self, queue_name: str, redis_id: str) -> Any:
-        with self._held_lock:
-            withheld = redis_id in self._withheld
-            self._withheld.discard(redis_id)
-        if withheld:
-            try:  # while Redis is away, Dramatiq retries the ack: keep that pace (no busy loop)
-                self.client.ping()
-            except redis.RedisError as exc:
-                with self._held_lock:
-                    self._withheld.add(redis_id)
-                raise ConnectionClosed(exc) from None
-            log.warning(
-                f"Message (Redis id {redis_id}) on {queue_name} not acknowledged: a message it "
-                "sent could not be enqueued (Redis unavailable); it runs again once Redis is back",
-                event_name="recovery.ack_withheld",
-            )
-            self._forget(queue_name, (redis_id,))
-            self.strays_suspected.set()
+        if self._withholds(queue_name, redis_id, "acknowledged"):
             return None
         reply = self._dispatch("ack")(queue_name, redis_id)
         self._forget(queue_name, (redis_id,))
         return reply
 
     def do_nack(self, queue_name: str, redis_id: str) -> Any:
+        if self._withholds(queue_name, redis_id, "dead-lettered"):
+            return None
         reply = self._dispatch("nack")(queue_name, redis_id)
         self._forget(queue_name, (redis_id,))
         return reply
+
+    def _withholds(self, queue_name: str, redis_id: str, outcome: str) -> bool:
+        """Whether the ack or nack of ``redis_id`` is withheld (see the module doc); if so, the
+        message is a stray from now on. Raises ``ConnectionClosed`` while Redis is still away,
+        so that Dramatiq retries at its own pace (no busy loop) until Redis is back."""
+        with self._held_lock:
+            withheld = redis_id in self._withheld
+            self._withheld.discard(redis_id)
+        if not withheld:
+            return False
+        try:
+            self.client.ping()
+        except redis.RedisError as exc:
+            with self._held_lock:
+                self._withheld.add(redis_id)
+            raise ConnectionClosed(exc) from None
+        log.warning(
+            f"Message (Redis id {redis_id}) on {queue_name} not {outcome}: a message it sent "
+            "could not be enqueued (Redis unavailable); it runs again once Redis is back",
+            event_name="recovery.ack_withheld",
+        )
+        self._forget(queue_name, (redis_id,))
+        self.strays_suspected.set()
+        return True
 
     def do_requeue(self, queue_name: str, *redis_ids: str) -> Any:
         try:

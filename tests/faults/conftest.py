@@ -9,6 +9,7 @@ figures of the README's fault table.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import subprocess
@@ -156,12 +157,46 @@ class Stage:
     def wait_all_final(self, job_ids: list[str], timeout: float) -> float:
         """Wait until every job is done or failed; the seconds it took."""
         started = time.monotonic()
-        wait_until(
-            lambda: all(s in FINAL_STATES for s in self.states(job_ids).values()),
-            f"{len(job_ids)} jobs to finish",
-            timeout,
-        )
+        try:
+            wait_until(
+                lambda: all(s in FINAL_STATES for s in self.states(job_ids).values()),
+                f"{len(job_ids)} jobs to finish",
+                timeout,
+            )
+        except AssertionError as timed_out:
+            raise AssertionError(f"{timed_out}\n{self.whereabouts(job_ids)}") from None
         return time.monotonic() - started
+
+    def whereabouts(self, job_ids: list[str]) -> str:
+        """Each unfinished job's record and where its messages are (queues, delay queues, ack
+        sets, dead letters): the first thing to read when a job is stranded."""
+        assert self.producer is not None
+        client = redis.Redis.from_url(self.redis.url)
+        try:
+            places: dict[str, list[str]] = {}
+            for key in client.scan_iter(f"{NAMESPACE}:*.msgs"):
+                queue = key.decode().removeprefix(f"{NAMESPACE}:").removesuffix(".msgs")
+                acks = list(client.scan_iter(f"{NAMESPACE}:__acks__.*.{queue}"))
+                for redis_id, raw in client.hscan_iter(key):
+                    message = json.loads(raw)
+                    owners = [
+                        k.decode().split(".")[1] for k in acks if client.sismember(k, redis_id)
+                    ]
+                    where = f"{queue}:{message['actor_name']}"
+                    where += f" in the ack sets of {owners}" if owners else ""
+                    places.setdefault((message.get("args") or [""])[0], []).append(where)
+            lines = []
+            for job_id in job_ids:
+                job = self.producer.job(job_id)
+                if job is None or job.state in FINAL_STATES:
+                    continue
+                lines.append(
+                    f"{job_id} {job.state.value} idle {time.time() - job.updated_at:.0f} s "
+                    f"last_error={job.last_error!r} messages={places.get(job_id, [])}"
+                )
+            return "unfinished jobs:\n" + "\n".join(lines)
+        finally:
+            client.close()
 
     def lost(self, job_ids: list[str]) -> int:
         """Jobs not done (failed or never finished)."""

@@ -1,5 +1,6 @@
 """The recovering broker and its middleware with a real Worker on a real redis-server: messages a
-dead process fetched, and messages a live one lost on a Redis restart, all run exactly once."""
+dead process fetched, messages a live one lost on a Redis restart, and messages whose follow-up
+Redis could not take, all run (again) instead of being stranded or dead-lettered."""
 
 from __future__ import annotations
 
@@ -8,12 +9,16 @@ import time
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import dramatiq
 import pytest
+import redis
 import structlog
+from dramatiq.brokers.redis import RedisBroker
 
 from soulspot_jobs.broker import build_broker
+from soulspot_jobs.middleware import CircuitBreakerMiddleware
 from soulspot_jobs.recovery import RecoveringRedisBroker, Recovery
 from soulspot_jobs.redis_server import EmbeddedRedis
 from soulspot_jobs.settings import Settings, load_settings
@@ -182,3 +187,74 @@ def test_a_stopped_worker_gives_back_what_it_prefetched_at_once(redis_url: str) 
         if not stopped:
             worker.stop()
         broker.close()
+
+
+# -- a follow-up Redis could not take ---------------------------------------------------------
+
+
+def _refuse_first_delayed_enqueue(monkeypatch: pytest.MonkeyPatch) -> threading.Event:
+    """Make the first delayed enqueue fail as it does while Redis is away; set when it did."""
+    refused, original = threading.Event(), RedisBroker.enqueue
+
+    def enqueue(self: RedisBroker, message: dramatiq.Message, *, delay: int | None = None) -> Any:
+        if delay and not refused.is_set():
+            refused.set()
+            raise redis.ConnectionError("Connection refused (injected: Redis is away)")
+        return original(self, message, delay=delay)
+
+    monkeypatch.setattr(RedisBroker, "enqueue", enqueue)
+    return refused
+
+
+def _dead_letters(broker: RecoveringRedisBroker) -> int:
+    return int(broker.client.zcard(f"{broker.namespace}:default.XQ"))
+
+
+def test_a_deferral_redis_could_not_take_runs_again_instead_of_being_dead_lettered(
+    redis_url: str, worker_for: object, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given a tagged message whose service's breaker is OPEN for a moment
+    broker, runs = build_broker(_settings(redis_url)), Runs()
+
+    @dramatiq.actor(broker=broker, actor_name="fetch", service="slskd-api", max_retries=0)
+    def fetch(n: int) -> None:
+        runs.add(n)
+
+    middleware = next(m for m in broker.middleware if isinstance(m, CircuitBreakerMiddleware))
+    breaker = middleware.breaker("slskd-api")
+    breaker.record_failure_sync(breaker.acquire_sync(), hold_open=1.0)
+    fetch.send(1)
+
+    # When Redis is away just as the worker enqueues the message's deferred copy
+    refused = _refuse_first_delayed_enqueue(monkeypatch)
+    worker_for(broker)
+
+    # Then the message is kept and runs once Redis and the service are back, never dead-lettered
+    wait_until(lambda: runs.counts[1] == 1, "the refused message to run", 10.0)
+    assert refused.is_set()
+    assert _dead_letters(broker) == 0
+
+
+def test_a_message_failed_because_its_send_was_refused_runs_again_instead_of_being_dead_lettered(
+    redis_url: str, worker_for: object, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given an actor with no retries left that sends a follow-up message
+    broker, relays, notes = build_broker(_settings(redis_url)), Runs(), Runs()
+    note = _declare(broker, notes)
+
+    @dramatiq.actor(broker=broker, actor_name="relay", max_retries=0)
+    def relay(n: int) -> None:
+        relays.add(n)
+        note.send_with_options(args=(n,), delay=10)
+
+    relay.send(1)
+
+    # When Redis is away as it sends, so that it fails for good
+    refused = _refuse_first_delayed_enqueue(monkeypatch)
+    worker_for(broker)
+
+    # Then it runs again once Redis is back, and its follow-up is sent, instead of a dead letter
+    wait_until(lambda: notes.counts[1] == 1, "the follow-up to run", 10.0)
+    assert refused.is_set()
+    assert relays.counts[1] == 2
+    assert _dead_letters(broker) == 0
