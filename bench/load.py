@@ -5,9 +5,9 @@ Usage: ``python -m bench.load [--jobs N] [--processes P] [--threads T] [--outage
 
 One embedded Redis; the fake slskd and MusicBrainz in this process, with short durations (a
 search completes after 0.5 s, a transfer after 0.5 s, polls every 0.5 s, no MusicBrainz rate
-rule); N download jobs enqueued before the workers start (each the real chain: search, search
-polls, download, download polls, MusicBrainz lookup); then ``dramatiq soulspot_jobs.worker -p P
--t T`` as a subprocess. ``--outage-at`` seconds after the workers start (and not before the first
+rule), both knowing N made-up songs; N download jobs, one per song, enqueued before the
+workers start (each the real chain: search, search polls, download, download polls, MusicBrainz
+lookup); then ``dramatiq soulspot_jobs.worker -p P -t T`` as a subprocess. ``--outage-at`` seconds after the workers start (and not before the first
 job is done, which the outage would otherwise delay), slskd answers 503 for ``--outage`` seconds:
 the breaker opens, slskd steps are deferred, then it recovers.
 
@@ -33,7 +33,7 @@ import redis
 
 from bench._harness import quiet_logs
 from soulspot_jobs.app import SoulspotJobs
-from soulspot_jobs.fakes.catalog import CATALOG
+from soulspot_jobs.fakes.catalog import generated_catalog
 from soulspot_jobs.fakes.musicbrainz import FakeMusicBrainz
 from soulspot_jobs.fakes.slskd import FakeSlskd
 from soulspot_jobs.jobs import FINAL_STATES
@@ -137,19 +137,22 @@ class PeakRss:
 
 def run(options: argparse.Namespace) -> None:
     log_path = Path(tempfile.mkdtemp(prefix="soulspot-load-")) / "workers.log"
+    catalog = generated_catalog(options.jobs)
     with (
         EmbeddedRedis() as server,
-        FakeSlskd(search_duration=SEARCH_DURATION, transfer_duration=TRANSFER_DURATION) as slskd,
-        FakeMusicBrainz(min_interval=0) as musicbrainz,
+        FakeSlskd(
+            catalog=catalog, search_duration=SEARCH_DURATION, transfer_duration=TRANSFER_DURATION
+        ) as slskd,
+        FakeMusicBrainz(catalog=catalog, min_interval=0) as musicbrainz,
     ):
         client = redis.Redis.from_url(server.url)
         baseline = used_memory(client)
         app = SoulspotJobs(load_settings(REDIS_URL=server.url, job_ttl=options.job_ttl))
 
         # The backlog: every job enqueued before the workers start.
-        tracks = [f"{track.artist} - {track.title}" for track in CATALOG]
+        tracks = [f"{track.artist} - {track.title}" for track in catalog]
         enqueue_start = time.perf_counter()
-        job_ids = [app.enqueue_download(tracks[n % len(tracks)]) for n in range(options.jobs)]
+        job_ids = [app.enqueue_download(track) for track in tracks]
         enqueue_s = time.perf_counter() - enqueue_start
         backlog_memory = used_memory(client)
 

@@ -175,3 +175,23 @@ MIXTAPE: tuple[CatalogTrack, ...] = tuple(
         start=1,
     )
 )
+
+
+def generated_catalog(count: int) -> tuple[CatalogTrack, ...]:
+    """``count`` distinct made-up songs, ten per artist, for load runs: a real backlog is of
+    different songs, not the same few over and over (which would have every job download the
+    same file from the same peer at once). Each name has its own word (``S00012``, ``A00001``),
+    so a search for one song finds it alone. At most 100,000."""
+    if not 0 <= count <= 100_000:
+        raise ValueError(f"a generated catalog holds 0 to 100,000 songs, not {count}")
+    return tuple(
+        _mixtape_track(
+            number,
+            f"Load Artist A{number // 10:05d}",
+            f"Song S{number:05d}",
+            f"Album L{number // 10:05d}",
+            180 + number % 120,
+            "2001-01-01",
+        )
+        for number in range(count)
+    )

@@ -202,6 +202,14 @@ class FakeMusicBrainz(FakeServer):
             recording for track in catalog for recording in _recordings_of(track)
         )
         self._by_id = {recording.id: recording for recording in self.recordings}
+        #: Word of a title or artist, or ISRC -> positions in ``recordings`` that have it.
+        self._by_word: dict[str, set[int]] = {}
+        self._by_isrc: dict[str, set[int]] = {}
+        for position, recording in enumerate(self.recordings):
+            for word in _words(f"{recording.title} {recording.artist}"):
+                self._by_word.setdefault(word, set()).add(position)
+            for isrc in recording.isrcs:
+                self._by_isrc.setdefault(isrc, set()).add(position)
         self.route("GET", "/ws/2/recording", self._gated(self._search))
         self.route("GET", "/ws/2/recording/{mbid}", self._gated(self._lookup))
         self.route("GET", "/ws/2/isrc/{isrc}", self._gated(self._isrc))
@@ -252,7 +260,7 @@ class FakeMusicBrainz(FakeServer):
         except ValueError:
             return _error(400, "limit and offset must be integers.")
         clauses = _parse_query(query)
-        scored = [(_score(r, clauses), r) for r in self.recordings]
+        scored = [(_score(r, clauses), r) for r in self._candidates(clauses)]
         hits = sorted(((s, r) for s, r in scored if s is not None), key=lambda hit: -hit[0])
         body = {
             "created": datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
@@ -261,6 +269,22 @@ class FakeMusicBrainz(FakeServer):
             "recordings": [_search_json(r, s) for s, r in hits[offset : offset + limit]],
         }
         return Response(200, body)
+
+    def _candidates(self, clauses: list[tuple[str | None, str]]) -> list[FakeRecording]:
+        """The recordings that have every word and ISRC of ``clauses``, in catalog order: the
+        only ones :func:`_score` can match, found without reading the whole catalog."""
+        wanted = [
+            self._by_isrc.get(text.upper(), set())
+            if field == "isrc"
+            else self._by_word.get(word, set())
+            for field, text in clauses
+            for word in ([text] if field == "isrc" else _words(text))
+        ]
+        if not wanted:
+            return list(self.recordings)
+        wanted.sort(key=len)
+        positions = set(wanted[0]).intersection(*wanted[1:])
+        return [self.recordings[n] for n in sorted(positions)]
 
     def _lookup(self, request: Request) -> Response:
         mbid = request.params["mbid"]
@@ -281,7 +305,7 @@ class FakeMusicBrainz(FakeServer):
             return incs
         if not _ISRC.match(isrc):
             return _error(400, "Invalid isrc.")
-        found = [r for r in self.recordings if isrc in r.isrcs]
+        found = [self.recordings[n] for n in sorted(self._by_isrc.get(isrc, ()))]
         if not found:
             return _error(404, "Not Found")
         recordings = [_lookup_json(r, incs, toplevel=False) for r in found]

@@ -139,6 +139,13 @@ class FakeSlskd(FakeServer):
         self._state_lock = threading.Lock()
         self._searches: dict[str, SearchRecord] = {}
         self._transfers: dict[str, TransferRecord] = {}
+        #: (username, file name) -> id of the latest transfer of that file from that user: the
+        #: only one that may be unfinished, as a new one is added only once it finished.
+        self._latest: dict[tuple[str, str], str] = {}
+        #: Word -> numbers (from 1) of the catalog tracks whose artist, album or title has it.
+        self._tracks_by_word = _index_words(self.catalog)
+        #: Username -> the files that peer shares, by file name, with their sizes.
+        self._shared = {peer.username: self._files_of(peer) for peer in self.peers}
         self._tokens = iter(range(1_000_001, 1 << 31))
         self._starting = 0
         self._enqueuing = 0
@@ -348,11 +355,11 @@ class FakeSlskd(FakeServer):
 
     def _responses_for(self, text: str) -> list[dict[str, Any]]:
         words = _words(text)
-        tracks = [
-            (number, track)
-            for number, track in enumerate(self.catalog, start=1)
-            if words and words <= _words(f"{track.artist} {track.album} {track.title}")
-        ]
+        found: set[int] = set()
+        if words:
+            candidates = sorted((self._tracks_by_word.get(word, set()) for word in words), key=len)
+            found = set(candidates[0]).intersection(*candidates[1:])
+        tracks = [(number, self.catalog[number - 1]) for number in sorted(found)]
         responses = []
         for peer in self.peers:
             files = [file_json(peer, track, number, peer.extension) for number, track in tracks]
@@ -411,11 +418,9 @@ class FakeSlskd(FakeServer):
             filename = str(item.get("filename") or "") if isinstance(item, dict) else ""
             now = time.monotonic()
             with self._state_lock:
-                busy = any(
-                    t.username == username
-                    and t.filename == filename
-                    and not transfer_state(t, now)[0].startswith("Completed")
-                    for t in self._transfers.values()
+                latest = self._transfers.get(self._latest.get((username, filename), ""))
+                busy = latest is not None and not transfer_state(latest, now)[0].startswith(
+                    "Completed"
                 )
                 if busy:  # "Skipped: Already in progress"
                     failed.append(self._failed_entry(filename))
@@ -442,6 +447,7 @@ class FakeSlskd(FakeServer):
                     place_in_queue=self._queue_length(username) + 1,
                 )
                 self._transfers[transfer.id] = transfer
+                self._latest[(username, filename)] = transfer.id
             enqueued.append(transfer_json(transfer, now))
         return enqueued, failed
 
@@ -456,14 +462,14 @@ class FakeSlskd(FakeServer):
 
     def _shared_by(self, username: str) -> dict[str, int]:
         """The unlocked audio files ``username`` shares, by file name, with their sizes."""
-        for peer in self.peers:
-            if peer.username == username:
-                files = [
-                    file_json(peer, track, number, peer.extension)
-                    for number, track in enumerate(self.catalog, start=1)
-                ]
-                return {item["filename"]: item["size"] for item in files}
-        return {}
+        return self._shared.get(username, {})
+
+    def _files_of(self, peer: Peer) -> dict[str, int]:
+        files = [
+            file_json(peer, track, number, peer.extension)
+            for number, track in enumerate(self.catalog, start=1)
+        ]
+        return {item["filename"]: item["size"] for item in files}
 
     def _list_downloads(self, request: Request) -> Response:
         now = time.monotonic()
@@ -548,3 +554,13 @@ def _size_of(item: Any) -> int:
 
 def _words(text: str) -> frozenset[str]:
     return frozenset(re.findall(r"\w+", text.casefold()))
+
+
+def _index_words(catalog: Sequence[CatalogTrack]) -> dict[str, set[int]]:
+    """Word -> numbers (from 1) of the tracks whose artist, album or title has it: a search
+    finds the tracks that have all its words, however big the catalog."""
+    index: dict[str, set[int]] = {}
+    for number, track in enumerate(catalog, start=1):
+        for word in _words(f"{track.artist} {track.album} {track.title}"):
+            index.setdefault(word, set()).add(number)
+    return index

@@ -1,5 +1,6 @@
 """The demo's fifty-track playlist: listed by the fake Spotify, and every track of it found on
-the fake slskd by its search text and on the fake MusicBrainz by its ISRC, through the clients."""
+the fake slskd by its search text and on the fake MusicBrainz by its ISRC, through the clients.
+The load bench's generated catalog: distinct songs, each found the same way among thousands."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from soulspot_jobs.clients.musicbrainz import MusicBrainzClient
 from soulspot_jobs.clients.slskd import SlskdClient, choose_best
 from soulspot_jobs.clients.spotify import SpotifyClient
 from soulspot_jobs.errors import NotFoundError
-from soulspot_jobs.fakes.catalog import CATALOG, MIXTAPE
+from soulspot_jobs.fakes.catalog import CATALOG, MIXTAPE, generated_catalog
 from soulspot_jobs.fakes.musicbrainz import FakeMusicBrainz
 from soulspot_jobs.fakes.slskd import FakeSlskd
 from soulspot_jobs.fakes.spotify import (
@@ -92,3 +93,33 @@ def test_every_mixtape_track_is_found_on_musicbrainz_by_its_isrc() -> None:
                 assert recording.title == track.title
         finally:
             client.close()
+
+
+def test_a_generated_catalog_has_distinct_songs_each_found_on_slskd_and_musicbrainz() -> None:
+    # Given a generated catalog of five thousand songs, shared by the fake slskd and MusicBrainz
+    catalog = generated_catalog(5_000)
+    assert len({(t.artist, t.title) for t in catalog}) == len({t.isrc for t in catalog}) == 5_000
+    assert len({t.mbid for t in catalog}) == len({t.spotify_id for t in catalog}) == 5_000
+    with (
+        FakeSlskd(catalog=catalog, search_duration=0.0) as slskd,
+        FakeMusicBrainz(catalog=catalog, min_interval=0) as musicbrainz,
+    ):
+        files = SlskdClient(SlskdSettings(url=slskd.url, api_key="test-key", timeout=5))
+        metadata = MusicBrainzClient(MusicBrainzSettings(url=musicbrainz.url, timeout=5))
+        try:
+            for track in (catalog[0], catalog[1234], catalog[-1]):
+                # When a song is searched by its text on slskd, and by artist, title and ISRC
+                # on MusicBrainz
+                search = files.start_search(f"{track.artist} - {track.title}")
+                wait_until(lambda s=search: files.get_search(s.id).is_complete, "the search")
+                best = choose_best(files.get_responses(search.id), max_candidates=3)
+                found = metadata.search_recordings(track.artist, track.title)
+                [by_isrc] = metadata.lookup_isrc(track.isrc)
+
+                # Then that song's files and recording are found, and no other song's
+                assert best and all(f"{track.title}." in c.filename for c in best), (track, best)
+                assert found[0].id == by_isrc.id == track.mbid
+                assert all(r.title.startswith(track.title) for r in found), found
+        finally:
+            files.close()
+            metadata.close()
