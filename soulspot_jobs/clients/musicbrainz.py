@@ -193,6 +193,11 @@ class MusicBrainzApi:
 API = MusicBrainzApi()
 
 
+def _http_options(settings: MusicBrainzSettings) -> dict[str, Any]:
+    """How both clients talk to MusicBrainz: its timeout and the User-Agent it requires."""
+    return {"timeout": settings.timeout, "headers": {"User-Agent": settings.user_agent}}
+
+
 class MusicBrainzClient:
     """Synchronous ws/2 client; each request waits for its rate-limit slot first.
 
@@ -210,12 +215,7 @@ class MusicBrainzClient:
     ) -> None:
         self._limiter = limiter
         self._max_wait = max_wait
-        self._http = UpstreamHttp(
-            SERVICE,
-            settings.url,
-            timeout=settings.timeout,
-            headers={"User-Agent": settings.user_agent},
-        )
+        self._http = UpstreamHttp(SERVICE, settings.url, **_http_options(settings))
 
     def search_recordings(self, artist: str, title: str, *, limit: int = 10) -> list[Recording]:
         """Recordings matching ``artist`` and ``title``, best first (``limit``: 1 to 100)."""
@@ -262,12 +262,7 @@ class AsyncMusicBrainzClient:
     ) -> None:
         self._limiter = limiter
         self._max_wait = max_wait
-        self._http = AsyncUpstreamHttp(
-            SERVICE,
-            settings.url,
-            timeout=settings.timeout,
-            headers={"User-Agent": settings.user_agent},
-        )
+        self._http = AsyncUpstreamHttp(SERVICE, settings.url, **_http_options(settings))
 
     async def __aenter__(self) -> AsyncMusicBrainzClient:
         return self

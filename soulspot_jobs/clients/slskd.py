@@ -565,6 +565,15 @@ class SlskdApi:
         return max(transfers, key=lambda t: (not t.done, t.requested_at))
 
 
+def _http_options(settings: SlskdSettings) -> dict[str, Any]:
+    """How both clients talk to slskd: its timeout, the API key header, its error bodies."""
+    return {
+        "timeout": settings.timeout,
+        "headers": {"X-API-Key": settings.api_key.get_secret_value()},
+        "error_message": _error_message,
+    }
+
+
 class SlskdClient:
     """Synchronous client of one slskd daemon, authenticated with its API key.
 
@@ -575,13 +584,7 @@ class SlskdClient:
     def __init__(self, settings: SlskdSettings) -> None:
         self.settings = settings
         self._api = SlskdApi(settings)
-        self._http = UpstreamHttp(
-            SERVICE,
-            settings.url,
-            timeout=settings.timeout,
-            headers={"X-API-Key": settings.api_key.get_secret_value()},
-            error_message=_error_message,
-        )
+        self._http = UpstreamHttp(SERVICE, settings.url, **_http_options(settings))
 
     def __repr__(self) -> str:
         return f"SlskdClient(url={self.settings.url!r})"
@@ -647,13 +650,7 @@ class AsyncSlskdClient:
     def __init__(self, settings: SlskdSettings) -> None:
         self.settings = settings
         self._api = SlskdApi(settings)
-        self._http = AsyncUpstreamHttp(
-            SERVICE,
-            settings.url,
-            timeout=settings.timeout,
-            headers={"X-API-Key": settings.api_key.get_secret_value()},
-            error_message=_error_message,
-        )
+        self._http = AsyncUpstreamHttp(SERVICE, settings.url, **_http_options(settings))
 
     def __repr__(self) -> str:
         return f"AsyncSlskdClient(url={self.settings.url!r})"

@@ -2,14 +2,26 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
 import typer
 
 from soulspot_jobs.commands.common import JSON_OPTION, connected, fail, print_json
 
+if TYPE_CHECKING:
+    from soulspot_jobs.app import SoulspotJobs
+
 app = typer.Typer(help="Add a job; prints its id.", no_args_is_help=True)
 
 
-def _done(job_id: str, as_json: bool) -> None:
+def _enqueue(add: Callable[[SoulspotJobs], str], as_json: bool) -> None:
+    """Add one job with ``add``, then print its id; a refused argument is one line, exit 1."""
+    with connected() as jobs:
+        try:
+            job_id = add(jobs)
+        except ValueError as exc:
+            fail(str(exc))
     if as_json:
         print_json({"job_id": job_id})
     else:
@@ -22,12 +34,7 @@ def download(
     as_json: bool = JSON_OPTION,
 ) -> None:
     """Search slskd for a track, download the best file, then look its metadata up."""
-    with connected() as jobs:
-        try:
-            job_id = jobs.enqueue_download(query)
-        except ValueError as exc:
-            fail(str(exc))
-    _done(job_id, as_json)
+    _enqueue(lambda jobs: jobs.enqueue_download(query), as_json)
 
 
 @app.command()
@@ -38,12 +45,7 @@ def playlist(
     as_json: bool = JSON_OPTION,
 ) -> None:
     """Import a Spotify playlist: one download job per track."""
-    with connected() as jobs:
-        try:
-            job_id = jobs.enqueue_playlist(playlist)
-        except ValueError as exc:
-            fail(str(exc))
-    _done(job_id, as_json)
+    _enqueue(lambda jobs: jobs.enqueue_playlist(playlist), as_json)
 
 
 @app.command()
@@ -57,9 +59,4 @@ def enrich(
     """Look a recording up on MusicBrainz by --mbid, --isrc, or --artist and --title."""
     if not (mbid or isrc or (artist and title)):
         fail("enqueue enrich needs --mbid, --isrc, or both --artist and --title")
-    with connected() as jobs:
-        try:
-            job_id = jobs.enqueue_enrichment(artist, title, isrc=isrc, mbid=mbid)
-        except ValueError as exc:
-            fail(str(exc))
-    _done(job_id, as_json)
+    _enqueue(lambda jobs: jobs.enqueue_enrichment(artist, title, isrc=isrc, mbid=mbid), as_json)
