@@ -17,9 +17,10 @@ from dramatiq.middleware import CurrentMessage
 from soulspot_jobs.actors import downloads, metadata, playlists
 from soulspot_jobs.actors.runtime import Runtime
 from soulspot_jobs.broker import build_broker
+from soulspot_jobs.dead_letters import DeadLetters
 from soulspot_jobs.deferred import DeferredJob
 from soulspot_jobs.errors import InvalidJobError
-from soulspot_jobs.jobs import Job, JobState
+from soulspot_jobs.jobs import FINAL_STATES, REQUEUED_NOTE, Job, JobState
 from soulspot_jobs.middleware import CircuitBreakerMiddleware
 from soulspot_jobs.queues import declare_queues, send_first_step
 from soulspot_jobs.recovery import OrphanCheck
@@ -41,7 +42,12 @@ class SoulspotJobs:
     def __init__(self, settings: Settings, *, url: str | None = None, **middleware: Any) -> None:
         self.settings = settings
         self.broker = build_broker(
-            settings, url=url, on_defer=self._on_defer, on_requeue=self._on_requeue, **middleware
+            settings,
+            url=url,
+            on_defer=self._on_defer,
+            on_requeue=self._on_requeue,
+            on_dead_letter=self._on_dead_letter,
+            **middleware,
         )
         self.broker.add_middleware(CurrentMessage())
         self.middleware = next(
@@ -128,6 +134,11 @@ class SoulspotJobs:
             self.store.update(job.id, state=JobState.FAILED, last_error=str(exc))
             return job.id
 
+    def dead_letters(self) -> DeadLetters:
+        """The broker's dead letters (Redis broker). Requeueing one of a job's steps puts the
+        job's record back to ``queued`` first, so a worker never finds it ``failed``."""
+        return DeadLetters(self.broker, on_requeue=lambda letter: self._on_requeue(letter.message))
+
     def job(self, job_id: str) -> Job | None:
         return self.store.get(job_id)
 
@@ -146,6 +157,15 @@ class SoulspotJobs:
                 last_error=deferred.reason,
             )
 
+    def _on_dead_letter(self, message: Any, reason: str) -> None:
+        """A job step dead-lettered by the middleware (its deferral budget spent, say) ends its
+        job as ``failed`` with the reason; requeueing the dead letter reopens it."""
+        if message.actor_name in JOB_ACTORS and message.args and isinstance(message.args[0], str):
+            job = self.store.get(message.args[0])
+            if job is not None and job.state not in FINAL_STATES:
+                reason = f"dead-lettered: {reason}"
+                self.store.update(job.id, state=JobState.FAILED, last_error=reason)
+
     def _on_requeue(self, message: Any) -> None:
-        if message.actor_name in JOB_ACTORS and message.args:
-            self.store.reopen(message.args[0], "requeued from the dead-letter queue")
+        if message.actor_name in JOB_ACTORS and message.args and isinstance(message.args[0], str):
+            self.store.reopen(message.args[0], REQUEUED_NOTE)

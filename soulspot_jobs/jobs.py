@@ -50,6 +50,8 @@ class JobState(StrEnum):
 
 #: States a job never leaves.
 FINAL_STATES = frozenset({JobState.DONE, JobState.FAILED})
+#: The note in a job's history when a dead letter of its steps was requeued.
+REQUEUED_NOTE = "requeued from the dead-letter queue"
 
 
 @dataclass

@@ -110,6 +110,10 @@ class CircuitBreakerMiddleware(Middleware):
         to show a job as deferred); its errors are logged, never raised.
       on_requeue: called with ``(message)`` when a dead-lettered message comes back (requeued by
         an operator); its errors are logged, never raised.
+      on_dead_letter: called with ``(message, reason)`` when a message this middleware
+        dead-lettered (deferral budget spent, wrong arguments, malformed) reaches the
+        dead-letter queue (job records use it to show the job failed); its errors are logged,
+        never raised.
       max_deferral: default deferral budget in milliseconds (actor option ``max_deferral``).
       jitter_ratio, max_jitter: jitter added to each delay: uniform in
         ``[0, min(max_jitter, jitter_ratio * retry_after)]`` seconds, never negative.
@@ -126,6 +130,7 @@ class CircuitBreakerMiddleware(Middleware):
         is_failure: Callable[[BaseException], bool] = is_service_failure,
         on_defer: Callable[[Any, DeferredJob], None] | None = None,
         on_requeue: Callable[[Any], None] | None = None,
+        on_dead_letter: Callable[[Any, str], None] | None = None,
         max_deferral: int = DEFAULT_MAX_DEFERRAL,
         jitter_ratio: float = DEFAULT_JITTER_RATIO,
         max_jitter: float = DEFAULT_MAX_JITTER,
@@ -155,6 +160,7 @@ class CircuitBreakerMiddleware(Middleware):
         )
         self.is_failure = is_failure
         self.on_requeue = on_requeue
+        self.on_dead_letter = on_dead_letter
         self._breakers: dict[str, CircuitBreaker] = dict(breakers or {})
         self._breakers_lock = threading.Lock()
         self._signatures: dict[str, inspect.Signature | None] = {}
@@ -277,8 +283,15 @@ class CircuitBreakerMiddleware(Middleware):
         self._local.replaced = False
 
     def after_nack(self, broker: dramatiq.Broker, message: Any) -> None:
-        if message.options.get(DEAD_LETTER_REASON):
-            self.deferrals.arrived_in_dead_letters(message)
+        reason = message.options.get(DEAD_LETTER_REASON)
+        if not reason:
+            return
+        self.deferrals.arrived_in_dead_letters(message)
+        if self.on_dead_letter is not None:
+            try:
+                self.on_dead_letter(message, reason)
+            except Exception as exc:  # noqa: BLE001 - bookkeeping must never fail a message
+                log.warning(f"on_dead_letter failed: {exc}", event_name="job.bookkeeping_failed")
 
     # -- decisions -----------------------------------------------------------------------
 

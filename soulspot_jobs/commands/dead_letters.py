@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import typer
 
 from soulspot_jobs.commands.common import (
@@ -15,22 +13,9 @@ from soulspot_jobs.commands.common import (
     print_table,
     utc,
 )
-from soulspot_jobs.dead_letters import DeadLetter, DeadLetterNotFound, DeadLetters
+from soulspot_jobs.dead_letters import DeadLetterNotFound
 
 app = typer.Typer(help="List dead-lettered messages, or put them back on their queues.")
-
-#: The note a requeued job's history gets.
-REQUEUED_NOTE = "requeued from the dead-letter queue"
-
-
-def _reopen_job(jobs: Any, letter: DeadLetter) -> None:
-    """A requeued message of one of our jobs puts its job record back to ``queued``."""
-    from soulspot_jobs.app import JOB_ACTORS
-
-    message = letter.message
-    if message.actor_name in JOB_ACTORS and message.args and isinstance(message.args[0], str):
-        jobs.store.reopen(message.args[0], REQUEUED_NOTE)
-
 
 @app.callback(invoke_without_command=True)
 def dead_letters(ctx: typer.Context, as_json: bool = JSON_OPTION) -> None:
@@ -38,7 +23,7 @@ def dead_letters(ctx: typer.Context, as_json: bool = JSON_OPTION) -> None:
     if ctx.invoked_subcommand is not None:
         return
     with connected() as jobs:
-        letters = DeadLetters(jobs.broker).list()
+        letters = jobs.dead_letters().list()
     if as_json:
         print_json([letter.as_dict() for letter in letters])
         return
@@ -68,7 +53,7 @@ def requeue(
     if all_ == (message_id is not None):
         fail("dead-letters requeue needs a message id or --all (not both)")
     with connected() as jobs:
-        letters = DeadLetters(jobs.broker, on_requeue=lambda letter: _reopen_job(jobs, letter))
+        letters = jobs.dead_letters()
         try:
             done = letters.requeue_all() if all_ else [letters.requeue(message_id or "")]
         except DeadLetterNotFound as exc:

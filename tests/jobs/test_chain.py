@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import time
+
 import dramatiq
 import structlog
 from dramatiq.middleware import Middleware
 
 from soulspot_jobs.app import SoulspotJobs
 from soulspot_jobs.circuit_breaker import CircuitState
+from soulspot_jobs.deferral import DEFERRALS, DEFERRED_BY, FIRST_DEFERRED_AT
 from soulspot_jobs.fakes.catalog import CATALOG
 from soulspot_jobs.fakes.spotify import DEMO_PLAYLIST
 from soulspot_jobs.jobs import JobState
@@ -158,3 +161,35 @@ def test_a_message_for_an_unknown_job_goes_to_the_dead_letter_queue_with_a_reaso
     assert dead.message_id == message.message_id
     assert dead.options.get("retries", 0) == 0
     assert "no job record 'no-such-job'" in dead.options[DEAD_LETTER_REASON]
+
+
+def test_a_job_whose_step_spends_its_deferral_budget_fails_with_the_reason_and_requeue_reopens_it(
+    redis_url: str, fakes: Fakes
+) -> None:
+    # Given the jobs app, slskd's breaker held OPEN, and a download job whose search has been
+    # deferred for longer than its budget (a minute, against one second)
+    app = SoulspotJobs(settings_for(redis_url, fakes), max_deferral=1000)
+    breaker = app.middleware.breaker("slskd-api")
+    breaker.force_open_sync(60.0)
+    song = {"artist": DAFT_PUNK.artist, "title": DAFT_PUNK.title}
+    job_id = app.store.create("download", query="{artist} - {title}".format(**song), **song).id
+    long_ago = int((time.time() - 60) * 1000)
+    app.actor("search_track").send_with_options(
+        args=(job_id,), **{FIRST_DEFERRED_AT: long_ago, DEFERRALS: 5, DEFERRED_BY: "slskd-api"}
+    )
+    with running(app):
+        # When a worker meets it, refused again
+        [job] = finished(app, [job_id])
+
+        # Then the job is failed with the dead letter's reason, not left "deferred"
+        assert job.state is JobState.FAILED, job
+        assert job.last_error.startswith("dead-lettered: deferred "), job.last_error
+        assert "past the budget" in job.last_error
+
+        # And once slskd is back, requeueing the dead letter reopens the job, which completes
+        breaker.reset_sync()
+        [letter] = app.dead_letters().list()
+        app.dead_letters().requeue(letter.message_id)
+        assert app.job(job_id).state is JobState.QUEUED
+        [job] = finished(app, [job_id])
+    assert job.state is JobState.DONE, job

@@ -7,10 +7,9 @@ import time
 
 from soulspot_jobs.app import SoulspotJobs
 from soulspot_jobs.circuit_breaker import CircuitState
-from soulspot_jobs.commands.dead_letters import REQUEUED_NOTE
 from soulspot_jobs.dead_letters import DeadLetters
 from soulspot_jobs.fakes.catalog import CATALOG
-from soulspot_jobs.jobs import JobState
+from soulspot_jobs.jobs import REQUEUED_NOTE, JobState
 from tests.jobs.conftest import Fakes, fakes, finished, running, settings_for  # noqa: F401
 from tests.polling import wait_until
 
@@ -38,8 +37,9 @@ def test_a_requeued_dead_letter_of_a_failed_job_runs_and_the_job_is_done(
         )
         letters = DeadLetters(app.broker)
         wait_until(lambda: len(letters.list()) == 1, "the dead letter")
-        # And its job record says failed
-        app.store.update(job_id, state=JobState.FAILED, last_error="dead-lettered")
+        # And so its job record says failed, with the reason
+        wait_until(lambda: app.job(job_id).state is JobState.FAILED, "the job failed")
+        assert app.job(job_id).last_error.startswith("dead-lettered: deferred ")
 
         # When MusicBrainz is back and the operator requeues the dead letter
         cli("reset", "musicbrainz")
@@ -51,7 +51,8 @@ def test_a_requeued_dead_letter_of_a_failed_job_runs_and_the_job_is_done(
         assert result.exit_code == 0, result.stderr
         (job,) = finished(app, [job_id])
     assert job.state is JobState.DONE
-    states = [(entry["state"], entry["note"]) for entry in job.history]
-    assert ("failed", "dead-lettered") in states
-    assert states[states.index(("failed", "dead-lettered")) + 1] == ("queued", REQUEUED_NOTE)
+    states = [(entry["state"], entry["note"] or "") for entry in job.history]
+    [failed_at] = [n for n, (state, _) in enumerate(states) if state == "failed"]
+    assert states[failed_at][1].startswith("dead-lettered: ")
+    assert states[failed_at + 1] == ("queued", REQUEUED_NOTE)
     assert letters.list() == []
