@@ -7,9 +7,10 @@ One embedded Redis; the fake slskd and MusicBrainz in this process, with short d
 search completes after 0.5 s, a transfer after 0.5 s, polls every 0.5 s, no MusicBrainz rate
 rule), both knowing N made-up songs; N download jobs, one per song, enqueued before the
 workers start (each the real chain: search, search polls, download, download polls, MusicBrainz
-lookup); then ``dramatiq soulspot_jobs.worker -p P -t T`` as a subprocess. ``--outage-at`` seconds after the workers start (and not before the first
-job is done, which the outage would otherwise delay), slskd answers 503 for ``--outage`` seconds:
-the breaker opens, slskd steps are deferred, then it recovers.
+lookup); then ``dramatiq soulspot_jobs.worker -p P -t T`` as a subprocess. ``--outage-at``
+seconds after the workers start (and not before the first job is done, which the outage would
+otherwise delay), slskd answers 503 for ``--outage`` seconds: the breaker opens, slskd steps are
+deferred, then it recovers.
 
 Printed: jobs/s, time to the first job done, peak RSS of each worker process, Redis
 ``used_memory`` before, after the run (finished records retained) and once the records expired
