@@ -148,9 +148,10 @@ class SoulspotJobs:
         self.broker.close()
 
     def _on_defer(self, message: Any, deferred: DeferredJob) -> None:
-        if message.actor_name in JOB_ACTORS and message.args:
+        job_id = _job_id(message)
+        if job_id is not None:
             self.store.update(
-                message.args[0],
+                job_id,
                 state=JobState.DEFERRED,
                 service=deferred.service,
                 deferred_until=deferred.eta,
@@ -160,12 +161,19 @@ class SoulspotJobs:
     def _on_dead_letter(self, message: Any, reason: str) -> None:
         """A job step dead-lettered by the middleware (its deferral budget spent, say) ends its
         job as ``failed`` with the reason; requeueing the dead letter reopens it."""
-        if message.actor_name in JOB_ACTORS and message.args and isinstance(message.args[0], str):
-            job = self.store.get(message.args[0])
-            if job is not None and job.state not in FINAL_STATES:
-                reason = f"dead-lettered: {reason}"
-                self.store.update(job.id, state=JobState.FAILED, last_error=reason)
+        job_id = _job_id(message)
+        job = None if job_id is None else self.store.get(job_id)
+        if job is not None and job.state not in FINAL_STATES:
+            self.store.update(job.id, state=JobState.FAILED, last_error=f"dead-lettered: {reason}")
 
     def _on_requeue(self, message: Any) -> None:
-        if message.actor_name in JOB_ACTORS and message.args and isinstance(message.args[0], str):
-            self.store.reopen(message.args[0], REQUEUED_NOTE)
+        job_id = _job_id(message)
+        if job_id is not None:
+            self.store.reopen(job_id, REQUEUED_NOTE)
+
+
+def _job_id(message: Any) -> str | None:
+    """The job a message of one of the job actors is a step of (``None``: not a job step)."""
+    if message.actor_name in JOB_ACTORS and message.args and isinstance(message.args[0], str):
+        return message.args[0]
+    return None

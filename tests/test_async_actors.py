@@ -15,7 +15,7 @@ import dramatiq
 import pytest
 import structlog
 
-from soulspot_jobs.circuit_breaker import CircuitBreakerError, CircuitState
+from soulspot_jobs.circuit_breaker import CircuitBreaker, CircuitBreakerError, CircuitState
 from soulspot_jobs.clients.spotify import AsyncSpotifyClient, CircuitBreakerSpotifyClient
 from soulspot_jobs.errors import ServiceUnavailableError
 from soulspot_jobs.fakes.catalog import CATALOG
@@ -70,30 +70,42 @@ def spotify_settings(fake: FakeSpotify) -> SpotifySettings:
     )
 
 
+class TrackReader:
+    """An async ``spotify-api`` actor, ``read_track``, reading a track through the spotify-api
+    wrapper on ``breaker``: the ids read go in ``found``, ``done`` is set after a read."""
+
+    def __init__(
+        self, broker: dramatiq.Broker, breaker: CircuitBreaker, spotify: FakeSpotify
+    ) -> None:
+        self.found: list[str] = []
+        self.done = threading.Event()
+
+        @dramatiq.actor(broker=broker, queue_name=QUEUE, service="spotify-api")
+        async def read_track(track_id: str) -> None:
+            async with AsyncSpotifyClient(spotify_settings(spotify)) as base:
+                client = CircuitBreakerSpotifyClient(base, breaker=breaker)
+                self.found.append((await client.get_track(track_id)).id)
+            self.done.set()
+
+        self.read_track = read_track
+
+
 def test_an_async_actors_own_service_client_counts_a_success_once(
     harness: Harness, spotify: FakeSpotify
 ) -> None:
     # Given an async spotify-api actor reading a track through the spotify-api wrapper
     breaker = harness.breaker("spotify-api", config())
     broker, _ = harness.broker(breaker)
-    found: list[str] = []
-    done = threading.Event()
-
-    @dramatiq.actor(broker=broker, queue_name=QUEUE, service="spotify-api")
-    async def read_track(track_id: str) -> None:
-        async with AsyncSpotifyClient(spotify_settings(spotify)) as base:
-            client = CircuitBreakerSpotifyClient(base, breaker=breaker)
-            found.append((await client.get_track(track_id)).id)
-        done.set()
+    reader = TrackReader(broker, breaker, spotify)
 
     # When a worker runs one message
-    read_track.send(TRACK.spotify_id)
+    reader.read_track.send(TRACK.spotify_id)
     worker = harness.start_worker(broker)
-    assert done.wait(DEADLINE)
+    assert reader.done.wait(DEADLINE)
     drain(broker, worker)
 
     # Then the track was read and the breaker counted one call, one success
-    assert found == [TRACK.spotify_id]
+    assert reader.found == [TRACK.spotify_id]
     stats = breaker.stats
     assert (stats.total_requests, stats.total_successes, stats.total_failures) == (1, 1, 0)
 
@@ -139,28 +151,20 @@ def test_an_async_actor_holding_the_only_trial_is_not_refused_by_its_own_client(
         "spotify-api", config(timeout=HOLD_OPEN, half_open_max_calls=1, success_threshold=1)
     )
     broker, middleware = harness.broker(breaker)
-    found: list[str] = []
-    done = threading.Event()
-
-    @dramatiq.actor(broker=broker, queue_name=QUEUE, service="spotify-api")
-    async def read_track(track_id: str) -> None:
-        async with AsyncSpotifyClient(spotify_settings(spotify)) as base:
-            client = CircuitBreakerSpotifyClient(base, breaker=breaker)
-            found.append((await client.get_track(track_id)).id)
-        done.set()
+    reader = TrackReader(broker, breaker, spotify)
 
     force_open(breaker, HOLD_OPEN)
     wait_until(lambda: breaker.state is CircuitState.HALF_OPEN, timeout=DEADLINE)
 
     # When the message runs as that one trial, its client calling the same breaker
-    read_track.send(TRACK.spotify_id)
+    reader.read_track.send(TRACK.spotify_id)
     worker = harness.start_worker(broker)
-    assert done.wait(DEADLINE)
+    assert reader.done.wait(DEADLINE)
     drain(broker, worker)
 
     # Then the client's call passed through (no second trial asked for, nothing deferred) and
     # the trial's one success closed the breaker
-    assert found == [TRACK.spotify_id]
+    assert reader.found == [TRACK.spotify_id]
     assert logs.named("job.deferred") == []
     assert breaker.state is CircuitState.CLOSED
     assert breaker.stats.total_successes == 1

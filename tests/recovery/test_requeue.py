@@ -18,6 +18,7 @@ import structlog
 from dramatiq.brokers.redis import RedisBroker
 
 from soulspot_jobs.broker import build_broker
+from soulspot_jobs.dead_letters import DeadLetters
 from soulspot_jobs.middleware import CircuitBreakerMiddleware
 from soulspot_jobs.recovery import RecoveringRedisBroker, Recovery
 from soulspot_jobs.redis_server import EmbeddedRedis
@@ -207,7 +208,7 @@ def _refuse_first_delayed_enqueue(monkeypatch: pytest.MonkeyPatch) -> threading.
 
 
 def _dead_letters(broker: RecoveringRedisBroker) -> int:
-    return int(broker.client.zcard(f"{broker.namespace}:default.XQ"))
+    return DeadLetters(broker).counts().get("default", 0)
 
 
 def test_a_deferral_redis_could_not_take_runs_again_instead_of_being_dead_lettered(
