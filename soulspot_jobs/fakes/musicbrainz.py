@@ -40,6 +40,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from soulspot_jobs.fakes.catalog import CATALOG, CatalogTrack
+from soulspot_jobs.fakes.index import KeyIndex
 from soulspot_jobs.fakes.server import FakeServer, Handler, Request, Response
 
 #: The ``error`` of every rate-limited answer, as MusicBrainz words it.
@@ -202,14 +203,12 @@ class FakeMusicBrainz(FakeServer):
             recording for track in catalog for recording in _recordings_of(track)
         )
         self._by_id = {recording.id: recording for recording in self.recordings}
-        #: Word of a title or artist, or ISRC -> positions in ``recordings`` that have it.
-        self._by_word: dict[str, set[int]] = {}
-        self._by_isrc: dict[str, set[int]] = {}
+        #: The words of each recording's title and artist, and its ISRCs (``isrc:`` before
+        #: each), by its position in ``recordings``.
+        self._keys = KeyIndex()
         for position, recording in enumerate(self.recordings):
-            for word in _words(f"{recording.title} {recording.artist}"):
-                self._by_word.setdefault(word, set()).add(position)
-            for isrc in recording.isrcs:
-                self._by_isrc.setdefault(isrc, set()).add(position)
+            words = _words(f"{recording.title} {recording.artist}")
+            self._keys.add(position, [*words, *(_isrc_key(isrc) for isrc in recording.isrcs)])
         self.route("GET", "/ws/2/recording", self._gated(self._search))
         self.route("GET", "/ws/2/recording/{mbid}", self._gated(self._lookup))
         self.route("GET", "/ws/2/isrc/{isrc}", self._gated(self._isrc))
@@ -273,18 +272,14 @@ class FakeMusicBrainz(FakeServer):
     def _candidates(self, clauses: list[tuple[str | None, str]]) -> list[FakeRecording]:
         """The recordings that have every word and ISRC of ``clauses``, in catalog order: the
         only ones :func:`_score` can match, found without reading the whole catalog."""
-        wanted = [
-            self._by_isrc.get(text.upper(), set())
-            if field == "isrc"
-            else self._by_word.get(word, set())
+        keys = [
+            key
             for field, text in clauses
-            for word in ([text] if field == "isrc" else _words(text))
+            for key in ([_isrc_key(text.upper())] if field == "isrc" else _words(text))
         ]
-        if not wanted:
+        if not keys:
             return list(self.recordings)
-        wanted.sort(key=len)
-        positions = set(wanted[0]).intersection(*wanted[1:])
-        return [self.recordings[n] for n in sorted(positions)]
+        return [self.recordings[n] for n in self._keys.having_all(keys)]
 
     def _lookup(self, request: Request) -> Response:
         mbid = request.params["mbid"]
@@ -305,7 +300,7 @@ class FakeMusicBrainz(FakeServer):
             return incs
         if not _ISRC.match(isrc):
             return _error(400, "Invalid isrc.")
-        found = [self.recordings[n] for n in sorted(self._by_isrc.get(isrc, ()))]
+        found = [self.recordings[n] for n in self._keys.having_all([_isrc_key(isrc)])]
         if not found:
             return _error(404, "Not Found")
         recordings = [_lookup_json(r, incs, toplevel=False) for r in found]
@@ -421,6 +416,11 @@ def _recordings_of(track: CatalogTrack) -> list[FakeRecording]:
 
 
 # -- Lucene, as much as the client's queries need ------------------------------------------------
+
+
+def _isrc_key(isrc: str) -> str:
+    """An ISRC as a key of the index, apart from any word."""
+    return f"isrc:{isrc}"
 
 
 def _words(text: str) -> list[str]:

@@ -52,6 +52,7 @@ from typing import Any
 from urllib.parse import unquote
 
 from soulspot_jobs.fakes.catalog import CATALOG, CatalogTrack
+from soulspot_jobs.fakes.index import KeyIndex
 from soulspot_jobs.fakes.server import FAULTS_PATH, FakeServer, Request, Response
 from soulspot_jobs.fakes.slskd_network import (
     PEERS,
@@ -142,8 +143,10 @@ class FakeSlskd(FakeServer):
         #: (username, file name) -> id of the latest transfer of that file from that user: the
         #: only one that may be unfinished, as a new one is added only once it finished.
         self._latest: dict[tuple[str, str], str] = {}
-        #: Word -> numbers (from 1) of the catalog tracks whose artist, album or title has it.
-        self._tracks_by_word = _index_words(self.catalog)
+        #: Words of each catalog track's artist, album and title, by the track's number (from 1).
+        self._track_words = KeyIndex()
+        for number, track in enumerate(self.catalog, start=1):
+            self._track_words.add(number, _words(f"{track.artist} {track.album} {track.title}"))
         #: Username -> the files that peer shares, by file name, with their sizes.
         self._shared = {peer.username: self._files_of(peer) for peer in self.peers}
         self._tokens = iter(range(1_000_001, 1 << 31))
@@ -354,12 +357,8 @@ class FakeSlskd(FakeServer):
         return Response(404) if removed is None else Response(204)
 
     def _responses_for(self, text: str) -> list[dict[str, Any]]:
-        words = _words(text)
-        found: set[int] = set()
-        if words:
-            candidates = sorted((self._tracks_by_word.get(word, set()) for word in words), key=len)
-            found = set(candidates[0]).intersection(*candidates[1:])
-        tracks = [(number, self.catalog[number - 1]) for number in sorted(found)]
+        numbers = self._track_words.having_all(_words(text))
+        tracks = [(number, self.catalog[number - 1]) for number in numbers]
         responses = []
         for peer in self.peers:
             files = [file_json(peer, track, number, peer.extension) for number, track in tracks]
@@ -555,12 +554,3 @@ def _size_of(item: Any) -> int:
 def _words(text: str) -> frozenset[str]:
     return frozenset(re.findall(r"\w+", text.casefold()))
 
-
-def _index_words(catalog: Sequence[CatalogTrack]) -> dict[str, set[int]]:
-    """Word -> numbers (from 1) of the tracks whose artist, album or title has it: a search
-    finds the tracks that have all its words, however big the catalog."""
-    index: dict[str, set[int]] = {}
-    for number, track in enumerate(catalog, start=1):
-        for word in _words(f"{track.artist} {track.album} {track.title}"):
-            index.setdefault(word, set()).add(number)
-    return index
