@@ -19,9 +19,9 @@ from soulspot_jobs.circuit_breaker import CircuitBreaker, CircuitBreakerError, C
 from soulspot_jobs.clients.spotify import AsyncSpotifyClient, CircuitBreakerSpotifyClient
 from soulspot_jobs.errors import ServiceUnavailableError
 from soulspot_jobs.fakes.catalog import CATALOG
-from soulspot_jobs.fakes.spotify import DEFAULT_CLIENT_ID, DEFAULT_CLIENT_SECRET, FakeSpotify
-from soulspot_jobs.settings import SpotifySettings
+from soulspot_jobs.fakes.spotify import FakeSpotify
 from tests.polling import wait_until
+from tests.spotify_settings import spotify_settings
 from tests.test_middleware import (
     DEADLINE,
     HOLD_OPEN,
@@ -58,16 +58,6 @@ def logs() -> Iterator[LogWatch]:
 def spotify() -> Iterator[FakeSpotify]:
     with FakeSpotify() as server:
         yield server  # type: ignore[misc]
-
-
-def spotify_settings(fake: FakeSpotify) -> SpotifySettings:
-    return SpotifySettings(
-        api_url=fake.url,
-        accounts_url=fake.url,
-        client_id=DEFAULT_CLIENT_ID,
-        client_secret=DEFAULT_CLIENT_SECRET,
-        timeout=5,
-    )
 
 
 class TrackReader:

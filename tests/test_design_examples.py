@@ -46,7 +46,8 @@ from soulspot_jobs.fakes.spotify import (
     DEFAULT_USER,
     FakeSpotify,
 )
-from soulspot_jobs.settings import Settings, SlskdSettings, SpotifySettings
+from soulspot_jobs.settings import Settings, SlskdSettings
+from tests.spotify_settings import spotify_settings
 
 
 @pytest.fixture
@@ -364,17 +365,8 @@ def fake_spotify() -> Iterator[FakeSpotify]:
         yield server  # type: ignore[misc]
 
 
-def spotify_settings(fake: FakeSpotify) -> Settings:
-    return Settings(
-        _env_file=None,
-        spotify=SpotifySettings(
-            api_url=fake.url,
-            accounts_url=fake.url,
-            client_id=DEFAULT_CLIENT_ID,
-            client_secret=DEFAULT_CLIENT_SECRET,
-            timeout=5,
-        ),
-    )
+def settings_with_spotify(fake: FakeSpotify) -> Settings:
+    return Settings(_env_file=None, spotify=spotify_settings(fake))
 
 
 def user_token(fake: FakeSpotify) -> str:
@@ -389,7 +381,7 @@ def user_token(fake: FakeSpotify) -> str:
 
 
 async def test_automatic_protection(fake_spotify: FakeSpotify):
-    settings = spotify_settings(fake_spotify)
+    settings = settings_with_spotify(fake_spotify)
     fake_spotify.add_playlist("my-mix", [CATALOG[0], CATALOG[1]], owner=DEFAULT_USER)
     playlist_id, token = "my-mix", user_token(fake_spotify)
 
@@ -414,7 +406,7 @@ async def test_automatic_protection(fake_spotify: FakeSpotify):
 
 async def test_automatic_protection_once_spotify_is_down(fake_spotify: FakeSpotify):
     # Given the design's protected client, and Spotify answering 503 to everything
-    settings = spotify_settings(fake_spotify)
+    settings = settings_with_spotify(fake_spotify)
     fake_spotify.add_playlist("my-mix", [CATALOG[0]], owner=DEFAULT_USER)
     playlist_id, token = "my-mix", user_token(fake_spotify)
     base_client = SpotifyClient(settings.spotify)
@@ -443,7 +435,7 @@ async def test_automatic_protection_once_spotify_is_down(fake_spotify: FakeSpoti
 
 async def test_the_async_client_awaits_without_blocking_the_loop(fake_spotify: FakeSpotify):
     # Given the async client and a slow Spotify (0.2 s per answer)
-    settings = spotify_settings(fake_spotify)
+    settings = settings_with_spotify(fake_spotify)
     fake_spotify.faults.set_latency(0.2)
     async with SpotifyClient(settings.spotify) as client:
         ticks = 0

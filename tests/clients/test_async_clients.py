@@ -39,17 +39,15 @@ from soulspot_jobs.fakes.catalog import CATALOG
 from soulspot_jobs.fakes.musicbrainz import FakeMusicBrainz
 from soulspot_jobs.fakes.slskd import FakeSlskd
 from soulspot_jobs.fakes.spotify import (
-    DEFAULT_CLIENT_ID,
-    DEFAULT_CLIENT_SECRET,
     DEFAULT_USER,
     Episode,
     FakeSpotify,
 )
 from soulspot_jobs.rate_limit import RedisRateLimiter
-from soulspot_jobs.settings import MusicBrainzSettings, SlskdSettings, SpotifySettings
+from soulspot_jobs.settings import MusicBrainzSettings, SlskdSettings
+from tests.spotify_settings import spotify_settings
 
 TRACK = CATALOG[0]
-
 
 # -- Spotify ------------------------------------------------------------------------------------
 
@@ -58,19 +56,6 @@ TRACK = CATALOG[0]
 def spotify() -> Iterator[FakeSpotify]:
     with FakeSpotify() as server:
         yield server  # type: ignore[misc]
-
-
-def spotify_settings(
-    fake: FakeSpotify, secret: str = DEFAULT_CLIENT_SECRET, refresh_token: str = ""
-) -> SpotifySettings:
-    return SpotifySettings(
-        api_url=fake.url,
-        accounts_url=fake.url,
-        client_id=DEFAULT_CLIENT_ID,
-        client_secret=secret,
-        refresh_token=refresh_token,
-        timeout=5,
-    )
 
 
 async def test_the_async_spotify_client_reads_what_the_sync_one_reads(spotify: FakeSpotify):

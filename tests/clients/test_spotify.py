@@ -34,7 +34,7 @@ from soulspot_jobs.fakes.spotify import (
     FakeSpotify,
     LocalFile,
 )
-from soulspot_jobs.settings import SpotifySettings
+from tests.spotify_settings import spotify_settings
 
 TRACK_ID = CATALOG[0].spotify_id
 TOKEN_CALL = ("POST", "/api/token")
@@ -57,22 +57,9 @@ def fake() -> Iterator[FakeSpotify]:
         yield server  # type: ignore[misc]
 
 
-def settings_for(
-    fake: FakeSpotify, secret: str = DEFAULT_CLIENT_SECRET, refresh_token: str = ""
-) -> SpotifySettings:
-    return SpotifySettings(
-        api_url=fake.url,
-        accounts_url=fake.url,
-        client_id=DEFAULT_CLIENT_ID,
-        client_secret=secret,
-        refresh_token=refresh_token,
-        timeout=5,
-    )
-
-
 @pytest.fixture
 def client(fake: FakeSpotify) -> Iterator[SpotifyClient]:
-    client = SpotifyClient(settings_for(fake))
+    client = SpotifyClient(spotify_settings(fake))
     yield client
     client.close()
 
@@ -93,7 +80,7 @@ def workers(
 ) -> Iterator[list[CircuitBreakerSpotifyClient]]:
     """Two guarded clients, as two workers would hold them, sharing the breaker in Redis."""
     made = [
-        CircuitBreakerSpotifyClient(SpotifyClient(settings_for(fake)), backend=backend)
+        CircuitBreakerSpotifyClient(SpotifyClient(spotify_settings(fake)), backend=backend)
         for backend in backends
     ]
     yield made
@@ -180,7 +167,7 @@ def test_entries_with_only_the_deprecated_track_field_are_read_too():
             return super()._item(added_at, entry, ("track",))
 
     with TrackFieldOnly() as old:
-        client = SpotifyClient(settings_for(old))
+        client = SpotifyClient(spotify_settings(old))
         try:
             # When the playlist is read
             tracks = client.get_playlist_tracks(DEMO_PLAYLIST)
@@ -223,7 +210,7 @@ def test_a_next_page_on_another_host_is_not_followed(fake: FakeSpotify):
             return page
 
     with Redirecting() as other:
-        client = SpotifyClient(settings_for(other))
+        client = SpotifyClient(spotify_settings(other))
         try:
             # When the playlist is listed
             with pytest.raises(UpstreamError) as raised:
@@ -283,7 +270,7 @@ def test_a_token_is_replaced_shortly_before_it_expires():
     # Given a Spotify handing out one-minute tokens and a client on a clock the test moves
     clock = FakeClock()
     with FakeSpotify(expires_in=60) as fake:
-        client = SpotifyClient(settings_for(fake), clock=clock)
+        client = SpotifyClient(spotify_settings(fake), clock=clock)
         try:
             client.get_track(TRACK_ID)
 
@@ -342,7 +329,7 @@ def test_a_second_401_is_an_upstream_request_error_without_tokens(
 
 def test_a_wrong_secret_is_refused_without_the_secret_in_the_message(fake: FakeSpotify):
     secret = "very-secret-value-42"
-    client = SpotifyClient(settings_for(fake, secret=secret))
+    client = SpotifyClient(spotify_settings(fake, secret=secret))
     try:
         with pytest.raises(UpstreamRequestError) as raised:
             client.get_track(TRACK_ID)
@@ -515,7 +502,7 @@ def test_an_expired_token_passed_to_the_call_is_not_replaced(
 def test_with_a_refresh_token_the_client_acts_as_that_user(fake: FakeSpotify):
     # Given a client configured with the owner's refresh token
     fake.add_playlist("mine", [CATALOG[0]], owner=DEFAULT_USER)
-    client = SpotifyClient(settings_for(fake, refresh_token=fake.refresh_token))
+    client = SpotifyClient(spotify_settings(fake, refresh_token=fake.refresh_token))
     try:
         # When it reads the owner's playlist
         with structlog.testing.capture_logs() as logs:
@@ -532,7 +519,7 @@ def test_with_a_refresh_token_the_client_acts_as_that_user(fake: FakeSpotify):
 def test_a_rotated_refresh_token_is_kept_and_used_next(fake: FakeSpotify):
     # Given an accounts service that rotates refresh tokens (the old one dies on use)
     fake.rotate_refresh_tokens = True
-    client = SpotifyClient(settings_for(fake, refresh_token=fake.refresh_token))
+    client = SpotifyClient(spotify_settings(fake, refresh_token=fake.refresh_token))
     try:
         with structlog.testing.capture_logs() as logs:
             client.get_track(TRACK_ID)
@@ -551,7 +538,7 @@ def test_a_rotated_refresh_token_is_kept_and_used_next(fake: FakeSpotify):
 
 
 def test_a_refused_refresh_token_says_to_authorize_again(fake: FakeSpotify):
-    client = SpotifyClient(settings_for(fake, refresh_token="revoked-refresh-token"))
+    client = SpotifyClient(spotify_settings(fake, refresh_token="revoked-refresh-token"))
     try:
         with pytest.raises(UpstreamRequestError) as raised:
             client.get_track(TRACK_ID)
@@ -593,7 +580,7 @@ def test_json_of_the_wrong_shape_is_a_service_failure(fake: FakeSpotify):
             return {"total": len(items)}
 
     with Shapeless() as broken:
-        client = SpotifyClient(settings_for(broken))
+        client = SpotifyClient(spotify_settings(broken))
         try:
             with pytest.raises(ServiceUnavailableError) as raised:
                 client.get_playlist_tracks(DEMO_PLAYLIST)

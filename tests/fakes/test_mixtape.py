@@ -14,23 +14,12 @@ from soulspot_jobs.fakes.catalog import CATALOG, MIXTAPE, generated_catalog
 from soulspot_jobs.fakes.musicbrainz import FakeMusicBrainz
 from soulspot_jobs.fakes.slskd import FakeSlskd
 from soulspot_jobs.fakes.spotify import (
-    DEFAULT_CLIENT_ID,
-    DEFAULT_CLIENT_SECRET,
     MIXTAPE_PLAYLIST,
     FakeSpotify,
 )
-from soulspot_jobs.settings import MusicBrainzSettings, SlskdSettings, SpotifySettings
+from soulspot_jobs.settings import MusicBrainzSettings, SlskdSettings
 from tests.polling import wait_until
-
-
-def spotify_settings(fake: FakeSpotify) -> SpotifySettings:
-    return SpotifySettings(
-        api_url=fake.url,
-        accounts_url=fake.url,
-        client_id=DEFAULT_CLIENT_ID,
-        client_secret=DEFAULT_CLIENT_SECRET,
-        timeout=5,
-    )
+from tests.spotify_settings import spotify_settings
 
 
 def test_the_mixtape_playlist_lists_fifty_distinct_tracks_with_valid_ids() -> None:
