@@ -7,6 +7,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import Any, TypeVar
 
 import dramatiq
 import redis
@@ -15,8 +16,9 @@ from dramatiq.brokers.redis import RedisBroker
 from dramatiq.middleware import AsyncIO
 
 from soulspot_jobs.broker import build_broker
-from soulspot_jobs.middleware import CircuitBreakerMiddleware
 from soulspot_jobs.settings import Settings, load_settings
+
+M = TypeVar("M", bound=dramatiq.Middleware)
 
 #: Worker threads per worker, as in the design's measurements.
 WORKER_THREADS = 8
@@ -45,10 +47,15 @@ def plain_broker(url: str, settings: Settings) -> RedisBroker:
     return broker
 
 
-def guarded_broker(settings: Settings) -> tuple[RedisBroker, CircuitBreakerMiddleware]:
-    broker = build_broker(settings)
-    middleware = next(m for m in broker.middleware if isinstance(m, CircuitBreakerMiddleware))
-    return broker, middleware
+def guarded_broker(settings: Settings) -> Any:
+    """``build_broker``'s broker: the project's whole stack."""
+    return build_broker(settings)
+
+
+def stack_middleware(broker: dramatiq.Broker, kind: type[M]) -> M:
+    """The one middleware of ``kind`` in ``broker``'s stack."""
+    (found,) = [m for m in broker.middleware if isinstance(m, kind)]
+    return found
 
 
 def flush(url: str) -> None:

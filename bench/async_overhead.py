@@ -33,7 +33,7 @@ import structlog
 
 from soulspot_jobs.circuit_breaker import CircuitBreaker, MemoryBackend, RedisBackend
 from soulspot_jobs.clients.spotify import CircuitBreakerSpotifyClient
-from soulspot_jobs.redis_server import EmbeddedRedis
+from soulspot_jobs.embedded.server import EmbeddedRedis
 
 #: Calls timed per round.
 DEFAULT_CALLS = 50_000

@@ -40,8 +40,8 @@ from soulspot_jobs.circuit_breaker import (
 )
 from soulspot_jobs.circuit_breaker.backends.redis import STALE_AFTER_INTERVALS
 from soulspot_jobs.circuit_breaker.state import Verdict
-from soulspot_jobs.redis_server import EmbeddedRedis
-from soulspot_jobs.redis_stats import command_calls
+from soulspot_jobs.embedded.server import EmbeddedRedis
+from tests.redis_stats import command_calls
 
 #: Default number of calls timed for the in-memory variants (the pybreaker-redis variant makes a
 #: tenth of them: each of its calls is several round trips).

@@ -33,12 +33,12 @@ import psutil
 import redis
 
 from bench._harness import quiet_logs
-from soulspot_jobs.app import SoulspotJobs
+from soulspot_jobs.embedded.server import EmbeddedRedis
 from soulspot_jobs.fakes.catalog import generated_catalog
 from soulspot_jobs.fakes.musicbrainz import FakeMusicBrainz
 from soulspot_jobs.fakes.slskd import FakeSlskd
-from soulspot_jobs.jobs import FINAL_STATES
-from soulspot_jobs.redis_server import EmbeddedRedis
+from soulspot_jobs.jobs.app import SoulspotJobs
+from soulspot_jobs.jobs.records import FINAL_STATES
 from soulspot_jobs.settings import load_settings
 
 #: Seconds a fake search runs, a fake transfer takes, and between two polls of either.
@@ -212,7 +212,7 @@ def run(options: argparse.Namespace) -> None:
         after_expiry = used_memory(client)
         keys_left = sorted(key.decode() for key in client.scan_iter(count=1000))
         left_memory = sum(client.memory_usage(key, samples=0) or 0 for key in keys_left)
-        stats = {service: app.middleware.breaker(service).stats for service in SERVICES}
+        stats = {service: app.breakers[service].stats for service in SERVICES}
         app.close()
         client.close()
 

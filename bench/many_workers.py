@@ -33,8 +33,8 @@ import redis
 from bench._harness import QUEUE, WORKER_THREADS, flush, plain_broker, quiet_logs, settings_for
 from soulspot_jobs.broker import build_broker
 from soulspot_jobs.circuit_breaker import CircuitBreakerConfig, RedisBackend
-from soulspot_jobs.redis_server import EmbeddedRedis
-from soulspot_jobs.redis_stats import command_calls
+from soulspot_jobs.embedded.server import EmbeddedRedis
+from tests.redis_stats import command_calls
 
 #: Target: throughput with the middleware relative to plain Dramatiq, with many workers.
 MIN_THROUGHPUT_RATIO = 0.95

@@ -20,8 +20,8 @@ from dramatiq.middleware import AsyncIO
 from bench._harness import WORKER_THREADS, flush, quiet_logs, settings_for
 from bench.middleware_throughput import MIN_THROUGHPUT_RATIO, defer_backlog, drain
 from soulspot_jobs.broker import build_broker
-from soulspot_jobs.rabbitmq_server import EmbeddedRabbitMQ
-from soulspot_jobs.redis_server import EmbeddedRedis
+from soulspot_jobs.embedded.server import EmbeddedRedis
+from tests.rabbitmq_server import EmbeddedRabbitMQ
 
 
 def main() -> None:

@@ -22,10 +22,10 @@ from dramatiq.middleware import AsyncIO
 
 from bench._harness import WORKER_THREADS, flush, quiet_logs, run_until
 from soulspot_jobs.broker import build_broker
-from soulspot_jobs.recovery import RecoveringRedisBroker
-from soulspot_jobs.redis_server import EmbeddedRedis
-from soulspot_jobs.redis_stats import command_calls
+from soulspot_jobs.broker.redis import RecoveringRedisBroker
+from soulspot_jobs.embedded.server import EmbeddedRedis
 from soulspot_jobs.settings import load_settings
+from tests.redis_stats import command_calls
 
 #: Alternating rounds of the throughput comparison.
 ROUNDS = 3

@@ -28,9 +28,11 @@ from bench._harness import (
     quiet_logs,
     run_until,
     settings_for,
+    stack_middleware,
 )
-from soulspot_jobs.middleware import DEFERRALS
-from soulspot_jobs.redis_server import EmbeddedRedis
+from soulspot_jobs.deferral.options import DEFERRALS
+from soulspot_jobs.embedded.server import EmbeddedRedis
+from soulspot_jobs.middleware import CircuitBreakerMiddleware
 
 #: Targets of the design.
 MAX_MEAN_DEFERRALS = 1.2
@@ -53,14 +55,15 @@ class Tally:
 def run(url: str, messages: int, outage: float | None) -> tuple[float, Tally, float]:
     """Drain ``messages`` (after an outage of ``outage`` seconds, or none); (seconds, tally, t0)."""
     flush(url)
-    broker, middleware = guarded_broker(settings_for(url, SLSKD_API__HALF_OPEN_MAX_CALLS="1"))
+    broker = guarded_broker(settings_for(url, SLSKD_API__HALF_OPEN_MAX_CALLS="1"))
+    middleware = stack_middleware(broker, CircuitBreakerMiddleware)
     broker.add_middleware(CurrentMessage())
     tally = Tally()
 
     @dramatiq.actor(broker=broker, queue_name=QUEUE, service=SERVICE, max_retries=0)
     def noop() -> None:
         message = CurrentMessage.get_current_message()
-        permit = middleware._local.permit
+        permit = middleware.current_permit()
         trial = permit is not None and permit.is_trial
         with tally.lock:
             tally.deferrals.append(message.options.get(DEFERRALS, 0))
@@ -73,7 +76,7 @@ def run(url: str, messages: int, outage: float | None) -> tuple[float, Tally, fl
             with tally.lock:
                 tally.trials_running -= 1
 
-    breaker = middleware.breaker(SERVICE)
+    breaker = broker.breakers[SERVICE]
     recovery_at = time.perf_counter()
     if outage:
         breaker.record_failure_sync(breaker.acquire_sync(), hold_open=outage)

@@ -1,4 +1,25 @@
-"""The project's error tree: every error soulspot-jobs raises on purpose derives from one root."""
+"""The project's error tree, and the one classification of exceptions by what they say.
+
+Every error soulspot-jobs raises on purpose derives from :class:`SoulspotJobsError`. The errors
+that hold a message back (:class:`HoldBack`: a breaker's refusal, :class:`RetryLater`) are also
+:class:`dramatiq.Retry`, which Dramatiq's worker already treats as "not an error": it logs no
+traceback for them, and Dramatiq's own Retries would run the message again after their
+``delay``. The project's Retries (:mod:`soulspot_jobs.middleware.retries`) defers them instead,
+spending no retry.
+
+:func:`classify` says what any exception means for an upstream service; :func:`is_service_failure`
+and :func:`counts_against_service` are the two rules built on it (an exception escaping an
+actor, and one raised by a client).
+"""
+
+from __future__ import annotations
+
+import math
+from enum import Enum
+
+import dramatiq
+from dramatiq.middleware.time_limit import TimeLimitExceeded
+from dramatiq.rate_limits import RateLimitExceeded
 
 
 class SoulspotJobsError(Exception):
@@ -70,15 +91,6 @@ class PeerUnavailableError(UpstreamRequestError):
         self.reason = reason
 
 
-def is_service_failure(exc: BaseException) -> bool:
-    """Whether ``exc`` says the upstream service is unhealthy (and should trip its breaker).
-
-    A job's own errors (bad request, not found) and bugs in our code do not: only
-    :class:`ServiceUnavailableError` and the builtin network errors do.
-    """
-    return isinstance(exc, ServiceUnavailableError | ConnectionError | TimeoutError)
-
-
 def _rebuild(cls: type, state: dict, args: tuple) -> UpstreamError:
     error = cls.__new__(cls)
     Exception.__init__(error, *args)
@@ -86,19 +98,34 @@ def _rebuild(cls: type, state: dict, args: tuple) -> UpstreamError:
     return error
 
 
-class RetryLater(SoulspotJobsError):
-    """A job cannot go on now but has not failed: its message is deferred, not retried.
+class HoldBack(SoulspotJobsError, dramatiq.Retry):
+    """A job cannot go on now but has not failed: its message waits ``retry_after`` seconds.
 
-    Raised from inside an actor (a service asked for back-pressure, a shared rate limit is
-    busy); the circuit-breaker middleware re-enqueues the message after ``retry_after`` seconds
-    without counting a failure or consuming a retry.
+    ``service`` is the service that holds it back. As a :class:`dramatiq.Retry`, its ``delay``
+    is ``retry_after`` in milliseconds (rounded up), so even a broker without the project's
+    Retries runs the message again no earlier than that.
     """
 
-    def __init__(self, service: str, retry_after: float, reason: str) -> None:
+    def __init__(self, service: str, retry_after: float, message: str) -> None:
+        SoulspotJobsError.__init__(self, message)
+        self.message = message
+        self.delay = math.ceil(retry_after * 1000)
         self.service = service
         self.retry_after = retry_after
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class RetryLater(HoldBack):
+    """A job holds itself back (a service asked for back-pressure, a shared rate limit is busy):
+    its message is deferred ``retry_after`` seconds without counting a failure or a retry."""
+
+    def __init__(self, service: str, retry_after: float, reason: str) -> None:
         self.reason = reason
-        super().__init__(f"{service}: {reason}. Retry after {retry_after:.1f} seconds.")
+        super().__init__(
+            service, retry_after, f"{service}: {reason}. Retry after {retry_after:.1f} seconds."
+        )
 
     def __reduce__(self) -> tuple[object, ...]:
         return (type(self), (self.service, self.retry_after, self.reason))
@@ -126,3 +153,50 @@ class InvalidJobError(SoulspotJobsError, ValueError):
 
     def __reduce__(self) -> tuple[object, ...]:
         return (type(self), (self.argument, self.reason))
+
+
+class Failure(Enum):
+    """What an exception says about the upstream service a call or a job was talking to."""
+
+    #: The service failed: no connection, a timeout, a 5xx, 408 or 429, a job past its time limit.
+    SERVICE = "service"
+    #: The service works but refused this request (a 4xx, an unavailable Soulseek peer).
+    REQUEST = "request"
+    #: The message was held back (a breaker's refusal, back-pressure): no outcome at all.
+    HOLD = "hold"
+    #: Says nothing of the service: an explicit ``dramatiq.Retry``, a Dramatiq rate limit.
+    NEUTRAL = "neutral"
+    #: The message cannot even start (unknown job, wrong arguments).
+    MALFORMED = "malformed"
+    #: Anything else: a bug in a job, or an error of a client this module does not know.
+    OTHER = "other"
+
+
+def classify(exc: BaseException) -> Failure:
+    """The one classification of exceptions; see :class:`Failure`."""
+    if isinstance(exc, HoldBack):
+        return Failure.HOLD
+    if isinstance(exc, ServiceUnavailableError | ConnectionError | TimeoutError):
+        return Failure.SERVICE
+    if isinstance(exc, TimeLimitExceeded):
+        return Failure.SERVICE
+    if isinstance(exc, UpstreamRequestError):
+        return Failure.REQUEST
+    if isinstance(exc, MalformedMessage):
+        return Failure.MALFORMED
+    if isinstance(exc, dramatiq.Retry | RateLimitExceeded):
+        return Failure.NEUTRAL
+    return Failure.OTHER
+
+
+def is_service_failure(exc: BaseException) -> bool:
+    """The rule for an exception escaping a tagged actor: only the service's own failures trip
+    its breaker; a job's own errors and bugs in our code never do."""
+    return classify(exc) is Failure.SERVICE
+
+
+def counts_against_service(exc: BaseException) -> bool:
+    """The rule for an exception raised by a guarded client (the design's wrappers): the
+    service's failures and anything unexpected the client raised count; the caller's own errors,
+    holds and neutral exceptions do not."""
+    return isinstance(exc, Exception) and classify(exc) in (Failure.SERVICE, Failure.OTHER)

@@ -1,16 +1,116 @@
-"""Every Redis key soulspot-jobs writes: who owns it, and how it stops growing.
+"""Every Redis key soulspot-jobs uses: its name, who owns it, and how it stops growing.
 
-``KEY_LAYOUT`` is the one list of them (the README's *Redis keys* table says the same). Each key
-either carries a TTL, or is deleted by its owner, or is one of the few ``persistent`` keys whose
-owner keeps it small (one hash per breaker, the job index). The test suite runs jobs to the end
-and checks with SCAN that every key found is listed here, and that every key without a TTL is a
-persistent one.
+:class:`Keys` is the one place key names are built. Each component is handed the ``Keys`` of its
+deployment (``SOULSPOT_KEY_PREFIX``, default ``soulspot``) and asks it for names; none formats a
+key of its own. Two components lay out keys under a namespace ``Keys`` gives them, as libraries
+do: the breakers' Redis backend (``<breakers>:<service>`` and the channel ``<breakers>:events``)
+and Dramatiq's Redis broker (its queues, delay queues, ack sets and dead letters).
+
+:data:`LAYOUT` lists every key family with its owner and lifetime (the operating guide's *Redis
+keys* table says the same). Each key either carries a TTL, or is deleted by its owner, or is one
+of the few ``persistent`` keys whose owner keeps it small. The test suite runs jobs to the end and
+checks with SCAN that every key found belongs to a family, and that every key without a TTL
+belongs to a persistent one.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
+
+#: The default ``SOULSPOT_KEY_PREFIX``.
+DEFAULT_PREFIX = "soulspot"
+
+
+class Keys:
+    """The key names of one deployment, all under ``prefix``."""
+
+    __slots__ = ("prefix",)
+
+    def __init__(self, prefix: str = DEFAULT_PREFIX) -> None:
+        self.prefix = prefix
+
+    def __repr__(self) -> str:
+        return f"Keys({self.prefix!r})"
+
+    # -- namespaces handed to libraries that lay out their own keys --------------------------
+
+    @property
+    def breakers(self) -> str:
+        """The breakers' namespace: one hash per breaker, and the view-change channel."""
+        return f"{self.prefix}:breaker"
+
+    @property
+    def dramatiq(self) -> str:
+        """The namespace of Dramatiq's Redis broker."""
+        return f"{self.prefix}:dramatiq"
+
+    # -- the deferred index -------------------------------------------------------------------
+
+    def deferred(self, service: str) -> str:
+        """Hash of the messages ``service``'s breaker deferred: message id -> JSON entry."""
+        return f"{self.prefix}:deferred:{service}"
+
+    @property
+    def deferred_services(self) -> str:
+        """Set of the services with a deferred hash."""
+        return f"{self.prefix}:deferred:services"
+
+    @property
+    def deferral_totals(self) -> str:
+        """Hash service -> deferrals ever counted (a message deferred twice counts twice)."""
+        return f"{self.prefix}:deferred:deferrals_total"
+
+    # -- dead letters --------------------------------------------------------------------------
+
+    def dead_letter_reason(self, message_id: str) -> str:
+        """Why the message ``message_id`` was dead-lettered by the project's Retries."""
+        return f"{self.prefix}:dead-letter:{message_id}"
+
+    # -- job records ---------------------------------------------------------------------------
+
+    def job(self, job_id: str) -> str:
+        """Hash of one job's record."""
+        return f"{self.prefix}:jobs:job:{job_id}"
+
+    @property
+    def job_index(self) -> str:
+        """Sorted set of every job id, scored by creation time."""
+        return f"{self.prefix}:jobs:all"
+
+    @property
+    def unfinished_jobs(self) -> str:
+        """Sorted set of the jobs not yet done or failed, scored by their last sign of life."""
+        return f"{self.prefix}:jobs:unfinished"
+
+    # -- everything else -----------------------------------------------------------------------
+
+    def rate_limit(self, name: str) -> str:
+        """The shared rate limiter ``name`` (``musicbrainz``)."""
+        return f"{self.prefix}:ratelimit:{name}"
+
+    @property
+    def recovery_marker(self) -> str:
+        """Marker that Redis kept its data since a worker last looked."""
+        return f"{self.prefix}:recovery:alive"
+
+    @property
+    def orphan_check_lease(self) -> str:
+        """Lease of the one worker process that runs the orphan check."""
+        return f"{self.prefix}:recovery:orphan-check"
+
+    @property
+    def demo_retries(self) -> str:
+        """The demo's tally of retries: message id -> highest ``retries`` seen."""
+        return f"{self.prefix}:demo:retries"
+
+    def demo_deferrals(self, service: str) -> str:
+        """The demo's tally of deferrals by ``service``: message id -> highest count seen."""
+        return f"{self.prefix}:demo:deferrals:{service}"
+
+    def family_of(self, key: str) -> KeyFamily | None:
+        """The first family of :data:`LAYOUT` that ``key`` belongs to, if any."""
+        return next((family for family in LAYOUT if family.matches(key, self.prefix)), None)
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,24 +129,29 @@ class KeyFamily:
         return fnmatchcase(key, self.pattern.format(prefix=prefix))
 
 
-KEY_LAYOUT: tuple[KeyFamily, ...] = (
+LAYOUT: tuple[KeyFamily, ...] = (
     KeyFamily(
         "{prefix}:breaker:*",
-        "circuit breaker (RedisBackend), one hash per service",
+        "circuit breakers (RedisBackend): one hash per service",
         "kept: a few fields per service; `reset` keeps the totals",
         persistent=True,
     ),
     KeyFamily(
         "{prefix}:deferred:deferrals_total",
-        "deferred index (middleware): deferrals counted per service, for metrics",
+        "deferred index: deferrals counted per service, for metrics",
         "persistent: one counter per service",
         persistent=True,
     ),
     KeyFamily(
         "{prefix}:deferred:*",
-        "deferred index (middleware): one hash per service, and the set of services",
+        "deferred index: one hash per service, and the set of services",
         "an entry is removed when its message runs or is dead-lettered (an empty hash is gone);"
         " each key expires 8 days after its last deferral",
+    ),
+    KeyFamily(
+        "{prefix}:dead-letter:*",
+        "Retries: why a message was dead-lettered",
+        "each expires after 7 days, as Dramatiq's dead letters do",
     ),
     KeyFamily(
         "{prefix}:ratelimit:*",
@@ -55,12 +160,12 @@ KEY_LAYOUT: tuple[KeyFamily, ...] = (
     ),
     KeyFamily(
         "{prefix}:jobs:job:*",
-        "job records (JobStore), one hash per job",
+        "job records (JobStore): one hash per job",
         "kept while the job runs; expires SOULSPOT_JOB_TTL after it is done or failed",
     ),
     KeyFamily(
         "{prefix}:jobs:all",
-        "job index (JobStore), a sorted set of job ids",
+        "job index (JobStore): a sorted set of job ids",
         "ids whose record expired are trimmed when jobs finish and when jobs are listed",
         persistent=True,
     ),
@@ -69,11 +174,6 @@ KEY_LAYOUT: tuple[KeyFamily, ...] = (
         "job store: ids of the jobs not yet done or failed, read by the orphan check",
         "an id leaves when its job is done or failed",
         persistent=True,
-    ),
-    KeyFamily(
-        "{prefix}:deadletter-hops:*",
-        "middleware: dead-letter hops that reached the dead-letter queue",
-        "each expires after 7 days, as Dramatiq's dead letters do",
     ),
     KeyFamily(
         "{prefix}:recovery:*",
@@ -103,8 +203,3 @@ KEY_LAYOUT: tuple[KeyFamily, ...] = (
         "a message is removed when it is acked; Redis deletes a queue once empty",
     ),
 )
-
-
-def family_of(key: str, prefix: str) -> KeyFamily | None:
-    """The first family of ``KEY_LAYOUT`` that ``key`` belongs to, if any."""
-    return next((family for family in KEY_LAYOUT if family.matches(key, prefix)), None)

@@ -16,12 +16,12 @@ from contextlib import ExitStack
 
 import dramatiq
 
-from soulspot_jobs.app import SoulspotJobs
+from soulspot_jobs.embedded.connection import EXIT_BAD_URL, RedisUnavailable, redis_for
 from soulspot_jobs.errors import ConfigurationError
+from soulspot_jobs.jobs.app import SoulspotJobs
 from soulspot_jobs.logging import configure_logging
-from soulspot_jobs.redis_connection import EXIT_BAD_URL, RedisUnavailable, redis_for
+from soulspot_jobs.middleware.exit_guard import guard_worker_process
 from soulspot_jobs.settings import load_settings
-from soulspot_jobs.shutdown import guard_worker_process
 
 #: Exit status of a worker process refused because of an invalid setting (as ``soulspot-jobs``).
 EXIT_BAD_SETTINGS = 2

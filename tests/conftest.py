@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 import redis
 
-from soulspot_jobs.redis_server import EmbeddedRedis
-from soulspot_jobs.shared_redis import SharedRedis
+from soulspot_jobs.embedded import SharedRedis
+from soulspot_jobs.embedded.server import EmbeddedRedis
 from tests.servers import RedisKind, ServerUnavailable, resolve, selected_kind
 
 _KIND: RedisKind | None = None

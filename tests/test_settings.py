@@ -208,7 +208,7 @@ def test_the_redacted_redis_url_hides_the_password() -> None:
 
 def _run_cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "soulspot_jobs.cli", *args],
+        [sys.executable, "-m", "soulspot_jobs.operate.cli", *args],
         env={**os.environ, **env},
         capture_output=True,
         text=True,

@@ -1,7 +1,8 @@
 """Circuit breakers whose state is shared by every process that uses the same backend.
 
 ``CircuitBreaker`` guards calls; ``MemoryBackend`` keeps state in this process, ``RedisBackend``
-in Redis for a whole cluster of workers.
+in Redis for a whole cluster of workers; ``Breakers`` holds one breaker per service of a
+deployment, built once and shared by everything that needs one.
 """
 
 from soulspot_jobs.circuit_breaker.backends import (
@@ -18,12 +19,14 @@ from soulspot_jobs.circuit_breaker.breaker import (
 )
 from soulspot_jobs.circuit_breaker.config import CircuitBreakerConfig
 from soulspot_jobs.circuit_breaker.errors import BackendUnavailableError, CircuitBreakerError
+from soulspot_jobs.circuit_breaker.registry import Breakers
 from soulspot_jobs.circuit_breaker.state import BreakerStats, CircuitState
 
 __all__ = [
     "Backend",
     "BackendUnavailableError",
     "BreakerStats",
+    "Breakers",
     "CircuitBreaker",
     "CircuitBreakerConfig",
     "CircuitBreakerError",

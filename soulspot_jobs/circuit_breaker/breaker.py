@@ -23,13 +23,14 @@ from soulspot_jobs.circuit_breaker.backends.memory import MemoryBackend
 from soulspot_jobs.circuit_breaker.config import CircuitBreakerConfig
 from soulspot_jobs.circuit_breaker.errors import BackendUnavailableError, CircuitBreakerError
 from soulspot_jobs.circuit_breaker.state import (
+    ADMITTED_LOCALLY,
     BreakerStats,
     CircuitState,
     Decision,
     Transition,
     Verdict,
 )
-from soulspot_jobs.errors import ConfigurationError, ServiceUnavailableError
+from soulspot_jobs.errors import ConfigurationError, HoldBack, ServiceUnavailableError
 
 log = structlog.get_logger("soulspot_jobs.circuit_breaker")
 
@@ -60,7 +61,14 @@ def holding(name: str) -> Iterator[None]:
 def hold(name: str) -> Token[frozenset[str]]:
     """Start holding ``name``'s permit in the current context (see :func:`holding`); the token
     ends it with :func:`release_hold`, in the same context."""
-    return _held.set(_held.get() | {name})
+    held = _held.get()
+    return _held.set(held | {name} if held else _only(name))
+
+
+@functools.cache
+def _only(name: str) -> frozenset[str]:
+    """``frozenset({name})``, built once per name (holding one breaker is the common case)."""
+    return frozenset((name,))
 
 
 def release_hold(token: Token[frozenset[str]]) -> None:
@@ -93,9 +101,10 @@ class CircuitBreaker:
     """One service's circuit breaker; every instance with the same name and store shares state.
 
     Exceptions count as service failures when ``is_failure(exc)`` is true; by default, instances
-    of ``failure_exceptions`` that are not instances of ``exclude``. A :class:`CircuitBreakerError`
-    raised inside the guarded call (another service's breaker) never counts. Calls that end in a
-    non-failure exception count nothing and give their HALF_OPEN trial slot back.
+    of ``failure_exceptions`` that are not instances of ``exclude``. A hold raised inside the
+    guarded call (another breaker's :class:`CircuitBreakerError`, a
+    :class:`~soulspot_jobs.errors.RetryLater`) never counts. Calls that end in a non-failure
+    exception count nothing and give their HALF_OPEN trial slot back.
     """
 
     def __init__(
@@ -112,7 +121,7 @@ class CircuitBreaker:
         self.config = config if config is not None else CircuitBreakerConfig()
         self.backend = backend if backend is not None else MemoryBackend()
         self._failure_exceptions = failure_exceptions
-        self._exclude = (CircuitBreakerError, *exclude)
+        self._exclude = (HoldBack, *exclude)
         self._is_failure = is_failure
 
     def __repr__(self) -> str:
@@ -143,6 +152,8 @@ class CircuitBreaker:
     def acquire_sync(self) -> Permit:
         """Ask before a call; raises :class:`CircuitBreakerError` when the call must not run."""
         decision = self.backend.admit_locally(self.name, self.config)
+        if decision is ADMITTED_LOCALLY:
+            return Permit(None, True)  # the healthy path, kept short
         if decision is None:
             decision = self._admit_remotely()
         return self._permit(decision)

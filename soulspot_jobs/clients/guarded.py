@@ -4,19 +4,14 @@ A wrapper guards whatever client it is given (the sync clients, their async twin
 ``unittest.mock.MagicMock`` or ``AsyncMock``), deciding per method: a coroutine function goes
 through ``await breaker.call(...)``, any other callable through ``breaker.call_sync(...)``.
 
-Which exceptions count as failures of the service (the design's rule, with the caller's own
-errors set apart): by default every ``Exception`` the client raises, except
-
-* the caller's own errors, :class:`~soulspot_jobs.errors.UpstreamRequestError` and its
-  subclasses :class:`~soulspot_jobs.errors.NotFoundError` (a 4xx other than 408 and 429) and
-  :class:`~soulspot_jobs.errors.PeerUnavailableError` (an slskd peer, not slskd);
-* back-pressure, :class:`~soulspot_jobs.errors.RetryLater` (a busy shared rate limit, slskd's
-  "one operation at a time");
-* another breaker's :class:`~soulspot_jobs.circuit_breaker.CircuitBreakerError`.
-
-These count nothing (and give a HALF_OPEN trial slot back). ``is_failure=`` replaces the rule for
-one wrapper. The Dramatiq middleware keeps its stricter rule for exceptions escaping an actor
-(:func:`~soulspot_jobs.errors.is_service_failure`: a bug in a job is not an outage).
+Which exceptions count as failures of the service: the design's rule, with the caller's own
+errors set apart, :func:`~soulspot_jobs.errors.counts_against_service` -- every ``Exception`` the
+client raises, except the caller's own errors (:class:`~soulspot_jobs.errors.UpstreamRequestError`:
+a 4xx other than 408 and 429, an unavailable Soulseek peer), holds (a busy shared rate limit,
+another breaker's refusal) and neutral exceptions. These count nothing (and give a HALF_OPEN trial
+slot back). ``is_failure=`` replaces the rule for one wrapper. Both rules, this one and the
+stricter one for exceptions escaping an actor (a bug in a job is not an outage), are built on the
+one classification of :func:`~soulspot_jobs.errors.classify`.
 """
 
 from __future__ import annotations
@@ -27,24 +22,13 @@ import inspect
 from collections.abc import Callable
 from typing import Any, ClassVar
 
-from soulspot_jobs.circuit_breaker import Backend, CircuitBreaker, CircuitBreakerError
-from soulspot_jobs.errors import ConfigurationError, RetryLater, UpstreamRequestError
+from soulspot_jobs.circuit_breaker import Backend, CircuitBreaker
+from soulspot_jobs.errors import ConfigurationError, counts_against_service
 from soulspot_jobs.settings import Settings
 
-#: Exceptions from a wrapped client that say nothing about the service's health.
-NOT_SERVICE_FAILURES: tuple[type[BaseException], ...] = (
-    UpstreamRequestError,
-    RetryLater,
-    CircuitBreakerError,
-)
 #: Attributes passed through unguarded: closing a client is not a call to the service.
 UNGUARDED = frozenset({"close", "aclose"})
 _OWN = frozenset({"client", "circuit_breaker", "_guarded"})
-
-
-def counts_against_service(exc: BaseException) -> bool:
-    """The wrappers' default rule: any ``Exception`` but :data:`NOT_SERVICE_FAILURES`."""
-    return isinstance(exc, Exception) and not isinstance(exc, NOT_SERVICE_FAILURES)
 
 
 class GuardedClient:

@@ -38,7 +38,7 @@ from soulspot_jobs.circuit_breaker import (
     Permit,
     RedisBackend,
 )
-from soulspot_jobs.redis_server import EmbeddedRedis
+from soulspot_jobs.embedded.server import EmbeddedRedis
 
 from .conftest import REFRESH_INTERVAL, FakeClock
 

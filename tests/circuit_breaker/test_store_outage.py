@@ -14,7 +14,7 @@ from soulspot_jobs.circuit_breaker import (
     RedisBackend,
 )
 from soulspot_jobs.circuit_breaker.breaker import STORE_RETRY_AFTER
-from soulspot_jobs.redis_server import EmbeddedRedis
+from soulspot_jobs.embedded.server import EmbeddedRedis
 from tests.servers import RedisKind
 
 CALLS = 20

@@ -10,8 +10,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from soulspot_jobs.rabbitmq_server import EmbeddedRabbitMQ, RabbitMQServerError
 from tests.jobs.conftest import fakes  # noqa: F401 - the fake upstreams, for the job chain
+from tests.rabbitmq_server import EmbeddedRabbitMQ, RabbitMQServerError
 
 
 @pytest.fixture(scope="session")

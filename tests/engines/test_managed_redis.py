@@ -23,14 +23,13 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from soulspot_jobs.app import SoulspotJobs
 from soulspot_jobs.broker import build_broker
 from soulspot_jobs.circuit_breaker import CircuitState
-from soulspot_jobs.errors import ServiceUnavailableError
+from soulspot_jobs.deferral.options import DEFERRALS, FIRST_DEFERRED_AT
+from soulspot_jobs.embedded.server import EmbeddedRedis, _free_port
 from soulspot_jobs.fakes.catalog import CATALOG
-from soulspot_jobs.jobs import JobState
-from soulspot_jobs.middleware import DEAD_LETTER_REASON, CircuitBreakerMiddleware
-from soulspot_jobs.redis_server import EmbeddedRedis, _free_port
+from soulspot_jobs.jobs.app import SoulspotJobs
+from soulspot_jobs.jobs.records import JobState
 from soulspot_jobs.settings import load_settings
 from tests.jobs.conftest import Fakes, finished, running, settings_for
 from tests.polling import wait_until
@@ -123,7 +122,6 @@ def test_breakers_deferrals_and_dead_letters_run_as_an_acl_user_with_no_command_
         observability={"circuit_breaker": {"failure_threshold": 1, "timeout": 0.3}},
     )
     broker = build_broker(settings, jitter_ratio=0.0)
-    middleware = next(m for m in broker.middleware if isinstance(m, CircuitBreakerMiddleware))
     ran: list[str] = []
 
     @dramatiq.actor(broker=broker, service="slskd-api", max_retries=0)
@@ -132,17 +130,19 @@ def test_breakers_deferrals_and_dead_letters_run_as_an_acl_user_with_no_command_
 
     @dramatiq.actor(broker=broker, service="musicbrainz-api", max_deferral=300)
     def enrich() -> None:
-        raise ServiceUnavailableError("musicbrainz-api", "503 Service Unavailable")
+        ran.append("enrich")
 
-    breaker = middleware.breaker("slskd-api")
+    breaker = broker.breakers["slskd-api"]
     breaker.record_failure_sync(breaker.acquire_sync(), hold_open=0.3)
+    broker.breakers["musicbrainz-api"].force_open_sync(60.0)
     worker = dramatiq.Worker(broker, worker_threads=2, worker_timeout=50)
     worker.start()
     try:
-        # When a slskd message is deferred while OPEN, and a MusicBrainz message fails until
-        # its deferral budget sends it to the dead-letter queue
+        # When a slskd message is deferred while OPEN, and a MusicBrainz message is deferred
+        # until its deferral budget sends it to the dead-letter queue
         download.send("late")
-        enrich.send()
+        long_ago = int((time.time() - 60) * 1000)
+        enrich.send_with_options(**{FIRST_DEFERRED_AT: long_ago, DEFERRALS: 3})
         dead_letters = "soulspot:dramatiq:default.XQ.msgs"
         wait_until(lambda: ran == ["late"], "the deferred message to run")
         wait_until(lambda: redis_client.hlen(dead_letters) == 1, "the dead letter")
@@ -152,7 +152,8 @@ def test_breakers_deferrals_and_dead_letters_run_as_an_acl_user_with_no_command_
 
     # Then both ran their course, and not one command or key was denied to the user
     [raw] = redis_client.hvals(dead_letters)
-    assert "past the budget" in dramatiq.Message.decode(raw).options[DEAD_LETTER_REASON]
+    reason = broker.dead_letter_reasons.get(dramatiq.Message.decode(raw).message_id)
+    assert "past the budget" in reason
     assert _denied(redis_client) == []
 
 
@@ -252,10 +253,7 @@ def test_rediss_urls_work_with_a_self_signed_certificate(
         try:
             download.send()
             wait_until(lambda: ran, "the job to run over TLS")
-            middleware = next(
-                m for m in broker.middleware if isinstance(m, CircuitBreakerMiddleware)
-            )
-            stats = middleware.breaker("slskd-api").stats
+            stats = broker.breakers["slskd-api"].stats
         finally:
             worker.stop()
             broker.close()

@@ -22,19 +22,19 @@ import redis
 import structlog
 from dramatiq.brokers.rabbitmq import RabbitmqBroker
 
-from soulspot_jobs.app import SoulspotJobs
 from soulspot_jobs.broker import build_broker
 from soulspot_jobs.circuit_breaker import CircuitState
-from soulspot_jobs.dead_letters import DeadLetters, DeadLettersUnsupported
-from soulspot_jobs.errors import ServiceUnavailableError
+from soulspot_jobs.deferral.dead_letters import DeadLetters, DeadLettersUnsupported
+from soulspot_jobs.deferral.options import DEFERRALS, FIRST_DEFERRED_AT
 from soulspot_jobs.fakes.catalog import CATALOG
-from soulspot_jobs.jobs import JobState
-from soulspot_jobs.middleware import DEAD_LETTER_REASON, CircuitBreakerMiddleware
-from soulspot_jobs.rabbitmq_server import EmbeddedRabbitMQ
-from soulspot_jobs.recovery import Recovery
+from soulspot_jobs.jobs.app import SoulspotJobs
+from soulspot_jobs.jobs.records import JobState
+from soulspot_jobs.middleware.breakers import CircuitBreakerMiddleware
+from soulspot_jobs.middleware.recovery import Recovery
 from soulspot_jobs.settings import load_settings
 from tests.jobs.conftest import Fakes, finished, running, settings_for
 from tests.polling import wait_until
+from tests.rabbitmq_server import EmbeddedRabbitMQ
 
 #: Seconds a breaker stays OPEN in these tests.
 OPEN_FOR = 1.0
@@ -98,15 +98,15 @@ def test_build_broker_with_an_amqp_url_keeps_the_middleware_order_and_breakers_i
     broker = _guarded(rabbitmq, redis_url)
     try:
         # Then it is a RabbitmqBroker with the middleware of the Redis broker, in the same order
-        # (the breaker right after Retries), but for Recovery (RabbitMQ itself redelivers a dead
-        # consumer's messages), and its Redis is REDIS_URL
+        # (the breaker right after the Retries it reports to), but for Recovery (RabbitMQ
+        # itself redelivers a dead consumer's messages), and its Redis is REDIS_URL
         redis_broker = build_broker(load_settings(REDIS_URL=redis_url))
         expected = [type(m).__name__ for m in redis_broker.middleware if type(m) is not Recovery]
         redis_broker.close()
         names = [type(m).__name__ for m in broker.middleware]
         assert isinstance(broker, RabbitmqBroker)
         assert names == expected
-        assert names.index("CircuitBreakerMiddleware") == names.index("Retries") + 1
+        assert names.index("CircuitBreakerMiddleware") == names.index("DeferringRetries") + 1
         assert broker.redis.ping()
         kwargs = broker.redis.connection_pool.connection_kwargs
         assert str(kwargs["port"]) in redis_url
@@ -162,27 +162,30 @@ def test_a_tagged_message_deferred_while_open_comes_back_after_retry_after_and_r
 def test_the_deferral_budget_dead_letters_to_rabbitmqs_dead_letter_queue_with_the_reason(
     rabbitmq: EmbeddedRabbitMQ, redis_url: str
 ) -> None:
-    # Given an slskd actor that always finds slskd down, with a deferral budget of 0.5 s,
-    # and a breaker that opens at the first failure for 0.2 s
+    # Given an slskd actor with a deferral budget of 0.5 s, a message first deferred a minute
+    # ago, and slskd's breaker held OPEN
     queue = _queue()
     broker = _guarded(rabbitmq, redis_url, failure_threshold=1, timeout=0.2)
+    broker.breakers["slskd-api"].force_open_sync(60.0)
     attempts: list[float] = []
 
     @dramatiq.actor(broker=broker, queue_name=queue, service="slskd-api", max_deferral=500)
     def download() -> None:
         attempts.append(time.monotonic())
-        raise ServiceUnavailableError("slskd-api", "connection refused")
 
     # When a message is sent and a worker runs until it is in the dead-letter queue
     with _working(broker):
-        message = download.send()
+        long_ago = int((time.time() - 60) * 1000)
+        message = download.send_with_options(**{FIRST_DEFERRED_AT: long_ago, DEFERRALS: 3})
         wait_until(lambda: _dead_letters(rabbitmq, queue), "a dead letter", timeout=20)
 
-    # Then RabbitMQ's dead-letter queue holds the message once, with the budget as its reason
+    # Then RabbitMQ's dead-letter queue holds the message once, never run, and the budget is
+    # the reason kept beside it in Redis
     [dead] = _dead_letters(rabbitmq, queue)
     assert dead.message_id == message.message_id
-    assert "past the budget of 0.5 s" in dead.options[DEAD_LETTER_REASON]
-    assert 1 <= len(attempts) <= 5  # a few trials, never Dramatiq's retries (max_retries=20)
+    assert dead.options.get("retries", 0) == 0
+    assert "past the budget of 0.5 s" in broker.dead_letter_reasons.get(message.message_id)
+    assert attempts == []
 
 
 @dataclass
@@ -275,7 +278,7 @@ def test_the_job_chain_on_rabbitmq_survives_an_slskd_outage(
         # Then the MusicBrainz jobs complete while slskd is still down ...
         enriched = finished(app, enrichments)
         assert [job.state for job in enriched] == [JobState.DONE] * 3
-        assert app.middleware.breaker("slskd-api").state is not CircuitState.CLOSED
+        assert app.breakers["slskd-api"].state is not CircuitState.CLOSED
         # ... and after slskd recovers every download completes
         done = finished(app, downloads)
 

@@ -22,13 +22,13 @@ from pathlib import Path
 import pytest
 import redis
 
-from soulspot_jobs.app import SoulspotJobs
+from soulspot_jobs.embedded.server import EmbeddedRedis
 from soulspot_jobs.fakes.catalog import CATALOG
 from soulspot_jobs.fakes.musicbrainz import FakeMusicBrainz
 from soulspot_jobs.fakes.slskd import FakeSlskd
 from soulspot_jobs.fakes.spotify import DEFAULT_CLIENT_ID, DEFAULT_CLIENT_SECRET, FakeSpotify
-from soulspot_jobs.jobs import FINAL_STATES, JobState
-from soulspot_jobs.redis_server import EmbeddedRedis
+from soulspot_jobs.jobs.app import SoulspotJobs
+from soulspot_jobs.jobs.records import FINAL_STATES, JobState
 from soulspot_jobs.settings import load_settings
 from tests.polling import wait_until
 

@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from soulspot_jobs.jobs import JobState
+from soulspot_jobs.jobs.records import JobState
 from tests.faults.conftest import Figures, Stage, worker_processes
 from tests.polling import wait_until
 
@@ -42,7 +42,7 @@ def test_a_killed_workers_jobs_are_all_done_within_a_minute_by_the_surviving_wor
     job_ids = stage.enqueue_downloads(JOBS)
     wait_until(lambda: _in_flight(stage, job_ids) >= JOBS // 2, "jobs in flight", 20.0)
     # And slskd's breaker held OPEN for 5 s, so that the workers hold deferred messages
-    breaker = stage.producer.middleware.breaker("slskd-api")
+    breaker = stage.producer.breakers["slskd-api"]
     breaker.record_failure_sync(breaker.acquire_sync(), hold_open=5.0)
     wait_until(lambda: stage.held_by(doomed) >= 3, "messages held by the doomed worker", 20.0)
 
@@ -94,9 +94,9 @@ def test_a_killed_trial_holder_wedges_half_open_no_longer_than_the_trial_lease(
     # And slskd's breaker held OPEN for 1 s, and slskd answering slowly
     stage.slskd.faults.set_latency(1.5)
     job_ids = stage.enqueue_downloads(3)
-    breaker = stage.producer.middleware.breaker("slskd-api")
+    breaker = stage.producer.breakers["slskd-api"]
     breaker.record_failure_sync(breaker.acquire_sync(), hold_open=1.0)
-    key = stage.producer.middleware.backend.key("slskd-api")
+    key = stage.producer.breakers.backend.key("slskd-api")
 
     # When the worker running the only HALF_OPEN trial is killed in the middle of it
     wait_until(lambda: _trials(stage, key), "a HALF_OPEN trial", 20.0)
@@ -185,7 +185,7 @@ def test_an_slskd_outage_defers_the_jobs_and_every_one_is_done_once_slskd_is_bac
     # Then the jobs are deferred, not failed, and all are done soon after slskd is back
     stage.wait_all_final(job_ids, RECOVERY_DEADLINE)
     recovered_in = time.monotonic() - back_at
-    breaker = stage.producer.middleware.breaker("slskd-api").stats
+    breaker = stage.producer.breakers["slskd-api"].stats
     lost, duplicates = stage.lost(job_ids), stage.duplicates(job_ids)
     stage.record(
         Figures(

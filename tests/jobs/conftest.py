@@ -11,11 +11,11 @@ from typing import Any
 import dramatiq
 import pytest
 
-from soulspot_jobs.app import SoulspotJobs
 from soulspot_jobs.fakes.musicbrainz import FakeMusicBrainz
 from soulspot_jobs.fakes.slskd import FakeSlskd
 from soulspot_jobs.fakes.spotify import DEFAULT_CLIENT_ID, DEFAULT_CLIENT_SECRET, FakeSpotify
-from soulspot_jobs.jobs import FINAL_STATES, Job
+from soulspot_jobs.jobs.app import SoulspotJobs
+from soulspot_jobs.jobs.records import FINAL_STATES, Job
 from soulspot_jobs.settings import Settings, load_settings
 from tests.polling import wait_until
 

@@ -7,11 +7,11 @@ import dataclasses
 import pytest
 import redis
 
-from soulspot_jobs.app import SoulspotJobs
 from soulspot_jobs.errors import InvalidJobError
 from soulspot_jobs.fakes.catalog import CATALOG
 from soulspot_jobs.fakes.spotify import DEMO_PLAYLIST
-from soulspot_jobs.jobs import JobState
+from soulspot_jobs.jobs.app import SoulspotJobs
+from soulspot_jobs.jobs.records import JobState
 from tests.jobs.conftest import Fakes, finished, running, settings_for
 
 #: Bad input is one of the faults of the fault suite (``pytest -m faults``).

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import redis
 
-from soulspot_jobs.app import SoulspotJobs
 from soulspot_jobs.fakes.catalog import CATALOG
 from soulspot_jobs.fakes.spotify import DEMO_PLAYLIST
-from soulspot_jobs.jobs import FINAL_STATES, JobState
-from soulspot_jobs.keys import family_of
+from soulspot_jobs.jobs.app import SoulspotJobs
+from soulspot_jobs.jobs.records import FINAL_STATES, JobState
 from soulspot_jobs.settings import Settings
 from tests.jobs.conftest import JOB_DEADLINE, Fakes, running, settings_for
 from tests.polling import wait_until
@@ -53,22 +52,22 @@ def test_after_jobs_finish_every_key_has_a_ttl_or_is_a_documented_persistent_key
 ) -> None:
     # Given every kind of job run to the end, one of them deferred on the way
     app = SoulspotJobs(with_job_ttl(settings_for(redis_url, fakes), 600))
-    prefix = app.settings.key_prefix
+    keys = app.keys
     run_every_kind_of_job(app, fakes)
 
     # When the whole keyspace is scanned
-    keys = sorted(key.decode() for key in redis_client.scan_iter(count=1000))
-    ttls = {key: redis_client.pttl(key) for key in keys}
+    found = sorted(key.decode() for key in redis_client.scan_iter(count=1000))
+    ttls = {key: redis_client.pttl(key) for key in found}
 
     # Then every key belongs to a documented family, every key without a TTL is one of the
     # documented persistent keys, and the deferral's index keys carry their TTL
-    undocumented = [key for key in keys if family_of(key, prefix) is None]
+    undocumented = [key for key in found if keys.family_of(key) is None]
     assert undocumented == []
-    no_ttl = [key for key in keys if ttls[key] == -1]
-    assert [key for key in no_ttl if not family_of(key, prefix).persistent] == []
-    assert f"{prefix}:deferred:services" in keys
-    assert ttls[f"{prefix}:deferred:services"] > 7 * 24 * 3600 * 1000
-    records = [key for key in keys if key.startswith(f"{prefix}:jobs:job:")]
+    no_ttl = [key for key in found if ttls[key] == -1]
+    assert [key for key in no_ttl if not keys.family_of(key).persistent] == []
+    assert keys.deferred_services in found
+    assert ttls[keys.deferred_services] > 7 * 24 * 3600 * 1000
+    records = [key for key in found if key.startswith(keys.job(""))]
     assert records and all(0 < ttls[key] <= 600_000 for key in records)
 
 
@@ -77,17 +76,17 @@ def test_finished_job_records_expire_after_the_job_ttl_and_leave_the_index(
 ) -> None:
     # Given every kind of job run to the end with a job TTL of two seconds
     app = SoulspotJobs(with_job_ttl(settings_for(redis_url, fakes), 2.0))
-    prefix = app.settings.key_prefix
+    keys = app.keys
     ids = run_every_kind_of_job(app, fakes)
-    assert redis_client.zcard(f"{prefix}:jobs:all") == len(ids)
+    assert redis_client.zcard(keys.job_index) == len(ids)
 
     # When the TTL has passed
     def records_left() -> list[bytes]:
-        return list(redis_client.scan_iter(match=f"{prefix}:jobs:job:*", count=1000))
+        return list(redis_client.scan_iter(match=keys.job("*"), count=1000))
 
     wait_until(lambda: records_left() == [], "the job records to expire", timeout=10)
 
     # Then no record is left, and listing the jobs trims the index of every expired id
     store = SoulspotJobs(app.settings).store
     assert store.jobs() == []
-    assert redis_client.zcard(f"{prefix}:jobs:all") == 0
+    assert redis_client.zcard(keys.job_index) == 0

@@ -5,10 +5,10 @@ from __future__ import annotations
 import multiprocessing
 from multiprocessing.synchronize import Event
 
-from soulspot_jobs.app import SoulspotJobs
 from soulspot_jobs.fakes.catalog import CATALOG
 from soulspot_jobs.fakes.musicbrainz import FakeMusicBrainz
-from soulspot_jobs.jobs import JobState
+from soulspot_jobs.jobs.app import SoulspotJobs
+from soulspot_jobs.jobs.records import JobState
 from soulspot_jobs.settings import Settings
 from tests.jobs.conftest import Fakes, finished, running, settings_for
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import structlog
 
-from soulspot_jobs.app import SoulspotJobs
 from soulspot_jobs.fakes.catalog import CATALOG
-from soulspot_jobs.jobs import JobState
-from soulspot_jobs.recovery import next_step
+from soulspot_jobs.jobs.app import SoulspotJobs
+from soulspot_jobs.jobs.records import JobState
+from soulspot_jobs.middleware.orphans import next_step
 from soulspot_jobs.settings import RecoverySettings
 from tests.jobs.conftest import Fakes, finished, running, settings_for
 

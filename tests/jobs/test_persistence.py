@@ -9,13 +9,13 @@ from pathlib import Path
 
 import redis
 
-from soulspot_jobs.app import SoulspotJobs
+from soulspot_jobs.embedded import SharedRedis
+from soulspot_jobs.embedded.connection import redis_for
+from soulspot_jobs.embedded.processes import wait_for_exit
 from soulspot_jobs.fakes.catalog import CATALOG
-from soulspot_jobs.jobs import JobState
-from soulspot_jobs.redis_connection import redis_for
+from soulspot_jobs.jobs.app import SoulspotJobs
+from soulspot_jobs.jobs.records import JobState
 from soulspot_jobs.settings import load_settings
-from soulspot_jobs.shared_redis import SharedRedis
-from soulspot_jobs.shared_redis.processes import wait_for_exit
 from tests.jobs.conftest import CLIENT_MARGIN, Fakes, finished, settings_for
 from tests.polling import wait_until
 from tests.processes import SOULSPOT_JOBS, Spawned, environment
@@ -60,7 +60,7 @@ def test_queued_and_deferred_jobs_survive_a_worker_restart_and_a_killed_redis(
         try:
             worker.wait_for(READY, timeout=START_DEADLINE)
             producer = SoulspotJobs(settings_for(url, fakes, **BREAKER))
-            slskd = producer.middleware.breaker("slskd-api")
+            slskd = producer.breakers["slskd-api"]
             slskd.record_failure_sync(slskd.acquire_sync(), hold_open=HOLD_OPEN)
 
             # ... two download jobs deferred by it

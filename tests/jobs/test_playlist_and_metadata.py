@@ -5,11 +5,11 @@ from __future__ import annotations
 
 from pydantic import SecretStr
 
-from soulspot_jobs.app import SoulspotJobs
 from soulspot_jobs.circuit_breaker import CircuitState
 from soulspot_jobs.fakes.catalog import CATALOG
 from soulspot_jobs.fakes.spotify import DEFAULT_USER, Episode, LocalFile
-from soulspot_jobs.jobs import JobState
+from soulspot_jobs.jobs.app import SoulspotJobs
+from soulspot_jobs.jobs.records import JobState
 from tests.jobs.conftest import Fakes, finished, running, settings_for
 
 MIXED = "4rQ0vXJmEJDCmvl2ZBLlUS"
@@ -53,7 +53,7 @@ def test_a_playlist_the_app_may_not_read_fails_its_job_saying_which_credential_i
     assert "SPOTIFY_REFRESH_TOKEN" in playlist.last_error
     assert playlist.attempts == 1
     # And the Spotify breaker counted nothing
-    stats = app.middleware.breaker("spotify-api").stats
+    stats = app.breakers["spotify-api"].stats
     assert stats.state is CircuitState.CLOSED
     assert stats.total_failures == 0
 

@@ -7,10 +7,10 @@ import threading
 import dramatiq
 from dramatiq.middleware import Middleware
 
-from soulspot_jobs.app import SoulspotJobs
 from soulspot_jobs.fakes.catalog import CATALOG
-from soulspot_jobs.jobs import JobState
-from soulspot_jobs.queues import NEW_JOBS_QUEUE, STEPS_QUEUE
+from soulspot_jobs.jobs.app import SoulspotJobs
+from soulspot_jobs.jobs.queues import NEW_JOBS_QUEUE, STEPS_QUEUE
+from soulspot_jobs.jobs.records import JobState
 from tests.jobs.conftest import Fakes, finished, running, settings_for
 
 #: New download jobs waiting when the worker starts (20,000 in the load bench).

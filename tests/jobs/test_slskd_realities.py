@@ -9,12 +9,12 @@ from collections.abc import Callable
 import pytest
 from structlog.testing import capture_logs
 
-from soulspot_jobs.actors import downloads
-from soulspot_jobs.app import SoulspotJobs
 from soulspot_jobs.circuit_breaker import CircuitState
 from soulspot_jobs.fakes.catalog import CATALOG
 from soulspot_jobs.fakes.spotify import DEMO_PLAYLIST
-from soulspot_jobs.jobs import JobState
+from soulspot_jobs.jobs.actors import downloads
+from soulspot_jobs.jobs.app import SoulspotJobs
+from soulspot_jobs.jobs.records import JobState
 from tests.jobs.conftest import Fakes, finished, running, settings_for
 
 DAFT_PUNK = CATALOG[0]
@@ -51,7 +51,7 @@ def test_a_playlist_whose_best_peers_are_offline_completes_from_other_candidates
     fakes.slskd.peers_offline("lossless_lover")
     fakes.slskd.peers_offline("mp3 archive", reason="unreachable")
     app = SoulspotJobs(settings_for(redis_url, fakes, failure_threshold=3))
-    breaker = app.middleware.breaker("slskd-api")
+    breaker = app.breakers["slskd-api"]
     assert 2 * len(CATALOG) > breaker.config.failure_threshold
     # (two worker threads: slskd's limit of two enqueues at once never defers one here)
     with (
@@ -97,7 +97,7 @@ def test_a_job_whose_every_candidate_is_offline_fails_with_every_reason(
     assert len(job.details["failed_peers"]) == len(job.details["candidates"]) == 3
     for peer in job.details["failed_peers"]:
         assert f"{peer}: User {peer} appears to be offline" in job.last_error
-    assert app.middleware.breaker("slskd-api").stats.total_failures == 0
+    assert app.breakers["slskd-api"].stats.total_failures == 0
 
 
 def test_a_search_that_reports_complete_early_still_finds_its_files(
@@ -170,4 +170,4 @@ def test_an_enqueue_deferred_by_back_pressure_goes_on_with_the_same_candidates(
     assert posts.count("/api/v0/transfers/downloads/lossless_lover") == 2  # 429, then 500
     assert job.details["failed_peers"] == ["lossless_lover"]
     assert job.details["username"] == "mp3 archive"
-    assert app.middleware.breaker("slskd-api").stats.total_failures == 0
+    assert app.breakers["slskd-api"].stats.total_failures == 0

@@ -11,10 +11,10 @@ import sys
 
 import psutil
 
-from soulspot_jobs.app import SoulspotJobs
+from soulspot_jobs.embedded.server import EmbeddedRedis
 from soulspot_jobs.fakes.catalog import CATALOG
-from soulspot_jobs.jobs import JobState
-from soulspot_jobs.redis_server import EmbeddedRedis
+from soulspot_jobs.jobs.app import SoulspotJobs
+from soulspot_jobs.jobs.records import JobState
 from soulspot_jobs.settings import load_settings
 from tests.jobs.conftest import CLIENT_MARGIN, Fakes, finished
 from tests.polling import wait_until

@@ -22,13 +22,13 @@ from pathlib import Path
 import pytest
 import redis
 
-from soulspot_jobs.app import SoulspotJobs
+from soulspot_jobs.embedded.server import EmbeddedRedis
 from soulspot_jobs.fakes.catalog import CATALOG
 from soulspot_jobs.fakes.musicbrainz import FakeMusicBrainz
 from soulspot_jobs.fakes.slskd import FakeSlskd
 from soulspot_jobs.fakes.spotify import DEFAULT_CLIENT_ID, DEMO_PLAYLIST, FakeSpotify
-from soulspot_jobs.jobs import JobState
-from soulspot_jobs.redis_server import EmbeddedRedis
+from soulspot_jobs.jobs.app import SoulspotJobs
+from soulspot_jobs.jobs.records import JobState
 from soulspot_jobs.settings import load_settings
 from tests.jobs.conftest import CLIENT_MARGIN, MUSICBRAINZ_INTERVAL, finished
 from tests.servers import RedisKind

@@ -21,8 +21,9 @@ from typer.testing import CliRunner
 
 from soulspot_jobs import logging as project_logging
 from soulspot_jobs.broker import build_broker
-from soulspot_jobs.cli import app
-from soulspot_jobs.middleware import CircuitBreakerMiddleware
+from soulspot_jobs.circuit_breaker import Breakers
+from soulspot_jobs.deferral.index import DeferredIndex
+from soulspot_jobs.operate.cli import app
 from soulspot_jobs.settings import load_settings
 
 #: Milliseconds a test worker waits on an empty queue before polling again.
@@ -78,7 +79,7 @@ def run_process(
     """Run ``soulspot-jobs ARGS`` as its own process (no REDIS_URL unless ``env`` gives one)."""
     base = {k: v for k, v in os.environ.items() if k != "REDIS_URL"}
     return subprocess.run(
-        [sys.executable, "-m", "soulspot_jobs.cli", *args],
+        [sys.executable, "-m", "soulspot_jobs.operate.cli", *args],
         env={**base, **(env or {})},
         cwd=cwd,
         capture_output=True,
@@ -91,9 +92,16 @@ def run_process(
 class Jobs:
     """A broker with test actors, and a real Worker consuming it."""
 
-    broker: RedisBroker
-    middleware: CircuitBreakerMiddleware
+    broker: Any
     worker: dramatiq.Worker
+
+    @property
+    def breakers(self) -> Breakers:
+        return self.broker.breakers
+
+    @property
+    def deferred(self) -> DeferredIndex:
+        return self.broker.deferred
 
 
 @pytest.fixture
@@ -108,16 +116,13 @@ def make_worker(redis_url: str) -> Iterator[Callable[[Callable[[RedisBroker], No
         broker = build_broker(load_settings(REDIS_URL=redis_url, **settings))
         broker.add_middleware(CurrentMessage())
         declare(broker)
-        middleware = next(m for m in broker.middleware if isinstance(m, CircuitBreakerMiddleware))
         worker = dramatiq.Worker(broker, worker_threads=2, worker_timeout=WORKER_TIMEOUT)
         worker.start()
-        jobs = Jobs(broker, middleware, worker)
+        jobs = Jobs(broker, worker)
         started.append(jobs)
         return jobs
 
     yield make
     for jobs in started:
         jobs.worker.stop()
-        jobs.middleware.index.close()
-        jobs.middleware.backend.close()
         jobs.broker.close()

@@ -14,7 +14,8 @@ from soulspot_jobs.circuit_breaker import (
     CircuitState,
     RedisBackend,
 )
-from soulspot_jobs.deferred import DeferredJob, RedisDeferredIndex
+from soulspot_jobs.deferral.index import DeferredJob, RedisDeferredIndex
+from soulspot_jobs.keys import Keys
 from tests.polling import wait_until
 
 from .conftest import Cli
@@ -64,7 +65,7 @@ def test_status_shows_a_breaker_opened_by_failures_with_its_counts_and_deferred_
     with pytest.raises(Exception, match="is OPEN"):
         breaker.call_sync(lambda: None)
     # And two of its messages in the deferred index
-    index = RedisDeferredIndex(redis_client, prefix="soulspot:deferred")
+    index = RedisDeferredIndex(redis_client, Keys())
     for message_id in ("m1", "m2"):
         index.add(DeferredJob(message_id, "search_track", "default", "slskd-api", 0, 1, 0, "x"))
     index.close()

@@ -13,7 +13,7 @@ from dramatiq.brokers.redis import RedisBroker
 from dramatiq.middleware import CurrentMessage
 
 from soulspot_jobs.circuit_breaker import CircuitState
-from soulspot_jobs.dead_letters import DeadLetters
+from soulspot_jobs.deferral.dead_letters import DeadLetters
 from tests.polling import wait_until
 
 from .conftest import Cli
@@ -89,7 +89,7 @@ def test_dead_letters_show_the_reason_and_requeued_ones_run_afresh(cli: Cli, mak
 
     # When Spotify is back and the overdue message is requeued by id
     cli("reset", "spotify")
-    view = jobs.middleware.backend._views["spotify-api"]  # the worker's own view follows
+    view = jobs.breakers.backend._views["spotify-api"]  # the worker's own view follows
     wait_until(lambda: view.state is CircuitState.CLOSED, "the worker to see it CLOSED")
     requeued = cli("dead-letters", "requeue", overdue, "--json").json()
 
@@ -125,17 +125,22 @@ def test_requeue_needs_an_id_or_all_but_not_both(cli: Cli) -> None:
         assert result.stderr.startswith("error: dead-letters requeue needs a message id or --all")
 
 
-def test_an_undecodable_dead_letter_is_skipped_not_fatal(
+def test_an_undecodable_dead_letter_is_listed_with_why_and_cannot_be_requeued(
     cli: Cli, redis_client: redis.Redis
 ) -> None:
-    # Given a dead-letter queue holding a message that is not JSON
+    # Given a dead-letter queue holding a payload no encoder can read
     xq = "soulspot:dramatiq:jobs.XQ"
     redis_client.zadd(xq, {"garbage": 1})
     redis_client.hset(f"{xq}.msgs", "garbage", b"\x00not json")
 
-    # When the dead letters are listed
-    result = cli("dead-letters", "--json")
+    # When the dead letters are listed, and it is requeued
+    listed = cli("dead-letters", "--json").json()
+    requeued = cli("dead-letters", "requeue", "garbage")
 
-    # Then the listing works, without it, and says so in the log
-    assert result.json() == []
-    assert "dead_letters.undecodable" in result.stderr
+    # Then the listing shows it with why it cannot be read, and the requeue says no in one line
+    [letter] = listed
+    assert letter["message_id"] == "garbage"
+    assert letter["reason"].startswith("undecodable: ")
+    assert requeued.exit_code == 1
+    assert "cannot be decoded" in requeued.stderr
+    assert redis_client.zcard(xq) == 1

@@ -32,7 +32,7 @@ def test_deferred_lists_each_message_held_back_and_counts_per_service(
     fetches = [jobs.broker.get_actor("fetch").send(n).message_id for n in (1, 2)]
     lookup = jobs.broker.get_actor("lookup").send(3).message_id
     expected = {"slskd-api": 2, "musicbrainz-api": 1}
-    wait_until(lambda: jobs.middleware.index.counts() == expected, "three deferrals indexed")
+    wait_until(lambda: jobs.deferred.counts() == expected, "three deferrals indexed")
 
     # Then `deferred --json` lists each with actor, service, one deferral and when it runs again
     listed = cli("deferred", "--json").json()

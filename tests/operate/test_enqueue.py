@@ -10,9 +10,9 @@ from pathlib import Path
 import dramatiq
 import redis
 
-from soulspot_jobs.jobs import JobStore
-from soulspot_jobs.queues import NEW_JOBS_QUEUE
-from soulspot_jobs.shared_redis import SharedRedis
+from soulspot_jobs.embedded import SharedRedis
+from soulspot_jobs.jobs.queues import NEW_JOBS_QUEUE
+from soulspot_jobs.jobs.records import JobStore
 
 from .conftest import Cli, run_process
 

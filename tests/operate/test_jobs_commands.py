@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import redis
 
-from soulspot_jobs.jobs import JobState, JobStore
+from soulspot_jobs.jobs.records import JobState, JobStore
 
 from .conftest import Cli
 

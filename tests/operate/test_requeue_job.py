@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import time
 
-from soulspot_jobs.app import SoulspotJobs
 from soulspot_jobs.circuit_breaker import CircuitState
-from soulspot_jobs.dead_letters import DeadLetters
+from soulspot_jobs.deferral.dead_letters import DeadLetters
 from soulspot_jobs.fakes.catalog import CATALOG
-from soulspot_jobs.jobs import REQUEUED_NOTE, JobState
+from soulspot_jobs.jobs.app import SoulspotJobs
+from soulspot_jobs.jobs.records import REQUEUED_NOTE, JobState
 from tests.jobs.conftest import Fakes, fakes, finished, running, settings_for  # noqa: F401
 from tests.polling import wait_until
 
@@ -43,7 +43,7 @@ def test_a_requeued_dead_letter_of_a_failed_job_runs_and_the_job_is_done(
 
         # When MusicBrainz is back and the operator requeues the dead letter
         cli("reset", "musicbrainz")
-        view = app.middleware.backend._views["musicbrainz-api"]  # the worker's own view follows
+        view = app.breakers.backend._views["musicbrainz-api"]  # the worker's own view follows
         wait_until(lambda: view.state is CircuitState.CLOSED, "the worker to see it CLOSED")
         result = cli("dead-letters", "requeue", message.message_id)
 

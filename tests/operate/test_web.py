@@ -20,11 +20,11 @@ import redis
 from dramatiq.brokers.redis import RedisBroker
 from prometheus_client.parser import text_string_to_metric_families
 
-from soulspot_jobs.app import SoulspotJobs
 from soulspot_jobs.circuit_breaker import CircuitBreaker, CircuitBreakerError, RedisBackend
-from soulspot_jobs.jobs import JobState, JobStore
+from soulspot_jobs.jobs.app import SoulspotJobs
+from soulspot_jobs.jobs.records import JobState, JobStore
+from soulspot_jobs.operate.web import OperatorServer
 from soulspot_jobs.settings import load_settings
-from soulspot_jobs.web import OperatorServer
 from tests.polling import wait_until
 
 from .conftest import Cli
@@ -112,7 +112,7 @@ def test_health_and_metrics_follow_the_breakers_and_deferrals_of_every_worker(
 
     jobs = make_worker(declare)
     jobs.broker.get_actor("lookup").send(1)
-    wait_until(lambda: jobs.middleware.index.counts() == {"musicbrainz-api": 1}, "a deferral")
+    wait_until(lambda: jobs.deferred.counts() == {"musicbrainz-api": 1}, "a deferral")
     # And job records in three states
     store = JobStore(redis_client)
     for _ in range(2):
@@ -187,7 +187,7 @@ def test_serve_answers_on_its_port_and_stops_cleanly_on_sigterm(
     # When `soulspot-jobs serve` runs as its own process
     env = {**os.environ, "REDIS_URL": redis_url}
     process = subprocess.Popen(
-        [sys.executable, "-m", "soulspot_jobs.cli", "serve", "--port", str(port)],
+        [sys.executable, "-m", "soulspot_jobs.operate.cli", "serve", "--port", str(port)],
         env=env,
         cwd=tmp_path,
         stdout=subprocess.PIPE,

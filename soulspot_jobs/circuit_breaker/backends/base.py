@@ -81,6 +81,13 @@ class Backend(ABC):
     def close(self) -> None:  # noqa: B027 - most backends hold nothing to release
         """Stop background threads and write what is buffered; :meth:`reopen` undoes it."""
 
+    def __enter__(self) -> Backend:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        """``with backend:`` closes it at the end of the block."""
+        self.close()
+
     def reopen(self) -> None:  # noqa: B027 - most backends hold nothing to restart
         """Allow background threads again after :meth:`close` (a new worker on the backend)."""
 

@@ -89,7 +89,13 @@ class ViewWatcher(threading.Thread):
 
     def stop(self) -> None:
         self._stopping.set()
+        self._not_live()
+
+    def _not_live(self) -> None:
         self.live.clear()
+        backend = self._backend_ref()
+        if backend is not None:
+            backend.distrust_views()
 
     def run(self) -> None:
         backoff = 0.05
@@ -101,7 +107,7 @@ class ViewWatcher(threading.Thread):
                 self._watch(backend)
                 backoff = 0.05
             except redis.RedisError as exc:
-                self.live.clear()
+                self._not_live()
                 backend.note_watcher_error(exc)
             del backend
             self._stopping.wait(backoff)
@@ -118,6 +124,7 @@ class ViewWatcher(threading.Thread):
                 if time.monotonic() > subscribed_by:
                     raise redis.TimeoutError("no confirmation of the subscription")
             backend.refresh()
+            backend.trust_views()
             self.live.set()
             next_refresh = time.monotonic() + self._interval
             while not self._stopping.is_set():
@@ -129,7 +136,8 @@ class ViewWatcher(threading.Thread):
                     backend.apply_event(json.loads(message["data"]))
                 if time.monotonic() >= next_refresh:
                     backend.refresh()
+                    backend.trust_views()
                     next_refresh = time.monotonic() + self._interval
         finally:
-            self.live.clear()
+            self._not_live()
             pubsub.close()

@@ -86,18 +86,26 @@ class RedisBackend(Backend):
         self._flush_lock = threading.Lock()
         self._watcher: ViewWatcher | None = None
         self._refreshed_at = float("-inf")
+        #: ``time.monotonic()`` until which the local views may answer: the last refresh plus the
+        #: staleness bound, while the watcher is live; ``-inf`` otherwise.
+        self._trusted_until = float("-inf")
         #: Redis server time minus ``time.monotonic()``, from the latest reply.
         self._offset = time.time() - time.monotonic()
         self._closed = False
+        #: Set by :meth:`from_url`: the client was made here, and :meth:`close` closes it.
+        self._owns_client = False
         _forget_after_fork(self)
 
     @classmethod
     def from_url(cls, url: str, **options: Any) -> RedisBackend:
-        """A backend on a new client for ``url`` (``redis://``, ``rediss://``, ``unix://``)."""
+        """A backend on a new client for ``url`` (``redis://``, ``rediss://``, ``unix://``);
+        :meth:`close` closes that client too."""
         client = redis.Redis.from_url(
             url, socket_timeout=SOCKET_TIMEOUT, socket_connect_timeout=SOCKET_TIMEOUT
         )
-        return cls(client, **options)
+        backend = cls(client, **options)
+        backend._owns_client = True
+        return backend
 
     def key(self, name: str) -> str:
         """The Redis key of the breaker ``name``."""
@@ -110,7 +118,7 @@ class RedisBackend(Backend):
         if view is None:
             return None
         mono = time.monotonic()
-        if mono - self._refreshed_at > self._stale_after or not self._watcher_live():
+        if mono >= self._trusted_until:
             return None
         state = view.state
         if state is CircuitState.CLOSED:
@@ -135,8 +143,7 @@ class RedisBackend(Backend):
         view = self._views.get(name)
         if view is None or view.state is not CircuitState.CLOSED:
             return False
-        mono = time.monotonic()
-        if mono - self._refreshed_at > self._stale_after or not self._watcher_live():
+        if time.monotonic() >= self._trusted_until:
             return False
         if view.failure_count:
             # Even lapsed failures go to Redis once: the success resets the shared count, which
@@ -210,6 +217,8 @@ class RedisBackend(Backend):
             self._watcher = None
         with contextlib.suppress(redis.RedisError):
             self._flush_counts()
+        if self._owns_client:
+            self.client.close()
 
     # -- used by the view watcher -----------------------------------------------------------
 
@@ -258,12 +267,17 @@ class RedisBackend(Backend):
     def note_watcher_error(self, exc: redis.RedisError) -> None:
         """The watcher lost Redis: decisions go to Redis (and its error policy) until it is back."""
         self._refreshed_at = float("-inf")
+        self.distrust_views()
+
+    def trust_views(self) -> None:
+        """The watcher is live and has just refreshed: the views may answer for a while."""
+        self._trusted_until = self._refreshed_at + self._stale_after
+
+    def distrust_views(self) -> None:
+        """The watcher is not live: every decision goes to Redis until it is again."""
+        self._trusted_until = float("-inf")
 
     # -- internals --------------------------------------------------------------------------
-
-    def _watcher_live(self) -> bool:
-        watcher = self._watcher
-        return watcher is not None and watcher.live.is_set()
 
     def _ensure_watcher(self) -> None:
         if not self._use_local_view or self._watcher is not None or self._closed:
@@ -377,6 +391,7 @@ class RedisBackend(Backend):
         self._watcher = None
         self._views = {}
         self._refreshed_at = float("-inf")
+        self._trusted_until = float("-inf")
         self._lock = threading.Lock()
         self._flush_lock = threading.Lock()
 

@@ -1,0 +1,311 @@
+"""``CircuitBreakerMiddleware``: a tagged message runs only while its service's breaker admits it.
+
+An actor tagged ``service="slskd-api"`` (or a message sent with that option) asks that service's
+breaker once per message, in ``before_process_message``, and reports the outcome in
+``after_process_message``: success, failure (by the breaker's classification), or no outcome (the
+trial slot is given back). Untagged messages cost a dictionary look-up and nothing else.
+
+A message its breaker refuses must not run, and must not look like a failure or a success to the
+other middleware (Results would store ``None``; Callbacks would fire). So the refusal is raised
+*in place of the actor's call*: each actor's function is wrapped once, when it is declared, in a
+gate that raises the refusal this middleware decided for the message being processed, and
+otherwise calls the function as it is. The refusal is a :class:`CircuitBreakerError`, a
+:class:`dramatiq.Retry`: the worker logs nothing for it, and the project's Retries
+(:mod:`.retries`) defers the message. The same gate turns the worker's call of a tagged message
+whose arguments do not fit the actor into :class:`~soulspot_jobs.errors.MalformedMessage` (its
+message is dead-lettered at once, where retrying could never help); the arguments are checked only
+when the call raised ``TypeError``, so a healthy message pays nothing for it. A direct Python call
+of an actor's function is the function: the gate acts only on the worker's own call of the
+message it was decided for.
+
+The middleware decides nothing about what a message becomes; :class:`.retries.DeferringRetries`
+does, asking :meth:`CircuitBreakerMiddleware.failure_left_open` whether a failure left a breaker
+OPEN. It therefore comes after that middleware in the broker's list (Dramatiq calls ``after_*``
+hooks in reverse order, so its report is in when Retries decides): :func:`~.stack.middleware_stack`
+puts it there.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import threading
+from collections.abc import Callable
+from contextvars import Token
+from typing import Any
+
+import dramatiq
+import structlog
+from dramatiq.middleware import Middleware
+from dramatiq.middleware.time_limit import TimeLimitExceeded
+
+from soulspot_jobs.circuit_breaker import (
+    Breakers,
+    CircuitBreaker,
+    CircuitBreakerError,
+    CircuitState,
+    MemoryBackend,
+    Permit,
+    RedisBackend,
+)
+from soulspot_jobs.circuit_breaker.breaker import hold, release_hold
+from soulspot_jobs.deferral.deferrals import Refusal
+from soulspot_jobs.errors import Failure, MalformedMessage, classify, is_service_failure
+from soulspot_jobs.keys import Keys
+from soulspot_jobs.middleware.fields import message_fields
+from soulspot_jobs.settings import Settings, load_settings
+
+__all__ = ["CircuitBreakerMiddleware"]
+
+log = structlog.get_logger("soulspot_jobs.middleware")
+
+#: Failures that give the trial slot back without counting anything.
+_NO_OUTCOME = frozenset({Failure.HOLD, Failure.MALFORMED, Failure.NEUTRAL})
+
+
+class _Delivery:
+    """What the middleware holds for the message one worker thread processes."""
+
+    __slots__ = ("actor", "refusal", "service", "breaker", "permit", "hold", "left_open")
+
+    def __init__(self) -> None:
+        #: The actor of the tagged message whose call the gate is waiting for (``None`` once it
+        #: came), and the refusal to raise instead of calling it.
+        self.actor: str | None = None
+        self.refusal: BaseException | None = None
+        #: The admitted message's service, breaker and permit, and the hold on that breaker.
+        self.service: str | None = None
+        self.breaker: CircuitBreaker | None = None
+        self.permit: Permit | None = None
+        self.hold: Token[frozenset[str]] | None = None
+        #: Set when the message's failure left a breaker OPEN (see ``failure_left_open``).
+        self.left_open: Refusal | None = None
+
+
+class _PerThread(threading.local):
+    """Each worker thread's :class:`_Delivery` (one thread-local look-up per hook)."""
+
+    def __init__(self) -> None:
+        self.delivery = _Delivery()
+
+
+class CircuitBreakerMiddleware(Middleware):
+    """Admits each tagged message through its service's breaker and reports its outcome.
+
+    Parameters:
+      breakers: the deployment's breakers (:class:`~soulspot_jobs.circuit_breaker.Breakers`);
+        default: built here from ``settings`` on ``backend``, classifying with ``is_failure``.
+      settings: breaker configs per service; default: :func:`load_settings`.
+      backend: where breaker state lives, when ``breakers`` is not given; default: Redis at
+        ``settings.redis_url`` when set, else process memory. A backend built here is closed
+        with the middleware; a backend passed in is the caller's to close.
+      is_failure: which exceptions escaping an actor count against its service's breaker
+        (default :func:`~soulspot_jobs.errors.is_service_failure`: the service's own
+        failures, never the job's own errors or bugs).
+    """
+
+    def __init__(
+        self,
+        *,
+        breakers: Breakers | None = None,
+        settings: Settings | None = None,
+        backend: Any = None,
+        is_failure: Callable[[BaseException], bool] = is_service_failure,
+    ) -> None:
+        if breakers is None:
+            settings = settings if settings is not None else load_settings()
+            owns_backend = backend is None
+            if backend is None:
+                url = settings.redis_url
+                keys = Keys(settings.key_prefix)
+                backend = (
+                    RedisBackend.from_url(url, prefix=keys.breakers) if url else MemoryBackend()
+                )
+            breakers = Breakers(
+                backend,
+                config_for=settings.observability.circuit_breaker.config_for,
+                is_failure=is_failure,
+                owns_backend=owns_backend,
+            )
+        self.breakers = breakers
+        self._threads = _PerThread()
+        #: The ``service`` option of each declared actor (``None``: untagged).
+        self._actor_services: dict[str, str | None] = {}
+
+    @property
+    def actor_options(self) -> set[str]:
+        return {"service"}
+
+    def breaker(self, service: str) -> CircuitBreaker:
+        """The breaker of ``service`` (the same object as ``self.breakers[service]``)."""
+        return self.breakers[service]
+
+    def current_permit(self) -> Permit | None:
+        """The permit of the message the calling worker thread runs (``None``: untagged, or not
+        in a worker); ``permit.is_trial`` tells a HALF_OPEN trial."""
+        return self._threads.delivery.permit
+
+    def failure_left_open(self) -> Refusal | None:
+        """For the message the calling worker thread just reported: whether its failure left a
+        breaker OPEN, and until when (read once; the project's Retries asks)."""
+        delivery = self._threads.delivery
+        left_open, delivery.left_open = delivery.left_open, None
+        return left_open
+
+    # -- the worker's life ---------------------------------------------------------------
+
+    def after_declare_actor(self, broker: dramatiq.Broker, actor: dramatiq.Actor) -> None:
+        self._actor_services[actor.actor_name] = actor.options.get("service")
+        if not getattr(actor.fn, "_soulspot_gate", False):
+            actor.fn = _Gate(actor.fn, actor.actor_name, self._threads).wrapper()
+
+    def before_worker_boot(self, broker: dramatiq.Broker, worker: Any) -> None:
+        self.breakers.reopen()
+
+    def after_worker_shutdown(self, broker: dramatiq.Broker, worker: Any) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close the breakers' backend when it was built here (its view watcher)."""
+        self.breakers.close()
+
+    # -- the message's life --------------------------------------------------------------
+
+    def before_process_message(self, broker: dramatiq.Broker, message: Any) -> None:
+        fields = message_fields(message)
+        actor_name = fields.actor_name
+        service = fields.options.get("service") or self._actor_services.get(actor_name)
+        if service is None:
+            return
+        delivery = self._threads.delivery
+        delivery.actor = actor_name
+        breaker = self.breakers[service]
+        try:
+            permit = breaker.acquire_sync()
+        except CircuitBreakerError as refusal:
+            delivery.refusal = refusal
+            return
+        delivery.service, delivery.breaker, delivery.permit = service, breaker, permit
+        delivery.hold = hold(service)
+
+    def after_process_message(
+        self, broker: dramatiq.Broker, message: Any, *, result: Any = None, exception: Any = None
+    ) -> None:
+        delivery = self._threads.delivery
+        delivery.actor = delivery.refusal = None
+        permit = delivery.permit
+        if permit is None:
+            return
+        breaker, service = delivery.breaker, delivery.service
+        self._end_message(delivery)
+        if exception is None:
+            breaker.record_success_sync(permit)
+            return
+        delivery.left_open = self._report_failure(service, breaker, permit, exception)
+
+    def after_skip_message(self, broker: dramatiq.Broker, message: Any) -> None:
+        """A skipped message never ran to an outcome: give its trial slot back."""
+        delivery = self._threads.delivery
+        delivery.actor = delivery.refusal = delivery.left_open = None
+        breaker, permit = delivery.breaker, delivery.permit
+        self._end_message(delivery)
+        if breaker is not None and permit is not None:
+            breaker.release_sync(permit)
+
+    # -- reporting -----------------------------------------------------------------------
+
+    def _report_failure(
+        self, service: str, breaker: CircuitBreaker, permit: Permit, exc: BaseException
+    ) -> Refusal | None:
+        """Report a failed message to its breaker; whether a breaker is OPEN because of it."""
+        if classify(exc) in _NO_OUTCOME:
+            breaker.release_sync(permit)
+            return None
+        if isinstance(exc, TimeLimitExceeded):
+            transition = breaker.record_failure_sync(permit)
+            return self._if_open(service, exc, transition.open_for if transition else None)
+        failed_service = getattr(exc, "service", None) or service
+        if failed_service != service:
+            # Another service's client counted this failure on its own breaker already.
+            breaker.release_sync(permit)
+            if not breaker.is_failure(exc):
+                return None
+            return self._if_open(failed_service, exc, None)
+        if not breaker.is_failure(exc):
+            breaker.release_sync(permit)
+            return None
+        transition = breaker.record_outcome_sync(permit, exc)
+        return self._if_open(service, exc, transition.open_for if transition else None)
+
+    def _if_open(
+        self, service: str, exc: BaseException, opened_for: float | None
+    ) -> Refusal | None:
+        """How long ``service``'s breaker stays OPEN after this failure (``None``: it is not)."""
+        if opened_for is None:
+            stats = self.breakers[service].stats
+            if stats.state is not CircuitState.OPEN or not stats.retry_after:
+                return None
+            opened_for = stats.retry_after
+        retry_after = max(opened_for, getattr(exc, "retry_after", None) or 0.0)
+        detail = str(exc).removeprefix(f"{service}: ")
+        reason = (
+            f"Circuit breaker {service} is OPEN after a failure ({detail}). "
+            f"Retry after {retry_after:.1f} seconds."
+        )
+        return Refusal(service, retry_after, reason, CircuitState.OPEN.value)
+
+    @staticmethod
+    def _end_message(delivery: _Delivery) -> None:
+        """The message is over: its permit is reported, its hold ends."""
+        delivery.service = delivery.breaker = delivery.permit = None
+        if delivery.hold is not None:
+            release_hold(delivery.hold)
+            delivery.hold = None
+
+
+class _Gate:
+    """What stands in for an actor's function: the function, except for the worker's call of a
+    tagged message (see the module docstring)."""
+
+    def __init__(self, fn: Callable[..., Any], actor_name: str, threads: _PerThread) -> None:
+        self.fn = fn
+        self.actor_name = actor_name
+        self.threads = threads
+        self._signature: inspect.Signature | None = None
+
+    def wrapper(self) -> Callable[..., Any]:
+        fn, actor_name, threads = self.fn, self.actor_name, self.threads
+
+        @functools.wraps(fn)
+        def gate(*args: Any, **kwargs: Any) -> Any:
+            delivery = threads.delivery
+            if delivery.actor != actor_name:
+                return fn(*args, **kwargs)  # untagged, or a direct Python call
+            delivery.actor = None
+            refusal = delivery.refusal
+            if refusal is not None:
+                delivery.refusal = None
+                raise refusal
+            try:
+                return fn(*args, **kwargs)
+            except TypeError as exc:
+                problem = self.argument_problem(args, kwargs)
+                if problem is None:
+                    raise
+                raise MalformedMessage(problem) from exc
+
+        gate._soulspot_gate = True  # type: ignore[attr-defined]
+        return gate
+
+    def argument_problem(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> str | None:
+        """Why the actor cannot be called with these arguments (``None``: it can)."""
+        if self._signature is None:
+            try:
+                self._signature = inspect.signature(self.fn)
+            except (TypeError, ValueError):
+                return None
+        try:
+            self._signature.bind(*args, **kwargs)
+        except TypeError as exc:
+            return f"wrong arguments for {self.actor_name}: {exc}"
+        return None

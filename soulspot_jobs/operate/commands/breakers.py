@@ -1,0 +1,117 @@
+"""``soulspot-jobs status``, ``reset SERVICE`` and ``open SERVICE [--for SECONDS]``.
+
+``reset`` and ``open`` change the breaker in Redis with one atomic script that also publishes
+the change, so every worker's local view follows at once; both are logged
+(``circuit_breaker.reset``, ``circuit_breaker.forced_open``).
+"""
+
+from __future__ import annotations
+
+import time
+
+import typer
+
+from soulspot_jobs.operate.commands.common import (
+    JSON_OPTION,
+    connected,
+    fail,
+    print_json,
+    print_table,
+    service_name,
+    utc,
+)
+from soulspot_jobs.operate.health import SERVICES, health_document, read_stats
+
+#: Seconds a breaker stays forced OPEN when ``open`` is given no ``--for``.
+DEFAULT_OPEN_SECONDS = 3600.0
+
+SERVICE_ARGUMENT = typer.Argument(..., help="slskd, spotify or musicbrainz (or slskd-api, ...).")
+
+
+def status(as_json: bool = JSON_OPTION) -> None:
+    """Each service's breaker: state, failures, retry_after, totals and deferred jobs.
+
+    --json prints the health document that GET /health serves.
+    """
+    with connected() as jobs:
+        stats = read_stats(jobs.breakers)
+        deferred = jobs.deferred.counts()
+    document = health_document(stats, deferred)
+    if as_json:
+        print_json(document)
+        return
+    rows = []
+    for key, name in SERVICES.items():
+        s = stats[name]
+        state = s.state.value
+        if s.forced_until is not None:
+            state += f" (forced until {utc(s.forced_until)})"
+        retry_after = f"{s.retry_after:.1f}s" if s.retry_after is not None else None
+        rows.append(
+            [
+                key,
+                name,
+                state,
+                s.failure_count,
+                retry_after,
+                s.total_requests,
+                s.total_successes,
+                s.total_failures,
+                s.total_rejections,
+                deferred.get(name, 0),
+            ]
+        )
+    headers = [
+        "service",
+        "breaker",
+        "state",
+        "failures",
+        "retry_after",
+        "requests",
+        "successes",
+        "failures_total",
+        "rejections",
+        "deferred",
+    ]
+    print_table(headers, rows)
+    typer.echo(f"overall: {document['status']}")
+
+
+def reset(service: str = SERVICE_ARGUMENT, as_json: bool = JSON_OPTION) -> None:
+    """Force a service's breaker CLOSED, cluster-wide (totals are kept)."""
+    name = service_name(service)
+    with connected() as jobs:
+        breaker = jobs.breakers[name]
+        breaker.reset_sync()
+        state = breaker.stats.state.value
+    if as_json:
+        print_json({"service": name, "state": state})
+    else:
+        typer.echo(f"Circuit breaker {name} is {state.upper()}.")
+
+
+def force_open(
+    service: str = SERVICE_ARGUMENT,
+    seconds: float = typer.Option(
+        DEFAULT_OPEN_SECONDS,
+        "--for",
+        help="Seconds to keep it OPEN; then it turns HALF_OPEN and tries the service.",
+    ),
+    as_json: bool = JSON_OPTION,
+) -> None:
+    """Force a service's breaker OPEN for maintenance, cluster-wide: its jobs are deferred.
+
+    `soulspot-jobs reset SERVICE` ends it early.
+    """
+    name = service_name(service)
+    if not seconds > 0:
+        fail(f"--for must be a positive number of seconds, got {seconds:g}")
+    with connected() as jobs:
+        breaker = jobs.breakers[name]
+        breaker.force_open_sync(seconds)
+        stats = breaker.stats
+    until = stats.forced_until or time.time() + seconds
+    if as_json:
+        print_json({"service": name, "state": stats.state.value, "forced_until": until})
+    else:
+        typer.echo(f"Circuit breaker {name} is OPEN until {utc(until)} ({seconds:g} s).")

@@ -1,0 +1,139 @@
+"""Prometheus metrics read from Redis at scrape time, so they cover every worker process.
+
+:class:`SoulspotCollector` is a custom prometheus-client collector: each scrape reads the breaker
+hashes, the deferred index (its entries and its deferral counter), the job records and the
+dead-letter queues. Nothing is kept in the serving process's memory, so the numbers are the
+cluster's, whichever process serves them, and no gauge can drift below zero.
+
+This replaces Dramatiq's own Prometheus middleware for our jobs. That middleware counts every
+deferral as a processed, failed message, and its ``dramatiq_delayed_messages_inprogress`` gauge
+goes negative: it increments the gauge under the delay queue's name (``default.DQ``) when a
+delayed message is fetched, and decrements it under the real queue's name (``default``) when the
+message runs, and every deferral is a delayed message. :func:`~soulspot_jobs.broker.build_broker`
+installs it only when asked to, fixed (:mod:`soulspot_jobs.middleware.prometheus`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+from dramatiq.brokers.redis import RedisBroker
+from prometheus_client import CollectorRegistry
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from soulspot_jobs.circuit_breaker import CircuitState
+from soulspot_jobs.deferral.dead_letters import DeadLetters
+from soulspot_jobs.operate.health import SERVICES, read_stats
+
+if TYPE_CHECKING:
+    from soulspot_jobs.jobs.app import SoulspotJobs
+
+#: Prefix of every metric name.
+NAMESPACE = "soulspot"
+
+
+class SoulspotCollector(Collector):
+    """Collects the breakers', deferrals', jobs' and dead letters' numbers from Redis."""
+
+    def __init__(self, app: SoulspotJobs) -> None:
+        self.app = app
+        # a RabbitMQ broker keeps its dead letters in RabbitMQ: no gauge from here then
+        redis_broker = isinstance(app.broker, RedisBroker)
+        self.dead_letters = DeadLetters(app.broker) if redis_broker else None
+
+    def collect(self) -> Iterator[Metric]:
+        yield from self._breakers()
+        yield from self._deferrals()
+        jobs = GaugeMetricFamily(
+            f"{NAMESPACE}_jobs", "Job records in each state now.", labels=["state"]
+        )
+        for state, count in sorted(self.app.store.count_by_state().items()):
+            jobs.add_metric([state], count)
+        yield jobs
+        dead = GaugeMetricFamily(
+            f"{NAMESPACE}_dead_letters",
+            "Dead-lettered messages kept by the broker, per queue.",
+            labels=["queue"],
+        )
+        counts = self.dead_letters.counts() if self.dead_letters is not None else {}
+        for queue, count in sorted(counts.items()):
+            dead.add_metric([queue], count)
+        yield dead
+
+    def _breakers(self) -> Iterator[Metric]:
+        name = f"{NAMESPACE}_circuit_breaker"
+        state = GaugeMetricFamily(
+            f"{name}_state",
+            "1 for the breaker's current state, 0 for the others.",
+            labels=["service", "state"],
+        )
+        retry_after = GaugeMetricFamily(
+            f"{name}_retry_after_seconds",
+            "Seconds until an OPEN breaker admits trial calls (0 unless OPEN).",
+            labels=["service"],
+        )
+        forced = GaugeMetricFamily(
+            f"{name}_forced_open", "1 while an operator holds the breaker OPEN.", labels=["service"]
+        )
+        failures = GaugeMetricFamily(
+            f"{name}_failure_count",
+            "Consecutive failures counted towards opening.",
+            labels=["service"],
+        )
+        transitions = CounterMetricFamily(
+            f"{name}_transitions",
+            "State changes, by the state entered (OPEN -> HALF_OPEN counted when taken).",
+            labels=["service", "to_state"],
+        )
+        requests = CounterMetricFamily(
+            f"{name}_requests", "Calls that asked the breaker.", labels=["service"]
+        )
+        calls = CounterMetricFamily(
+            f"{name}_calls", "Calls that ran, by outcome.", labels=["service", "outcome"]
+        )
+        rejections = CounterMetricFamily(
+            f"{name}_rejections", "Calls refused (and deferred) by the breaker.", labels=["service"]
+        )
+        for service, stats in read_stats(self.app.breakers).items():
+            for candidate in CircuitState:
+                state.add_metric([service, candidate.value], float(stats.state is candidate))
+            retry_after.add_metric([service], stats.retry_after or 0.0)
+            forced.add_metric([service], float(stats.forced_until is not None))
+            failures.add_metric([service], stats.failure_count)
+            for candidate in CircuitState:
+                count = stats.transitions.get(candidate.value, 0)
+                transitions.add_metric([service, candidate.value], count)
+            requests.add_metric([service], stats.total_requests)
+            calls.add_metric([service, "success"], stats.total_successes)
+            calls.add_metric([service, "failure"], stats.total_failures)
+            rejections.add_metric([service], stats.total_rejections)
+        yield from (state, retry_after, forced, failures, transitions, requests, calls, rejections)
+
+    def _deferrals(self) -> Iterator[Metric]:
+        index = self.app.deferred
+        totals = index.deferral_totals()
+        now = index.counts()
+        deferrals = CounterMetricFamily(
+            f"{NAMESPACE}_deferrals",
+            "Messages deferred by a breaker (re-enqueued for later, not run, not failed).",
+            labels=["service"],
+        )
+        deferred = GaugeMetricFamily(
+            f"{NAMESPACE}_deferred_jobs",
+            "Messages deferred now, waiting for their breaker.",
+            labels=["service"],
+        )
+        for service in sorted({*SERVICES.values(), *totals, *now}):
+            deferrals.add_metric([service], totals.get(service, 0))
+            deferred.add_metric([service], now.get(service, 0))
+        yield deferrals
+        yield deferred
+
+
+def registry_for(app: SoulspotJobs) -> CollectorRegistry:
+    """A registry holding only :class:`SoulspotCollector` (no process metrics of the server)."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(SoulspotCollector(app))
+    return registry

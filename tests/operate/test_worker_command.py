@@ -1,0 +1,175 @@
+"""``soulspot-jobs worker``: Dramatiq's worker processes on the embedded Redis, stopped cleanly by
+SIGTERM or Ctrl-C, and restarted by ``--watch`` when a ``.py`` file changes."""
+
+from __future__ import annotations
+
+import json
+import signal
+import sys
+from pathlib import Path
+
+import pytest
+from watchdog.events import (
+    DirModifiedEvent,
+    FileClosedNoWriteEvent,
+    FileCreatedEvent,
+    FileModifiedEvent,
+    FileMovedEvent,
+    FileOpenedEvent,
+)
+
+from soulspot_jobs.embedded import SharedRedis
+from soulspot_jobs.embedded.processes import is_alive, wait_for_exit
+from soulspot_jobs.operate.source_watch import is_source_change
+from tests.polling import wait_until
+from tests.processes import SOULSPOT_JOBS, Spawned, environment
+
+#: What Dramatiq logs when a worker process has started consuming.
+READY = "Worker process is ready for action."
+#: Seconds a worker may take to start (the machine is shared) and to stop.
+START_DEADLINE = 60.0
+STOP_DEADLINE = 30.0
+
+
+def _worker(tmp_path: Path, data_dir: Path, *options: str) -> Spawned:
+    command = [SOULSPOT_JOBS, "worker", "--processes", "1", "--threads", "1", *options]
+    return Spawned(command, env=environment(data_dir, LOG_FORMAT="json"), cwd=tmp_path)
+
+
+def _dramatiq_pids(worker: Spawned) -> list[int]:
+    """Pids of the Dramatiq main processes the command started, in order (its log says)."""
+    events = [json.loads(line) for line in worker.lines('"worker.started"')]
+    return [event["pid"] for event in events]
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_the_worker_stops_cleanly_on_sigterm_or_sigint_and_so_does_the_embedded_redis(
+    tmp_path: Path, data_dir: Path, signum: signal.Signals
+) -> None:
+    # Given the worker command running on the embedded Redis (no REDIS_URL)
+    worker = _worker(tmp_path, data_dir)
+    try:
+        worker.wait_for(READY, timeout=START_DEADLINE)
+        [dramatiq] = _dramatiq_pids(worker)
+        status = SharedRedis(data_dir).status()
+        assert status.running and worker.pid in status.users and status.pid is not None
+
+        # When it receives the signal
+        code = worker.stop(signum, STOP_DEADLINE)
+
+        # Then it exits 0 after Dramatiq stopped its workers, and the server it used stops
+        assert code == 0, "".join(worker.stderr[-20:])
+        assert worker.lines("Worker has been shut down.")
+        assert not is_alive(dramatiq)
+        assert wait_for_exit(status.pid, STOP_DEADLINE)
+        assert "Traceback" not in "".join(worker.stderr)
+        # And every line it printed, Dramatiq's own process's included, is one of our records
+        printed = [line for line in worker.stderr if line.strip()]
+        assert printed and all(line.startswith("{") for line in printed), printed[:5]
+    finally:
+        worker.kill_group()
+
+
+def test_two_worker_commands_started_at_once_share_one_embedded_redis(
+    tmp_path: Path, data_dir: Path
+) -> None:
+    # Given two worker commands started at the same moment in two terminals, no REDIS_URL
+    workers = [_worker(tmp_path, data_dir), _worker(tmp_path, data_dir)]
+    try:
+        for worker in workers:
+            worker.wait_for(READY, timeout=START_DEADLINE)
+
+        # Then both use the same server: one socket, one process, started once
+        urls = {json.loads(w.lines('"worker.started"')[0])["redis"] for w in workers}
+        assert urls == {f"unix://{data_dir / 'redis.sock'}"}
+        status = SharedRedis(data_dir).status()
+        assert {w.pid for w in workers} <= set(status.users)
+        assert (data_dir / "redis.log").read_text().count(" ready on ") == 1
+
+        # When the first one stops, the server stays for the second
+        assert workers[0].stop(signal.SIGTERM, STOP_DEADLINE) == 0
+        assert SharedRedis(data_dir).status().pid == status.pid
+
+        # When the second one stops, the server stops too
+        assert workers[1].stop(signal.SIGTERM, STOP_DEADLINE) == 0
+        assert status.pid is not None and wait_for_exit(status.pid, STOP_DEADLINE)
+    finally:
+        for worker in workers:
+            worker.kill_group()
+
+
+def test_the_dramatiq_command_alone_runs_on_the_embedded_redis(
+    tmp_path: Path, data_dir: Path
+) -> None:
+    # Given `dramatiq soulspot_jobs.worker` started without REDIS_URL
+    command = [sys.executable, "-m", "dramatiq", "soulspot_jobs.worker", "-p", "1", "-t", "1"]
+    dramatiq = Spawned(command, env=environment(data_dir, LOG_FORMAT="json"), cwd=tmp_path)
+    try:
+        # When its worker process is ready
+        dramatiq.wait_for(READY, timeout=START_DEADLINE)
+
+        # Then that process uses the embedded server of the data directory
+        status = SharedRedis(data_dir).status()
+        assert status.running and status.pid is not None
+        assert len(status.users) == 1 and status.users[0] != dramatiq.pid
+
+        # And once Dramatiq has stopped, the server stops too (its last user is gone)
+        assert dramatiq.stop(signal.SIGTERM, STOP_DEADLINE) == 0
+        assert wait_for_exit(status.pid, STOP_DEADLINE)
+    finally:
+        dramatiq.kill_group()
+
+
+def test_worker_watch_restarts_the_workers_when_a_py_file_changes(
+    tmp_path: Path, data_dir: Path
+) -> None:
+    # Given the worker command watching a source directory
+    sources = tmp_path / "src"
+    sources.mkdir()
+    module = sources / "module.py"
+    module.write_text("VALUE = 1\n")
+    worker = _worker(tmp_path, data_dir, "--watch-dir", str(sources))
+    try:
+        worker.wait_for(READY, timeout=START_DEADLINE)
+        [first] = _dramatiq_pids(worker)
+
+        # When a .py file in it changes
+        module.write_text("VALUE = 2\n")
+
+        # Then Dramatiq is stopped, started again, and its new worker process comes up
+        worker.wait_for('"worker.reloading"')
+
+        def ready_after_the_restart() -> bool:
+            lines = list(worker.stderr)
+            starts = [i for i, line in enumerate(lines) if '"worker.started"' in line]
+            return len(starts) > 1 and any(READY in line for line in lines[starts[1] :])
+
+        wait_until(ready_after_the_restart, "a ready worker after the restart", START_DEADLINE)
+        first_again, second = _dramatiq_pids(worker)
+        assert first_again == first != second
+        assert not is_alive(first)
+        assert is_alive(second)
+
+        # And it still stops cleanly
+        assert worker.stop(signal.SIGTERM, STOP_DEADLINE) == 0
+    finally:
+        worker.kill_group()
+
+
+@pytest.mark.parametrize(
+    ("event", "reloads"),
+    [
+        (FileModifiedEvent("/src/jobs.py"), True),
+        (FileCreatedEvent("/src/new.py"), True),
+        (FileMovedEvent("/src/.jobs.py.swp", "/src/jobs.py"), True),
+        (FileModifiedEvent("/src/notes.txt"), False),
+        (FileOpenedEvent("/src/jobs.py"), False),
+        (FileClosedNoWriteEvent("/src/jobs.py"), False),
+        (DirModifiedEvent("/src/pkg.py"), False),
+        (FileModifiedEvent("/src/__pycache__/jobs.py"), False),
+    ],
+)
+def test_only_changes_to_py_files_reload(event: object, reloads: bool) -> None:
+    # Given an absolute path, which Dramatiq's own "**.py" pattern misses under watchdog 7
+    # Then the suffix decides
+    assert is_source_change(event) is reloads  # type: ignore[arg-type]
