@@ -25,84 +25,59 @@ DEFAULT_PREFIX = "soulspot"
 class Keys:
     """The key names of one deployment, all under ``prefix``."""
 
-    __slots__ = ("prefix",)
+    __slots__ = (
+        "prefix",
+        "breakers",
+        "dramatiq",
+        "deferred_services",
+        "deferral_totals",
+        "job_index",
+        "unfinished_jobs",
+        "recovery_marker",
+        "orphan_check_lease",
+        "demo_retries",
+    )
 
     def __init__(self, prefix: str = DEFAULT_PREFIX) -> None:
         self.prefix = prefix
+        #: The breakers' namespace (a library's layout under it): one hash per breaker, and the
+        #: channel of view changes.
+        self.breakers = f"{prefix}:breaker"
+        #: The namespace of Dramatiq's Redis broker (its queues, ack sets, dead letters).
+        self.dramatiq = f"{prefix}:dramatiq"
+        #: Set of the services with a deferred hash.
+        self.deferred_services = f"{prefix}:deferred:services"
+        #: Hash service -> deferrals ever counted (a message deferred twice counts twice).
+        self.deferral_totals = f"{prefix}:deferred:deferrals_total"
+        #: Sorted set of every job id, scored by creation time.
+        self.job_index = f"{prefix}:jobs:all"
+        #: Sorted set of the jobs not yet done or failed, scored by their last sign of life.
+        self.unfinished_jobs = f"{prefix}:jobs:unfinished"
+        #: Marker that Redis kept its data since a worker last looked.
+        self.recovery_marker = f"{prefix}:recovery:alive"
+        #: Lease of the one worker process that runs the orphan check.
+        self.orphan_check_lease = f"{prefix}:recovery:orphan-check"
+        #: The demo's tally of retries: message id -> highest ``retries`` seen.
+        self.demo_retries = f"{prefix}:demo:retries"
 
     def __repr__(self) -> str:
         return f"Keys({self.prefix!r})"
-
-    # -- namespaces handed to libraries that lay out their own keys --------------------------
-
-    @property
-    def breakers(self) -> str:
-        """The breakers' namespace: one hash per breaker, and the view-change channel."""
-        return f"{self.prefix}:breaker"
-
-    @property
-    def dramatiq(self) -> str:
-        """The namespace of Dramatiq's Redis broker."""
-        return f"{self.prefix}:dramatiq"
-
-    # -- the deferred index -------------------------------------------------------------------
 
     def deferred(self, service: str) -> str:
         """Hash of the messages ``service``'s breaker deferred: message id -> JSON entry."""
         return f"{self.prefix}:deferred:{service}"
 
-    @property
-    def deferred_services(self) -> str:
-        """Set of the services with a deferred hash."""
-        return f"{self.prefix}:deferred:services"
-
-    @property
-    def deferral_totals(self) -> str:
-        """Hash service -> deferrals ever counted (a message deferred twice counts twice)."""
-        return f"{self.prefix}:deferred:deferrals_total"
-
-    # -- dead letters --------------------------------------------------------------------------
-
     def dead_letter_reason(self, message_id: str) -> str:
         """Why the message ``message_id`` was dead-lettered by the project's Retries."""
         return f"{self.prefix}:dead-letter:{message_id}"
-
-    # -- job records ---------------------------------------------------------------------------
 
     def job(self, job_id: str) -> str:
         """Hash of one job's record."""
         return f"{self.prefix}:jobs:job:{job_id}"
 
-    @property
-    def job_index(self) -> str:
-        """Sorted set of every job id, scored by creation time."""
-        return f"{self.prefix}:jobs:all"
-
-    @property
-    def unfinished_jobs(self) -> str:
-        """Sorted set of the jobs not yet done or failed, scored by their last sign of life."""
-        return f"{self.prefix}:jobs:unfinished"
-
-    # -- everything else -----------------------------------------------------------------------
-
     def rate_limit(self, name: str) -> str:
         """The shared rate limiter ``name`` (``musicbrainz``)."""
         return f"{self.prefix}:ratelimit:{name}"
-
-    @property
-    def recovery_marker(self) -> str:
-        """Marker that Redis kept its data since a worker last looked."""
-        return f"{self.prefix}:recovery:alive"
-
-    @property
-    def orphan_check_lease(self) -> str:
-        """Lease of the one worker process that runs the orphan check."""
-        return f"{self.prefix}:recovery:orphan-check"
-
-    @property
-    def demo_retries(self) -> str:
-        """The demo's tally of retries: message id -> highest ``retries`` seen."""
-        return f"{self.prefix}:demo:retries"
 
     def demo_deferrals(self, service: str) -> str:
         """The demo's tally of deferrals by ``service``: message id -> highest count seen."""
