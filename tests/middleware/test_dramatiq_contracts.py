@@ -56,15 +56,18 @@ BREAKER = {"failure_threshold": 1, "timeout": OPEN_FOR, "success_threshold": 1}
 
 
 class CriticalRecords(logging.Handler):
-    """Every CRITICAL record any stdlib logger emits during a case (Dramatiq's middleware errors
-    and consumer crashes are logged at CRITICAL)."""
+    """Every CRITICAL record a stdlib logger emits during a case from a thread the case started
+    (Dramatiq's middleware errors and consumer crashes are logged at CRITICAL; threads another
+    test left behind are not this case's)."""
 
     def __init__(self) -> None:
         super().__init__(level=logging.CRITICAL)
         self.records: list[logging.LogRecord] = []
+        self._earlier = {thread.ident for thread in threading.enumerate()}
 
     def emit(self, record: logging.LogRecord) -> None:
-        self.records.append(record)
+        if record.thread not in self._earlier:
+            self.records.append(record)
 
 
 @dataclass

@@ -111,7 +111,7 @@ def test_delayed_messages_a_live_worker_lost_on_a_redis_restart_run_once(
         port, runs = server.port, Runs()
         broker = build_broker(_settings(server.url))
         note = _declare(broker, runs)
-        worker_for(broker)
+        worker = worker_for(broker)
         for n in range(10):
             note.send_with_options(args=(n,), delay=3000)
         wait_until(lambda: broker.held_count() == 10, "the worker to hold the messages", 5.0)
@@ -125,9 +125,11 @@ def test_delayed_messages_a_live_worker_lost_on_a_redis_restart_run_once(
 
             # Then every message runs exactly once, the worker untouched
             wait_until(lambda: len(runs.counts) == 10, "the delayed messages", 15.0)
+            worker.join()  # the last acknowledgements are in before anything stops
         assert set(runs.counts.values()) == {1}
         assert any(e.get("event_name") == "recovery.strays" for e in logs), logs
     finally:
+        worker.stop()  # before its Redis goes: a worker cannot acknowledge without it
         server.stop()
 
 
