@@ -14,7 +14,7 @@ prints:
 * wall time of 4 threads each making one 50 ms call through a CLOSED breaker;
 * the staleness window: how long another process's local view keeps admitting after the
   circuit opened, with pub/sub and with pub/sub lost (only the periodic refresh);
-* PASS / FAIL against the design's targets, and a markdown table for the README.
+* PASS / FAIL against the design's targets, and a markdown table for bench/README.md.
 """
 
 from __future__ import annotations
@@ -66,7 +66,7 @@ WAIT_TIMEOUT = 10.0
 #: A failure threshold that is never reached, so failure phases stay CLOSED.
 NEVER = 10**9
 
-#: Targets of the design (see the README).
+#: Targets of the design (see bench/README.md).
 MAX_COMMANDS_PER_HEALTHY_CALL = 0.05
 MIN_SPEEDUP_OVER_PYBREAKER_REDIS = 50.0
 MAX_ROUND_TRIPS_PER_FAILURE = 1.0
@@ -387,7 +387,7 @@ def staleness(url: str, results: Results) -> None:
     )
 
 
-# -- verdicts and the README table --------------------------------------------------------------
+# -- verdicts and the bench/README.md table ------------------------------------------------------
 
 
 def targets(results: Results) -> list[tuple[str, str, bool]]:
@@ -503,7 +503,7 @@ def main() -> None:
     for label, value, passed in targets(results):
         print(f"  [{'PASS' if passed else 'FAIL'}] {label}: {value}")
 
-    print("\n## Markdown table for the README\n")
+    print("\n## Markdown table for bench/README.md\n")
     print(markdown(results))
     print(f"\n(total run time {time.perf_counter() - started:.1f} s)")
 

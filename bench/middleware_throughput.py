@@ -6,9 +6,10 @@ One embedded Redis, one run, three measurements, each over ``R`` rounds (medians
 machine is noisy):
 
 1. **Throughput.** Each round drains ``N`` tagged no-op messages through one real Worker of 8
-   threads on plain Dramatiq (its default middleware plus AsyncIO), then on ``build_broker``'s
-   broker (breaker CLOSED, answered from its local view): rounds alternate, each on a flushed
-   Redis, and each round's ratio compares the two halves of that round. Target: the median ratio
+   threads on plain Dramatiq (its default middleware plus AsyncIO) and on ``build_broker``'s
+   broker (breaker CLOSED, answered from its local view), each on a flushed Redis, timed from the
+   first message run to the last (a worker's boot is not throughput); which goes first alternates
+   from round to round, and each round's ratio compares its two halves. Target: the median ratio
    >= 0.95.
 2. **Hooks.** In one thread, the cost per message of the project's hooks on a healthy tagged
    message (the breaker middleware and the Retries' ``before``/``after_process_message`` and the
@@ -17,8 +18,10 @@ machine is noisy):
 3. **Job step bookkeeping.** The Redis round trips a job step's record costs (the step wrapper
    around a body that does nothing else), counted client-side. Target: <= 2.
 
-And, for the record, the cost of deferring a backlog while the breaker is OPEN: round trips per
-deferral. Round trips are counted client-side: each packed command or pipeline redis-py sends.
+Each round also runs a control, plain Dramatiq against itself, which shows how far this
+machine's noise alone moves a round's ratio. And, for the record, the cost of deferring a
+backlog while the breaker is OPEN: round trips per deferral. Round trips are counted
+client-side: each packed command or pipeline redis-py sends.
 """
 
 from __future__ import annotations
@@ -55,45 +58,70 @@ from soulspot_jobs.middleware import CircuitBreakerMiddleware, DeferringRetries
 MIN_THROUGHPUT_RATIO = 0.95
 MAX_HOOK_MICROSECONDS = 3.0
 MAX_STEP_ROUND_TRIPS = 2
-#: Messages timed per hook measurement.
-HOOK_CALLS = 20_000
+#: Messages timed per hook measurement, and measurements per function.
+HOOK_CALLS = 5_000
+HOOK_REPEATS = 20
 
 
 def drain(broker: dramatiq.Broker, messages: int, **options: object) -> tuple[float, int]:
-    """Enqueue ``messages`` no-op messages, run a worker until all ran; (seconds, round trips)."""
+    """Enqueue ``messages`` no-op messages and run a worker until all ran; (seconds from the
+    first message run to the last, round trips). The worker's boot is not timed."""
     ran = 0
+    first = last = 0.0
     lock = threading.Lock()
 
     @dramatiq.actor(broker=broker, queue_name=QUEUE, max_retries=0, **options)
     def noop() -> None:
-        nonlocal ran
+        nonlocal ran, first, last
+        now = time.perf_counter()
         with lock:
             ran += 1
+            first = first or now
+            last = now
 
     for _ in range(messages):
         noop.send()
     worker = dramatiq.Worker(broker, worker_threads=WORKER_THREADS, worker_timeout=100)
     trips = RoundTrips()
     with trips.counting():
-        seconds = run_until(worker, lambda: ran >= messages, timeout=300)
+        run_until(worker, lambda: ran >= messages, timeout=300)
     worker.stop()
-    return seconds, trips.count
+    return last - first, trips.count
 
 
-def throughput_round(url: str, messages: int) -> tuple[float, float, float, float]:
-    """One round: (plain msg/s, stack msg/s, plain trips/msg, stack trips/msg)."""
+def throughput_round(
+    url: str, messages: int, *, stack_first: bool, control: bool = False
+) -> tuple[float, float, float, float]:
+    """One round, the two halves in the order given: (plain msg/s, stack msg/s, plain
+    trips/msg, stack trips/msg). With ``control``, the "stack" half is plain Dramatiq again:
+    the ratio then shows what this machine's noise alone does to a round."""
     settings = settings_for(url)
-    flush(url)
-    plain = plain_broker(url, settings)
-    plain_s, plain_trips = drain(plain, messages, **_tag_if_known(plain))
-    plain.close()
-    flush(url)
-    stack = guarded_broker(settings)
-    stack_s, stack_trips = drain(stack, messages, service="slskd-api")
-    stack.close()
+
+    def plain() -> tuple[float, int]:
+        flush(url)
+        broker = plain_broker(url, settings)
+        try:
+            return drain(broker, messages, **_tag_if_known(broker))
+        finally:
+            broker.close()
+
+    def stack() -> tuple[float, int]:
+        if control:
+            return plain()
+        flush(url)
+        broker = guarded_broker(settings)
+        try:
+            return drain(broker, messages, service="slskd-api")
+        finally:
+            broker.close()
+
+    if stack_first:
+        (stack_s, stack_trips), (plain_s, plain_trips) = stack(), plain()
+    else:
+        (plain_s, plain_trips), (stack_s, stack_trips) = plain(), stack()
     return (
-        messages / plain_s,
-        messages / stack_s,
+        (messages - 1) / plain_s,
+        (messages - 1) / stack_s,
         plain_trips / messages,
         stack_trips / messages,
     )
@@ -136,9 +164,12 @@ def hook_costs(url: str) -> tuple[float, float]:
             "slskd-api", stack.breakers["slskd-api"].config
         ) is None and time.monotonic() < wait_for_view:
             time.sleep(0.05)
-        hooks = _best(ours) - _best(bare)
-        dispatch = _best(_dispatch(stack, stack_actor, stack_message)) - _best(
-            _dispatch(plain, plain_actor, plain_message)
+        hooks, dispatch = _interleaved(
+            (ours, bare),
+            (
+                _dispatch(stack, stack_actor, stack_message),
+                _dispatch(plain, plain_actor, plain_message),
+            ),
         )
         return hooks, dispatch
     finally:
@@ -167,9 +198,20 @@ def _dispatch(
     return one
 
 
-def _best(fn: Callable[[], None]) -> float:
-    """Microseconds per call: the best of five timings of HOOK_CALLS calls."""
-    return min(timeit.repeat(fn, number=HOOK_CALLS, repeat=5)) / HOOK_CALLS * 1e6
+def _interleaved(*pairs: tuple[Callable[[], None], Callable[[], None]]) -> list[float]:
+    """For each (measured, baseline) pair, microseconds per call of measured minus baseline.
+
+    Each function is timed ``HOOK_REPEATS`` times, ``HOOK_CALLS`` calls a time, the functions
+    taking turns, and its best time is kept: on a noisy machine the noise only ever adds, and
+    taking turns lets no slow spell fall on one function only.
+    """
+    functions = [fn for pair in pairs for fn in pair]
+    best = [float("inf")] * len(functions)
+    for _ in range(HOOK_REPEATS):
+        for position, fn in enumerate(functions):
+            seconds = timeit.timeit(fn, number=HOOK_CALLS)
+            best[position] = min(best[position], seconds / HOOK_CALLS * 1e6)
+    return [best[2 * i] - best[2 * i + 1] for i in range(len(pairs))]
 
 
 def step_round_trips(url: str, steps: int = 200) -> float:
@@ -223,19 +265,23 @@ def defer_backlog(url: str, messages: int) -> tuple[float, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--messages", type=int, default=3_000)
-    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--rounds", type=int, default=11)
     options = parser.parse_args()
     n, rounds = options.messages, options.rounds
     quiet_logs()
     with EmbeddedRedis() as server:
         url = server.url
-        results = [throughput_round(url, n) for _ in range(rounds)]
+        results, controls = [], []
+        for r in range(rounds):
+            results.append(throughput_round(url, n, stack_first=bool(r % 2)))
+            controls.append(throughput_round(url, n, stack_first=bool(r % 2), control=True))
         hooks = [hook_costs(url) for _ in range(rounds)]
         step_trips = step_round_trips(url)
         defer_rate, defer_trips = defer_backlog(url, n)
 
     ratios = [stack / plain for plain, stack, _, _ in results]
     ratio = statistics.median(ratios)
+    noise = [again / plain for plain, again, _, _ in controls]
     plain_rate = statistics.median(r[0] for r in results)
     stack_rate = statistics.median(r[1] for r in results)
     plain_trips = statistics.median(r[2] for r in results)
@@ -248,6 +294,8 @@ def main() -> None:
 
     print(f"{rounds} rounds of {n} tagged no-op messages, one worker of {WORKER_THREADS} threads")
     print("ratios per round: " + ", ".join(f"{r:.3f}" for r in ratios))
+    print("control (plain vs plain) per round: " + ", ".join(f"{r:.3f}" for r in noise))
+    print(f"control ratio, median: {statistics.median(noise):.3f} (1.000 but for noise)")
     print(
         f"throughput ratio, median: {ratio:.3f} (target >= {MIN_THROUGHPUT_RATIO}) "
         f"{verdict(ratio >= MIN_THROUGHPUT_RATIO)}"
@@ -263,12 +311,15 @@ def main() -> None:
     print()
     print("| metric | value |")
     print("| --- | --- |")
-    print(f"| plain Dramatiq, {n} no-op messages, {WORKER_THREADS} threads | {plain_rate:.0f} msg/s |")
+    plain_row = f"plain Dramatiq, {n} no-op messages, {WORKER_THREADS} threads"
+    print(f"| {plain_row} | {plain_rate:.0f} msg/s |")
     print(f"| `build_broker`'s stack, tagged, breaker CLOSED | {stack_rate:.0f} msg/s |")
     print(f"| throughput ratio, median of {rounds} alternating rounds | {ratio:.3f} |")
+    spread = f"{min(noise):.3f} to {max(noise):.3f}, median {statistics.median(noise):.3f}"
+    print(f"| control: plain vs plain in the same rounds | {spread} |")
     print(f"| round trips per message, plain / stack | {plain_trips:.2f} / {stack_trips:.2f} |")
     print(f"| the project's hooks per healthy tagged message, one thread | {hook_us:.2f} us |")
-    print(f"| the whole stack's dispatch over plain Dramatiq's, one thread | {dispatch_us:.2f} us |")
+    print(f"| the stack's dispatch over plain Dramatiq's, one thread | {dispatch_us:.2f} us |")
     print(f"| a job step's record bookkeeping | {step_trips:.2f} round trips |")
     print(f"| deferring a {n}-message backlog while OPEN | {defer_rate:.0f} msg/s |")
     print(f"| round trips per deferral | {defer_trips:.2f} |")

@@ -6,7 +6,7 @@ key of its own. Two components lay out keys under a namespace ``Keys`` gives the
 do: the breakers' Redis backend (``<breakers>:<service>`` and the channel ``<breakers>:events``)
 and Dramatiq's Redis broker (its queues, delay queues, ack sets and dead letters).
 
-:data:`LAYOUT` lists every key family with its owner and lifetime (the operating guide's *Redis
+:data:`LAYOUT` lists every key family with its owner and lifetime (``docs/architecture.md``'s *Redis
 keys* table says the same). Each key either carries a TTL, or is deleted by its owner, or is one
 of the few ``persistent`` keys whose owner keeps it small. The test suite runs jobs to the end and
 checks with SCAN that every key found belongs to a family, and that every key without a TTL

@@ -216,7 +216,7 @@ class SpotifySettings(BaseSettings):
 class RecoverySettings(BaseSettings):
     """How workers bring back the work of a dead worker or of a Redis restart (``RECOVERY_*``).
 
-    See the README's *Crash recovery*: every worker process heartbeats every ``interval``; one
+    See ``docs/crash-recovery.md``: every worker process heartbeats every ``interval``; one
     silent for ``heartbeat_timeout`` is dead and its unacknowledged messages are requeued. A job
     record in a non-final state with no message anywhere for ``orphan_after`` is requeued at
     its current step (at most ``orphan_requeues`` times, then marked ``failed``).

@@ -34,7 +34,6 @@ is moved to the queue's dead letters at once instead, and logged with why it can
 
 from __future__ import annotations
 
-import functools
 import threading
 from collections import Counter, defaultdict
 from collections.abc import Iterable
@@ -143,6 +142,20 @@ class RecoveringRedisBroker(RedisBroker):
                 self._fetches_done[queue_name] += 1
                 self._fetches_noted.notify_all()
 
+    def fetch_readable(self, queue_name: str, prefetch: int) -> list[bytes | None]:
+        """:meth:`do_fetch`, less the payloads the encoder cannot decode: those are moved to
+        the dead letters at once (what a consumer fetches through)."""
+        fetched = self.do_fetch(queue_name, prefetch)
+        if not self._unreadable:
+            return fetched
+        readable = []
+        for raw in fetched:
+            if raw in self._unreadable:
+                self.dead_letter_unreadable(queue_name, raw, _decode_error(raw))
+            else:
+                readable.append(raw)
+        return readable
+
     def _find_unreadable(self, queue_name: str, raw: bytes) -> str | None:
         """The Redis id of a fetched payload the encoder cannot decode (during its fetch).
 
@@ -219,14 +232,11 @@ class RecoveringRedisBroker(RedisBroker):
         self._forget(queue_name, redis_ids)
         return reply
 
-    @property
-    def consumer_class(self) -> type:
-        return _skipping_unreadable(super().consumer_class)
-
     def consume(self, queue_name: str, prefetch: int = 1, timeout: int = 5000) -> Any:
-        """A consumer for ``queue_name``; when it replaces one of the same thread, what the old
-        one held only in its own memory is no longer held."""
-        consumer = super().consume(queue_name, prefetch, timeout)
+        """A consumer for ``queue_name`` (Dramatiq's own, fetching through a
+        :class:`_ConsumerSide` of this broker); when it replaces one of the same thread, what
+        the old one held only in its own memory is no longer held."""
+        consumer = self.consumer_class(_ConsumerSide(self), queue_name, prefetch, timeout)
         key = (threading.get_ident(), queue_name)
         previous = self._consumers.get(key)
         self._consumers[key] = consumer
@@ -316,21 +326,36 @@ class RecoveringRedisBroker(RedisBroker):
         self.strays_suspected.set()
 
 
-@functools.cache
-def _skipping_unreadable(consumer_class: type) -> type:
-    """``consumer_class`` (the consumer of Dramatiq's Redis broker), except that a payload it
-    cannot decode is moved to the dead letters and the consumer goes on, where Dramatiq's would
-    raise, die and be restarted every second."""
+class _ConsumerSide:
+    """The broker as its consumers see it: the same dispatch commands, except that a fetch
+    leaves out the payloads the encoder cannot decode, moved to the dead letters. Dramatiq's
+    consumer would raise on such a payload, die and be restarted every second."""
 
-    class SkippingUnreadable(consumer_class):  # type: ignore[misc, valid-type]
-        def __next__(self) -> Any:
-            try:
-                return super().__next__()
-            except DecodeError as exc:
-                self.broker.dead_letter_unreadable(self.queue_name, exc.data, exc)
-                return None  # "nothing right now": the worker asks again at once
+    __slots__ = ("_broker",)
 
-    return SkippingUnreadable
+    def __init__(self, broker: RecoveringRedisBroker) -> None:
+        self._broker = broker
+
+    def do_fetch(self, queue_name: str, prefetch: int) -> list[bytes | None]:
+        return self._broker.fetch_readable(queue_name, prefetch)
+
+    def do_ack(self, queue_name: str, redis_id: str) -> Any:
+        return self._broker.do_ack(queue_name, redis_id)
+
+    def do_nack(self, queue_name: str, redis_id: str) -> Any:
+        return self._broker.do_nack(queue_name, redis_id)
+
+    def do_requeue(self, queue_name: str, *redis_ids: str) -> Any:
+        return self._broker.do_requeue(queue_name, *redis_ids)
+
+
+def _decode_error(raw: bytes) -> DecodeError:
+    """Why ``raw`` cannot be decoded (the encoder's own error)."""
+    try:
+        Message.decode(raw)
+    except DecodeError as exc:
+        return exc
+    return DecodeError("the payload decodes now", raw, None)  # pragma: no cover
 
 
 def _text(value: bytes | str) -> str:

@@ -36,13 +36,14 @@ from soulspot_jobs.clients.http import (
     json_body,
 )
 from soulspot_jobs.errors import ConfigurationError, UpstreamRequestError
+from soulspot_jobs.keys import Keys
 from soulspot_jobs.rate_limit import RateLimiter, RedisRateLimiter
 from soulspot_jobs.settings import MusicBrainzSettings
 
 #: The breaker's (and the rate limit's) service name.
 SERVICE = "musicbrainz-api"
 #: Redis key of the rate limit every worker shares for MusicBrainz.
-RATE_LIMIT_KEY = "soulspot:rate-limit:musicbrainz-api"
+RATE_LIMIT_KEY = Keys().rate_limit("musicbrainz")
 #: Longest a request waits for its rate-limit slot, in seconds, before ``RetryLater``.
 DEFAULT_MAX_WAIT = 5.0
 #: What a recording lookup includes: artist credits, releases with their groups, ISRCs.

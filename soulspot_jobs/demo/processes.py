@@ -16,6 +16,8 @@ import sys
 from collections.abc import Mapping
 from pathlib import Path
 
+from soulspot_jobs.errors import SoulspotJobsError
+
 #: Worker processes and threads per process.
 PROCESSES = 2
 THREADS = 4
@@ -35,7 +37,7 @@ os.execv(sys.executable, [sys.executable, *sys.argv[2:]])
 """
 
 
-class DemoError(Exception):
+class DemoError(SoulspotJobsError):
     """The demo cannot go on (its worker processes exited)."""
 
 

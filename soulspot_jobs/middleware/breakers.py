@@ -66,18 +66,15 @@ _NO_OUTCOME = frozenset({Failure.HOLD, Failure.MALFORMED, Failure.NEUTRAL})
 class _Delivery:
     """What the middleware holds for the message one worker thread processes."""
 
-    __slots__ = ("actor", "refusal", "service", "breaker", "permit", "hold", "left_open")
+    __slots__ = ("actor", "refusal", "admitted", "left_open")
 
     def __init__(self) -> None:
         #: The actor of the tagged message whose call the gate is waiting for (``None`` once it
         #: came), and the refusal to raise instead of calling it.
         self.actor: str | None = None
         self.refusal: BaseException | None = None
-        #: The admitted message's service, breaker and permit, and the hold on that breaker.
-        self.service: str | None = None
-        self.breaker: CircuitBreaker | None = None
-        self.permit: Permit | None = None
-        self.hold: Token[frozenset[str]] | None = None
+        #: The admitted message's breaker and permit, and the hold on that breaker.
+        self.admitted: tuple[CircuitBreaker, Permit, Token[frozenset[str]]] | None = None
         #: Set when the message's failure left a breaker OPEN (see ``failure_left_open``).
         self.left_open: Refusal | None = None
 
@@ -129,8 +126,8 @@ class CircuitBreakerMiddleware(Middleware):
             )
         self.breakers = breakers
         self._threads = _PerThread()
-        #: The ``service`` option of each declared actor (``None``: untagged).
-        self._actor_services: dict[str, str | None] = {}
+        #: The breaker of each declared actor's ``service`` option (``None``: untagged).
+        self._actor_breakers: dict[str, CircuitBreaker | None] = {}
 
     @property
     def actor_options(self) -> set[str]:
@@ -143,7 +140,8 @@ class CircuitBreakerMiddleware(Middleware):
     def current_permit(self) -> Permit | None:
         """The permit of the message the calling worker thread runs (``None``: untagged, or not
         in a worker); ``permit.is_trial`` tells a HALF_OPEN trial."""
-        return self._threads.delivery.permit
+        admitted = self._threads.delivery.admitted
+        return admitted[1] if admitted is not None else None
 
     def failure_left_open(self) -> Refusal | None:
         """For the message the calling worker thread just reported: whether its failure left a
@@ -155,7 +153,8 @@ class CircuitBreakerMiddleware(Middleware):
     # -- the worker's life ---------------------------------------------------------------
 
     def after_declare_actor(self, broker: dramatiq.Broker, actor: dramatiq.Actor) -> None:
-        self._actor_services[actor.actor_name] = actor.options.get("service")
+        service = actor.options.get("service")
+        self._actor_breakers[actor.actor_name] = self.breakers[service] if service else None
         if not getattr(actor.fn, "_soulspot_gate", False):
             actor.fn = _Gate(actor.fn, actor.actor_name, self._threads).wrapper()
 
@@ -174,50 +173,56 @@ class CircuitBreakerMiddleware(Middleware):
     def before_process_message(self, broker: dramatiq.Broker, message: Any) -> None:
         fields = message_fields(message)
         actor_name = fields.actor_name
-        service = fields.options.get("service") or self._actor_services.get(actor_name)
+        service = fields.options.get("service")
         if service is None:
-            return
+            breaker = self._actor_breakers.get(actor_name)
+            if breaker is None:
+                return
+        else:
+            breaker = self.breakers[service]
         delivery = self._threads.delivery
         delivery.actor = actor_name
-        breaker = self.breakers[service]
         try:
             permit = breaker.acquire_sync()
         except CircuitBreakerError as refusal:
             delivery.refusal = refusal
             return
-        delivery.service, delivery.breaker, delivery.permit = service, breaker, permit
-        delivery.hold = hold(service)
+        delivery.admitted = (breaker, permit, hold(breaker.name))
 
     def after_process_message(
         self, broker: dramatiq.Broker, message: Any, *, result: Any = None, exception: Any = None
     ) -> None:
         delivery = self._threads.delivery
         delivery.actor = delivery.refusal = None
-        permit = delivery.permit
-        if permit is None:
+        admitted = delivery.admitted
+        if admitted is None:
             return
-        breaker, service = delivery.breaker, delivery.service
-        self._end_message(delivery)
+        delivery.admitted = None
+        breaker, permit, held = admitted
+        release_hold(held)
         if exception is None:
             breaker.record_success_sync(permit)
             return
-        delivery.left_open = self._report_failure(service, breaker, permit, exception)
+        delivery.left_open = self._report_failure(breaker, permit, exception)
 
     def after_skip_message(self, broker: dramatiq.Broker, message: Any) -> None:
         """A skipped message never ran to an outcome: give its trial slot back."""
         delivery = self._threads.delivery
         delivery.actor = delivery.refusal = delivery.left_open = None
-        breaker, permit = delivery.breaker, delivery.permit
-        self._end_message(delivery)
-        if breaker is not None and permit is not None:
+        admitted = delivery.admitted
+        if admitted is not None:
+            delivery.admitted = None
+            breaker, permit, held = admitted
+            release_hold(held)
             breaker.release_sync(permit)
 
     # -- reporting -----------------------------------------------------------------------
 
     def _report_failure(
-        self, service: str, breaker: CircuitBreaker, permit: Permit, exc: BaseException
+        self, breaker: CircuitBreaker, permit: Permit, exc: BaseException
     ) -> Refusal | None:
         """Report a failed message to its breaker; whether a breaker is OPEN because of it."""
+        service = breaker.name
         if classify(exc) in _NO_OUTCOME:
             breaker.release_sync(permit)
             return None
@@ -253,14 +258,6 @@ class CircuitBreakerMiddleware(Middleware):
             f"Retry after {retry_after:.1f} seconds."
         )
         return Refusal(service, retry_after, reason, CircuitState.OPEN.value)
-
-    @staticmethod
-    def _end_message(delivery: _Delivery) -> None:
-        """The message is over: its permit is reported, its hold ends."""
-        delivery.service = delivery.breaker = delivery.permit = None
-        if delivery.hold is not None:
-            release_hold(delivery.hold)
-            delivery.hold = None
 
 
 class _Gate:

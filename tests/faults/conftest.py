@@ -3,7 +3,7 @@
 
 Every test records one line of figures (fault, jobs lost, duplicates seen, time to recover);
 they are printed at the end of the session (``-s``, or in the ``-rA`` summary) and are the
-figures of the README's fault table.
+figures of the fault table in docs/crash-recovery.md.
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ NAMESPACE = "soulspot:dramatiq"
 
 @dataclass
 class Figures:
-    """What one fault cost: the README's fault table, one row."""
+    """What one fault cost: one row of docs/crash-recovery.md's fault table."""
 
     fault: str
     jobs: int

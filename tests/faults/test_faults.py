@@ -2,7 +2,7 @@
 
 Each test runs ``dramatiq soulspot_jobs.worker`` commands against a real ``redis-server`` and the
 fake upstreams, breaks one thing, and checks that every job still finishes, none twice over
-the budget, within the time the README promises. Run alone with ``pytest -m faults``.
+the budget, within the time docs/crash-recovery.md promises. Run alone with ``pytest -m faults``.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from tests.polling import wait_until
 
 pytestmark = pytest.mark.faults
 
-#: Seconds within which every job must be done after the fault (the README's promise).
+#: Seconds within which every job must be done after the fault (docs/crash-recovery.md's promise).
 RECOVERY_DEADLINE = 60.0
 #: Jobs per test.
 JOBS = 20

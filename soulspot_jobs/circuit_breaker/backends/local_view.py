@@ -10,12 +10,13 @@ otherwise every decision goes to Redis.
 
 from __future__ import annotations
 
+import itertools
 import json
 import threading
 import time
 import weakref
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import redis
@@ -36,6 +37,44 @@ MAX_WAIT = 0.1
 STALE_FACTOR = 3
 
 
+class Tally:
+    """A count that many threads add to without a lock, read by one reader at a time.
+
+    ``itertools.count``'s ``__next__`` is one C call, atomic under the GIL, where ``n += 1``
+    under a lock costs a lock round on every healthy call. A read calls it too, so it subtracts
+    the reads made so far; the caller serialises reads (the backend's lock).
+    """
+
+    __slots__ = ("_count", "_reads", "_taken", "add_one")
+
+    def __init__(self) -> None:
+        self._count = itertools.count()
+        self._reads = 0
+        #: How much of the count was taken (flushed to Redis) so far.
+        self._taken = 0
+        #: Adds one (call it: ``tally.add_one()``); lock-free.
+        self.add_one = self._count.__next__
+
+    def _total(self) -> int:
+        total = next(self._count) - self._reads
+        self._reads += 1
+        return total
+
+    def pending(self) -> int:
+        """What was added and not taken yet."""
+        return self._total() - self._taken
+
+    def take(self) -> int:
+        """What was added and not taken yet, taken now."""
+        total = self._total()
+        amount, self._taken = total - self._taken, total
+        return amount
+
+    def give_back(self, amount: int) -> None:
+        """Undo a :meth:`take` of ``amount`` (its flush failed)."""
+        self._taken -= amount
+
+
 @dataclass(slots=True)
 class LocalView:
     """What this process knows of one breaker, and the counts it has not yet flushed."""
@@ -47,9 +86,9 @@ class LocalView:
     version: int
     #: In HALF_OPEN with every slot taken: refuse locally until this backend-clock time.
     busy_until: float = 0.0
-    requests: int = 0
-    successes: int = 0
-    rejections: int = 0
+    requests: Tally = field(default_factory=Tally)
+    successes: Tally = field(default_factory=Tally)
+    rejections: Tally = field(default_factory=Tally)
 
     def update(
         self,
@@ -70,10 +109,18 @@ class LocalView:
         self.busy_until = 0.0
 
     def take_counts(self) -> tuple[int, int, int]:
-        """Return and zero the unflushed (requests, successes, rejections)."""
-        counts = (self.requests, self.successes, self.rejections)
-        self.requests = self.successes = self.rejections = 0
-        return counts
+        """Take the unflushed (requests, successes, rejections)."""
+        return (self.requests.take(), self.successes.take(), self.rejections.take())
+
+    def pending_counts(self) -> tuple[int, int, int]:
+        """The unflushed (requests, successes, rejections), left in place."""
+        return (self.requests.pending(), self.successes.pending(), self.rejections.pending())
+
+    def give_back(self, counts: tuple[int, int, int]) -> None:
+        """Undo a :meth:`take_counts` whose flush failed."""
+        tallies = (self.requests, self.successes, self.rejections)
+        for tally, amount in zip(tallies, counts, strict=True):
+            tally.give_back(amount)
 
 
 class ViewWatcher(threading.Thread):

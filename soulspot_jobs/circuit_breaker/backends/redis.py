@@ -47,6 +47,9 @@ SOCKET_TIMEOUT = 2.0
 #: Any valid config: the snapshot script reads no thresholds.
 _SNAPSHOT_CONFIG = CircuitBreakerConfig()
 _VERDICTS = {v.value: v for v in Verdict}
+#: Looked up once: the healthy path runs them on every call.
+_CLOSED = CircuitState.CLOSED
+_monotonic = time.monotonic
 _STATES = {s.value: s for s in CircuitState}
 
 
@@ -117,13 +120,12 @@ class RedisBackend(Backend):
         view = self._views.get(name)
         if view is None:
             return None
-        mono = time.monotonic()
+        mono = _monotonic()
         if mono >= self._trusted_until:
             return None
         state = view.state
-        if state is CircuitState.CLOSED:
-            with self._lock:
-                view.requests += 1
+        if state is _CLOSED:
+            view.requests.add_one()
             return ADMITTED_LOCALLY
         now = self._clock() if self._clock else mono + self._offset
         if state is CircuitState.OPEN:
@@ -134,23 +136,21 @@ class RedisBackend(Backend):
             return None
         if now >= until:
             return None
-        with self._lock:
-            view.requests += 1
-            view.rejections += 1
+        view.requests.add_one()
+        view.rejections.add_one()
         return Decision(Verdict.REJECTED, state, policy.positive(until - now), local=True)
 
     def record_success_locally(self, name: str, config: CircuitBreakerConfig) -> bool:
         view = self._views.get(name)
-        if view is None or view.state is not CircuitState.CLOSED:
+        if view is None or view.state is not _CLOSED:
             return False
-        if time.monotonic() >= self._trusted_until:
+        if _monotonic() >= self._trusted_until:
             return False
         if view.failure_count:
             # Even lapsed failures go to Redis once: the success resets the shared count, which
             # an OPEN period reached through a ``hold_open`` would otherwise report.
             return False
-        with self._lock:
-            view.successes += 1
+        view.successes.add_one()
         return True
 
     # -- atomic decisions, one Lua script each ---------------------------------------------
@@ -201,9 +201,11 @@ class RedisBackend(Backend):
             record = _record_from_hash(flat)
             view = self._views.get(name)
             if view is not None:
-                record.total_requests += view.requests
-                record.total_successes += view.successes
-                record.total_rejections += view.rejections
+                with self._lock:
+                    requests, successes, rejections = view.pending_counts()
+                record.total_requests += requests
+                record.total_successes += successes
+                record.total_rejections += rejections
         return policy.stats(record, config, name, float(now_text))
 
     def reopen(self) -> None:
@@ -369,11 +371,8 @@ class RedisBackend(Backend):
 
     def _restore_counts(self, flushed: dict[str, tuple[int, int, int]]) -> None:
         with self._lock:
-            for name, (requests, successes, rejections) in flushed.items():
-                view = self._views[name]
-                view.requests += requests
-                view.successes += successes
-                view.rejections += rejections
+            for name, counts in flushed.items():
+                self._views[name].give_back(counts)
 
     def _flush_counts(self) -> None:
         pipe = self.client.pipeline(transaction=False)
