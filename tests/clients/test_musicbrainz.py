@@ -345,8 +345,9 @@ def test_with_the_shared_limiter_calls_at_musicbrainz_pace_get_no_503(
 
 
 def test_without_a_limiter_back_to_back_calls_get_musicbrainz_503() -> None:
-    # Given MusicBrainz's rate rule and a client without a limiter
-    with FakeMusicBrainz(min_interval=QUICK_INTERVAL) as fake:
+    # Given MusicBrainz's rate rule (long, so a slow machine's calls are still back to back)
+    # and a client without a limiter
+    with FakeMusicBrainz(min_interval=30) as fake:
         client = MusicBrainzClient(settings_for(fake))
         # When it makes two calls back to back
         client.get_recording(TRACK.mbid)
@@ -360,7 +361,8 @@ def test_without_a_limiter_back_to_back_calls_get_musicbrainz_503() -> None:
 
 
 def test_a_rate_limit_503_carries_retry_after_when_musicbrainz_sends_one() -> None:
-    with FakeMusicBrainz(min_interval=QUICK_INTERVAL, retry_after=3) as fake:
+    # A long interval: the second call is refused however slowly the machine runs it
+    with FakeMusicBrainz(min_interval=30, retry_after=3) as fake:
         client = MusicBrainzClient(settings_for(fake))
         client.get_recording(TRACK.mbid)
         with pytest.raises(ServiceUnavailableError) as refused:
