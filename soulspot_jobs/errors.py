@@ -63,6 +63,56 @@ class ServiceUnavailableError(UpstreamError):
         self.retry_after = retry_after
 
 
+class ServiceOutage(ServiceUnavailableError, dramatiq.Retry):
+    """The service answered, and its answer means it can serve no job now, whatever the job.
+
+    slskd logged out of the Soulseek network (409 to a search), or credentials the service
+    refuses (:class:`UnauthorizedError`). Counted by the service's breaker like any failure of
+    the service, but the job that met it is *deferred*, not retried: it did nothing wrong, and
+    its retries are kept for its own failures. ``outage`` is the short reason shown by
+    ``status``, ``/health`` and ``/metrics`` (``"not logged in to Soulseek"``).
+    ``opens_at_once``: one answer is proof enough, the breaker opens without waiting for its
+    failure threshold (wrong credentials do not mend themselves).
+
+    As a :class:`dramatiq.Retry` it is no "unhandled exception" to Dramatiq's worker (which
+    logs those with a traceback): the breaker's transition and the deferral say what happened.
+    """
+
+    def __init__(
+        self,
+        service: str,
+        message: str,
+        *,
+        outage: str,
+        status: int | None = None,
+        retry_after: float | None = None,
+        opens_at_once: bool = False,
+    ) -> None:
+        super().__init__(service, message, status=status, retry_after=retry_after)
+        Exception.__init__(self, self.message)  # dramatiq.Retry's __init__ leaves args empty
+        self.delay = None if retry_after is None else math.ceil(retry_after * 1000)
+        self.outage = outage
+        self.opens_at_once = opens_at_once
+
+
+class UnauthorizedError(ServiceOutage):
+    """The service refused our credentials (401; Spotify's ``invalid_client``): the *settings*
+    are wrong, not the job. ``variable`` names the setting to fix; the breaker opens at once
+    with the reason ``unauthorized (check <variable>)``."""
+
+    def __init__(
+        self, service: str, message: str, *, variable: str, status: int | None = None
+    ) -> None:
+        super().__init__(
+            service,
+            message,
+            outage=f"unauthorized (check {variable})",
+            status=status,
+            opens_at_once=True,
+        )
+        self.variable = variable
+
+
 class UpstreamRequestError(UpstreamError):
     """The service answered, but refused this request (a 4xx): the job's own error.
 
@@ -160,6 +210,9 @@ class Failure(Enum):
 
     #: The service failed: no connection, a timeout, a 5xx, 408 or 429, a job past its time limit.
     SERVICE = "service"
+    #: The service can serve no job now (:class:`ServiceOutage`): counted like ``SERVICE``, but
+    #: the job is deferred rather than retried.
+    OUTAGE = "outage"
     #: The service works but refused this request (a 4xx, an unavailable Soulseek peer).
     REQUEST = "request"
     #: The message was held back (a breaker's refusal, back-pressure): no outcome at all.
@@ -176,6 +229,8 @@ def classify(exc: BaseException) -> Failure:
     """The one classification of exceptions; see :class:`Failure`."""
     if isinstance(exc, HoldBack):
         return Failure.HOLD
+    if isinstance(exc, ServiceOutage):
+        return Failure.OUTAGE
     if isinstance(exc, ServiceUnavailableError | ConnectionError | TimeoutError):
         return Failure.SERVICE
     if isinstance(exc, TimeLimitExceeded):
@@ -192,11 +247,30 @@ def classify(exc: BaseException) -> Failure:
 def is_service_failure(exc: BaseException) -> bool:
     """The rule for an exception escaping a tagged actor: only the service's own failures trip
     its breaker; a job's own errors and bugs in our code never do."""
-    return classify(exc) is Failure.SERVICE
+    return classify(exc) in _SERVICE_FAILURES
 
 
 def counts_against_service(exc: BaseException) -> bool:
     """The rule for an exception raised by a guarded client (the design's wrappers): the
     service's failures and anything unexpected the client raised count; the caller's own errors,
     holds and neutral exceptions do not."""
-    return isinstance(exc, Exception) and classify(exc) in (Failure.SERVICE, Failure.OTHER)
+    return isinstance(exc, Exception) and classify(exc) in _COUNTED_FROM_CLIENTS
+
+
+def failure_reason(exc: BaseException, *, limit: int = 200) -> str:
+    """What a breaker records as the reason of a failure it counted: a
+    :class:`ServiceOutage`'s short reason, else the error's own words (without the service's
+    name, at most ``limit`` characters)."""
+    if isinstance(exc, ServiceOutage):
+        return exc.outage
+    if isinstance(exc, TimeLimitExceeded):
+        return "a job ran past its time limit"
+    if isinstance(exc, UpstreamError):
+        text = str(exc).removeprefix(f"{exc.service}: ")
+    else:
+        text = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+_SERVICE_FAILURES = frozenset({Failure.SERVICE, Failure.OUTAGE})
+_COUNTED_FROM_CLIENTS = frozenset({Failure.SERVICE, Failure.OUTAGE, Failure.OTHER})

@@ -176,6 +176,9 @@ class SlskdSettings(BaseSettings):
     download_poll_interval: float = Field(2.0, gt=0)
     #: Candidates tried, best first, before a track's download is recorded as failed.
     max_candidates: int = Field(3, gt=0)
+    #: Seconds a download may wait in the peer's queue (``Queued, Remotely``) before it is
+    #: cancelled and the next candidate is tried.
+    remote_queue_timeout: float = Field(3600.0, gt=0)
 
 
 class MusicBrainzSettings(BaseSettings):

@@ -5,9 +5,10 @@ worker process shares (``REDIS_URL``, or the embedded server of ``SOULSPOT_DATA_
 this process then uses until it exits) and declares the actors on the broker. This module exists
 for the worker command; programs should build :class:`SoulspotJobs` themselves.
 
-A setting that cannot be used, or a Redis that does not answer, stops each worker process with
-one line on stderr (``error: invalid setting ...``, as ``soulspot-jobs`` prints it) instead of a
-traceback; the command then exits with that process's status.
+A setting that cannot be used (among them a ``MUSICBRAINZ_CONTACT`` that reaches no one while
+``MUSICBRAINZ_URL`` is the real MusicBrainz), or a Redis that does not answer, stops each worker
+process with one line on stderr (``error: invalid setting ...``, as ``soulspot-jobs`` prints
+it) instead of a traceback; the command then exits with that process's status.
 """
 
 import atexit
@@ -16,6 +17,7 @@ from contextlib import ExitStack
 
 import dramatiq
 
+from soulspot_jobs.clients.musicbrainz import contact_problem
 from soulspot_jobs.embedded.connection import EXIT_BAD_URL, RedisUnavailable, redis_for
 from soulspot_jobs.errors import ConfigurationError
 from soulspot_jobs.jobs.app import SoulspotJobs
@@ -44,6 +46,9 @@ atexit.register(_redis.close)
 try:
     settings = load_settings()
     configure_logging(settings)
+    refused = contact_problem(settings.musicbrainz)
+    if refused is not None:
+        raise ConfigurationError(refused)
     redis_url = _redis.enter_context(redis_for(settings))
     jobs = SoulspotJobs(settings, url=redis_url)
 except ConfigurationError as exc:

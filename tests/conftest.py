@@ -8,6 +8,7 @@ any test runs.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,10 +20,15 @@ from soulspot_jobs.embedded.server import EmbeddedRedis
 from tests.servers import RedisKind, ServerUnavailable, resolve, selected_kind
 
 _KIND: RedisKind | None = None
+#: Where a process a test starts without a MusicBrainz of its own sends MusicBrainz requests: a
+#: closed loopback port. No test reaches the real service, and a worker pointed at it with the
+#: default contact would refuse to start (see ``contact_problem``).
+NO_MUSICBRAINZ = "http://127.0.0.1:9"
 
 
 def pytest_configure(config: pytest.Config) -> None:
     global _KIND
+    os.environ.setdefault("MUSICBRAINZ_URL", NO_MUSICBRAINZ)
     try:
         _KIND = resolve(selected_kind())
     except ServerUnavailable as exc:

@@ -30,7 +30,13 @@ from soulspot_jobs.circuit_breaker.state import (
     Transition,
     Verdict,
 )
-from soulspot_jobs.errors import ConfigurationError, HoldBack, ServiceUnavailableError
+from soulspot_jobs.errors import (
+    ConfigurationError,
+    HoldBack,
+    ServiceOutage,
+    ServiceUnavailableError,
+    failure_reason,
+)
 
 log = structlog.get_logger("soulspot_jobs.circuit_breaker")
 
@@ -40,6 +46,8 @@ R = TypeVar("R")
 #: ``retry_after`` (seconds) of calls refused because the store is unreachable and the breaker
 #: fails closed (``on_backend_error="reject"``).
 STORE_RETRY_AFTER = 5.0
+#: What an operator's force-open records as the breaker's reason.
+FORCED_REASON = "forced open by an operator"
 
 #: Names of the breakers whose permit the caller's context already holds. The Dramatiq
 #: middleware holds the actor's own service for the whole message, so a client guarded by the
@@ -147,6 +155,15 @@ class CircuitBreaker:
             return self._is_failure(exc)
         return isinstance(exc, self._failure_exceptions)
 
+    def _hold_open_for(self, exc: BaseException) -> float | None:
+        """Seconds the failure ``exc`` keeps the circuit OPEN whatever the count (``None``: the
+        count decides): the service's ``Retry-After``, or ``timeout`` for an outage that opens
+        at once."""
+        retry_after = _service_retry_after(exc)
+        if isinstance(exc, ServiceOutage) and exc.opens_at_once:
+            return max(retry_after or 0.0, self.config.timeout)
+        return retry_after
+
     # -- the two-step form, synchronous ------------------------------------------------------
 
     def acquire_sync(self) -> Permit:
@@ -168,16 +185,19 @@ class CircuitBreaker:
         self._report(self.backend.record_success, permit.token)
 
     def record_failure_sync(
-        self, permit: Permit, *, hold_open: float | None = None
+        self, permit: Permit, *, hold_open: float | None = None, reason: str = ""
     ) -> Transition | None:
-        """Report that the call failed; ``hold_open`` keeps the circuit OPEN that many seconds.
+        """Report that the call failed; ``hold_open`` keeps the circuit OPEN that many seconds,
+        ``reason`` says why (shown by ``stats.reason`` while the circuit is not CLOSED).
 
         Returns the transition the failure caused (to OPEN, with its duration), if any.
         """
         if permit.done:
             return None
         permit.done = True
-        return self._report(self.backend.record_failure, permit.token, hold_open)
+        return self._report(
+            self.backend.record_failure, permit.token, hold_open, reason, reason=reason
+        )
 
     def release_sync(self, permit: Permit) -> None:
         """Report that the call ended without an outcome that counts (or never ran)."""
@@ -191,12 +211,17 @@ class CircuitBreaker:
         """Report the call's outcome: success when ``exc`` is None, else per :meth:`is_failure`.
 
         A :class:`ServiceUnavailableError` carrying the service's ``Retry-After`` keeps the
-        circuit OPEN at least that long. Returns the transition a failure caused, if any.
+        circuit OPEN at least that long; a :class:`~soulspot_jobs.errors.ServiceOutage` that
+        ``opens_at_once`` opens it now, for its ``timeout``. The failure's reason
+        (:func:`~soulspot_jobs.errors.failure_reason`) becomes the breaker's. Returns the
+        transition a failure caused, if any.
         """
         if exc is None:
             self.record_success_sync(permit)
         elif self.is_failure(exc):
-            return self.record_failure_sync(permit, hold_open=_service_retry_after(exc))
+            return self.record_failure_sync(
+                permit, hold_open=self._hold_open_for(exc), reason=failure_reason(exc)
+            )
         else:
             self.release_sync(permit)
         return None
@@ -212,7 +237,7 @@ class CircuitBreaker:
                 state=CircuitState.CLOSED.value,
             )
 
-    def force_open_sync(self, seconds: float) -> None:
+    def force_open_sync(self, seconds: float, *, reason: str = FORCED_REASON) -> None:
         """Force the circuit OPEN for ``seconds`` (maintenance), for every process sharing it.
 
         Calls are refused meanwhile (jobs are deferred); afterwards the circuit turns HALF_OPEN
@@ -220,7 +245,7 @@ class CircuitBreaker:
         """
         if isinstance(seconds, bool) or not isinstance(seconds, int | float) or not seconds > 0:
             raise ConfigurationError(f"seconds must be a positive number, got {seconds!r}")
-        self._ask(self.backend.force_open, self.name, self.config, float(seconds))
+        self._ask(self.backend.force_open, self.name, self.config, float(seconds), reason)
         log.warning(
             f"Circuit breaker {self.name} was forced OPEN for {seconds:.1f} seconds.",
             event_name="circuit_breaker.forced_open",
@@ -259,10 +284,12 @@ class CircuitBreaker:
             return
         await self._off_loop(self.record_success_sync, permit)
 
-    async def record_failure(self, permit: Permit, *, hold_open: float | None = None) -> None:
+    async def record_failure(
+        self, permit: Permit, *, hold_open: float | None = None, reason: str = ""
+    ) -> None:
         """Async :meth:`record_failure_sync`."""
         await self._off_loop(
-            functools.partial(self.record_failure_sync, hold_open=hold_open), permit
+            functools.partial(self.record_failure_sync, hold_open=hold_open, reason=reason), permit
         )
 
     async def release(self, permit: Permit) -> None:
@@ -277,7 +304,9 @@ class CircuitBreaker:
         if exc is None:
             await self.record_success(permit)
         elif self.is_failure(exc):
-            await self.record_failure(permit, hold_open=_service_retry_after(exc))
+            await self.record_failure(
+                permit, hold_open=self._hold_open_for(exc), reason=failure_reason(exc)
+            )
         else:
             await self.release(permit)
 
@@ -285,9 +314,9 @@ class CircuitBreaker:
         """Force the circuit CLOSED; totals are kept."""
         await self._off_loop(self.reset_sync)
 
-    async def force_open(self, seconds: float) -> None:
+    async def force_open(self, seconds: float, *, reason: str = FORCED_REASON) -> None:
         """Async :meth:`force_open_sync`."""
-        await self._off_loop(self.force_open_sync, seconds)
+        await self._off_loop(functools.partial(self.force_open_sync, reason=reason), seconds)
 
     async def call(
         self, fn: Callable[P, Awaitable[R] | R], /, *args: P.args, **kwargs: P.kwargs
@@ -340,14 +369,17 @@ class CircuitBreaker:
             raise CircuitBreakerError(self.name, decision.retry_after, decision.state)
         return Permit(decision.token, decision.local)
 
-    def _report(self, operation: Callable[..., Transition | None], *args: Any) -> Transition | None:
-        """Run an outcome report; a store failure is logged once per episode, never raised."""
+    def _report(
+        self, operation: Callable[..., Transition | None], *args: Any, reason: str = ""
+    ) -> Transition | None:
+        """Run an outcome report; a store failure is logged once per episode, never raised.
+        ``reason`` goes into the log line of a transition to OPEN."""
         try:
             transition = self._ask(operation, self.name, self.config, *args)
         except BackendUnavailableError:
             return None
         if transition is not None:
-            self._log_transition(transition)
+            self._log_transition(transition, reason)
         return transition
 
     def _ask(self, operation: Callable[..., R], *args: Any) -> R:
@@ -392,10 +424,12 @@ class CircuitBreaker:
             retry_after=round(exc.retry_after, 3),
         )
 
-    def _log_transition(self, transition: Transition) -> None:
+    def _log_transition(self, transition: Transition, reason: str = "") -> None:
         to_state = transition.to_state
-        fields = {"circuit_breaker": self.name, "state": to_state.value}
+        fields: dict[str, Any] = {"circuit_breaker": self.name, "state": to_state.value}
         if to_state is CircuitState.OPEN:
+            if reason:
+                fields["reason"] = reason
             log.warning(
                 f"Circuit breaker {self.name} transitioned to OPEN state. "
                 f"Blocking requests for {transition.open_for:.1f} seconds.",

@@ -83,13 +83,17 @@ def record_failure(
     now: float,
     token: str | None,
     hold_open: float | None = None,
+    reason: str = "",
 ) -> Transition | None:
     """Count a failure; open the circuit at the threshold or when a trial fails.
 
     ``hold_open`` (seconds) is the service's own "retry after": the circuit opens at once and stays
-    OPEN at least that long, whatever the failure count.
+    OPEN at least that long, whatever the failure count. ``reason`` (the failure's, when given)
+    becomes the breaker's reason.
     """
     record.total_failures += 1
+    if reason:
+        record.reason = reason
     if hold_open is not None:
         return _hold_open(record, config, now, hold_open)
     if record.state is CLOSED:
@@ -117,7 +121,9 @@ def reset(record: BreakerRecord, now: float) -> Transition | None:
     return _close(record, now)
 
 
-def force_open(record: BreakerRecord, now: float, seconds: float) -> Transition | None:
+def force_open(
+    record: BreakerRecord, now: float, seconds: float, reason: str = ""
+) -> Transition | None:
     """An operator's maintenance switch: OPEN now for exactly ``seconds``, whatever the state.
 
     The period then ends like any OPEN period (HALF_OPEN, trials). Totals and the failure count
@@ -126,6 +132,8 @@ def force_open(record: BreakerRecord, now: float, seconds: float) -> Transition 
     transition = None if record.state is OPEN else _move(record, OPEN, now, seconds)
     record.open_until = now + seconds
     record.forced_until = now + seconds
+    if reason:
+        record.reason = reason
     record.version += 1
     return transition
 
@@ -152,6 +160,7 @@ def stats(
         reopens=record.reopens,
         forced_until=(record.forced_until if state is OPEN and now < record.forced_until else None),
         transitions=dict(record.transitions),
+        reason=(record.reason or None) if state is not CLOSED else None,
     )
 
 
@@ -200,6 +209,7 @@ def _hold_open(
 def _close(record: BreakerRecord, now: float) -> Transition:
     record.failure_count = 0
     record.reopens = 0
+    record.reason = ""
     return _move(record, CLOSED, now)
 
 

@@ -95,6 +95,9 @@ class BreakerRecord:
     forced_until: float = 0.0
     #: State name -> times the circuit moved into that state.
     transitions: dict[str, int] = field(default_factory=dict)
+    #: Why the circuit is not CLOSED: the latest counted failure's reason, or the operator's
+    #: (``""`` while CLOSED: closing clears it).
+    reason: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,3 +126,7 @@ class BreakerStats:
     #: State name (``"open"``...) -> times the circuit moved into that state, since it exists.
     #: OPEN -> HALF_OPEN is counted when it is taken: lazily, at the first call after the timeout.
     transitions: dict[str, int] = field(default_factory=dict)
+    #: Why the circuit is OPEN or HALF_OPEN (``"not logged in to Soulseek"``,
+    #: ``"unauthorized (check SLSKD_API_KEY)"``, ``"forced open by an operator"``, a failure's
+    #: own words); ``None`` while CLOSED.
+    reason: str | None = None

@@ -28,7 +28,13 @@ from typing import Any, TypeAlias, TypeVar
 
 import httpx
 
-from soulspot_jobs.errors import NotFoundError, ServiceUnavailableError, UpstreamRequestError
+from soulspot_jobs.errors import (
+    NotFoundError,
+    ServiceOutage,
+    ServiceUnavailableError,
+    UnauthorizedError,
+    UpstreamRequestError,
+)
 
 #: Longest ``Retry-After`` honoured, in seconds (a broken header must not stall a service a day).
 MAX_RETRY_AFTER = 3600.0
@@ -37,6 +43,9 @@ MAX_RETRY_AFTER = 3600.0
 SERVICE_SIDE_4XX = frozenset({408, 429})
 
 T = TypeVar("T")
+#: Tells, from an error answer and the service's own words in it, that the service can serve no
+#: job at all now (slskd logged out of Soulseek): the outage's short reason, else ``None``.
+OutageRule: TypeAlias = Callable[[httpx.Response, str], "str | None"]
 #: Reads a service's own error message out of an error answer (``None``: use the raw body).
 ErrorMessage = Callable[[httpx.Response], "str | None"]
 
@@ -83,9 +92,11 @@ class UpstreamHttp:
         headers: dict[str, str] | None = None,
         auth: httpx.Auth | None = None,
         error_message: ErrorMessage | None = None,
+        credentials: str | None = None,
+        outage: OutageRule | None = None,
     ) -> None:
         self.service = service
-        self._error_message = error_message
+        self._judge = _Judge(service, error_message, credentials, outage)
         self._http = httpx.Client(base_url=base_url, timeout=timeout, headers=headers, auth=auth)
 
     def request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
@@ -94,7 +105,7 @@ class UpstreamHttp:
             response = self._http.request(method, path, **kwargs)
         except httpx.TransportError as exc:
             raise transport_failure(self.service, method, path, exc) from exc
-        raise_for_status(self.service, response, self._error_message)
+        self._judge(response)
         return response
 
     def send(self, request: Request) -> httpx.Response:
@@ -116,9 +127,11 @@ class AsyncUpstreamHttp:
         timeout: float,
         headers: dict[str, str] | None = None,
         error_message: ErrorMessage | None = None,
+        credentials: str | None = None,
+        outage: OutageRule | None = None,
     ) -> None:
         self.service = service
-        self._error_message = error_message
+        self._judge = _Judge(service, error_message, credentials, outage)
         self._http = httpx.AsyncClient(base_url=base_url, timeout=timeout, headers=headers)
 
     async def request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
@@ -127,7 +140,7 @@ class AsyncUpstreamHttp:
             response = await self._http.request(method, path, **kwargs)
         except httpx.TransportError as exc:
             raise transport_failure(self.service, method, path, exc) from exc
-        raise_for_status(self.service, response, self._error_message)
+        self._judge(response)
         return response
 
     async def send(self, request: Request) -> httpx.Response:
@@ -221,18 +234,38 @@ def transport_failure(
 
 
 def raise_for_status(
-    service: str, response: httpx.Response, error_message: ErrorMessage | None = None
+    service: str,
+    response: httpx.Response,
+    error_message: ErrorMessage | None = None,
+    credentials: str | None = None,
+    outage: OutageRule | None = None,
 ) -> None:
     """Raise the error that ``response``'s status means; do nothing for a success.
 
     The message quotes the service's own words: ``error_message(response)`` when given and it
-    finds them, else the start of the body.
+    finds them, else the start of the body; after an empty body, the status line
+    (``answered 401 Unauthorized``), never nothing. With ``credentials`` (the variable holding
+    the client's credentials), a 401 is :class:`UnauthorizedError`: the settings are wrong.
+    An answer ``outage`` recognises is a :class:`ServiceOutage`, whatever its status.
     """
     status = response.status_code
     if status < 400:
         return
-    said = error_message(response) if error_message is not None else None
-    detail = f"{_where(response)} answered {status}: {said or _excerpt(response)}"
+    said = (error_message(response) if error_message is not None else None) or _excerpt(response)
+    where = _where(response)
+    detail = f"{where} answered {status}: {said}" if said else f"{where} {status_line(response)}"
+    if status == 401 and credentials is not None:
+        raise UnauthorizedError(service, detail, variable=credentials, status=status)
+    reason = outage(response, said) if outage is not None else None
+    if reason is not None:
+        raise ServiceOutage(
+            service,
+            detail,
+            outage=reason,
+            status=status,
+            retry_after=retry_after_seconds(response),
+            opens_at_once=True,
+        )
     if status in SERVICE_SIDE_4XX or status >= 500:
         raise ServiceUnavailableError(
             service, detail, status=status, retry_after=retry_after_seconds(response)
@@ -240,6 +273,19 @@ def raise_for_status(
     if status == 404:
         raise NotFoundError(service, detail, status=status)
     raise UpstreamRequestError(service, detail, status=status)
+
+
+@dataclass(frozen=True)
+class _Judge:
+    """One client's reading of error answers: :func:`raise_for_status` with its options."""
+
+    service: str
+    error_message: ErrorMessage | None
+    credentials: str | None
+    outage: OutageRule | None
+
+    def __call__(self, response: httpx.Response) -> None:
+        raise_for_status(self.service, response, self.error_message, self.credentials, self.outage)
 
 
 def json_body(
@@ -292,6 +338,12 @@ def retry_after_seconds(response: httpx.Response) -> float | None:
     if seconds <= 0:
         return None
     return min(seconds, MAX_RETRY_AFTER)
+
+
+def status_line(response: httpx.Response) -> str:
+    """``answered 401 Unauthorized``: the status and its phrase (the phrase when known)."""
+    phrase = response.reason_phrase
+    return f"answered {response.status_code}" + (f" {phrase}" if phrase else "")
 
 
 def _where(response: httpx.Response) -> str:

@@ -21,7 +21,7 @@ import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 import redis
 
@@ -59,6 +59,40 @@ T = TypeVar("T")
 #: lone ``&`` or ``|`` is escaped too (harmless: Lucene reads ``\&`` as ``&``).
 LUCENE_SPECIALS = frozenset('+-&|!(){}[]^"~*?:\\/')
 _LUCENE_SPECIAL = re.compile(r'([+\-&|!(){}\[\]^"~*?:\\/])')
+
+
+#: Hosts of the real MusicBrainz (``musicbrainz.org`` and its subdomains, such as ``beta.``).
+REAL_HOST = "musicbrainz.org"
+#: Domains that stand for no one: a contact there reaches nobody.
+_PLACEHOLDER_DOMAIN = re.compile(
+    r"(^|\.)(localhost|example\.(org|com|net)|invalid|test|local|localdomain)$", re.IGNORECASE
+)
+
+
+def contact_problem(settings: MusicBrainzSettings) -> str | None:
+    """Why a worker must not send ``settings``' User-Agent to the real MusicBrainz, if it must
+    not: MusicBrainz asks every client for a way to reach its operator (an e-mail address or
+    a URL), and blocks clients that give none. ``None`` for any other host (a mirror, the
+    fake) or a contact that can reach someone."""
+    host = (urlsplit(str(settings.url)).hostname or "").lower()
+    if host != REAL_HOST and not host.endswith("." + REAL_HOST):
+        return None
+    contact = settings.contact.strip()
+    domain = contact.rpartition("@")[2] if "@" in contact else _url_host(contact)
+    domain = domain.strip(".")
+    if "." in domain and not _PLACEHOLDER_DOMAIN.search(domain):
+        return None
+    return (
+        f"invalid setting MUSICBRAINZ_CONTACT={contact!r}: MUSICBRAINZ_URL is the real "
+        f"MusicBrainz ({host}), which asks every client for a real contact in its User-Agent "
+        "(an e-mail address or a URL where you can be reached); set MUSICBRAINZ_CONTACT"
+    )
+
+
+def _url_host(text: str) -> str:
+    """The host of ``text`` when it is an http(s) URL, else ``""``."""
+    match = re.match(r"https?://([^/:?#]+)", text, re.IGNORECASE)
+    return match.group(1).lower() if match else ""
 
 
 def escape_lucene(text: str) -> str:

@@ -24,9 +24,11 @@ fields are left out of every answer.
 from __future__ import annotations
 
 import json
+import re
 import uuid
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 from urllib.parse import quote
 
@@ -47,7 +49,10 @@ from soulspot_jobs.errors import (
     NotFoundError,
     PeerUnavailableError,
     RetryLater,
+    ServiceOutage,
     ServiceUnavailableError,
+    UpstreamError,
+    UpstreamRequestError,
 )
 from soulspot_jobs.settings import SlskdSettings
 
@@ -79,6 +84,9 @@ FILE_LIMIT = 10_000
 #: Seconds past its ``search_timeout`` that :meth:`SlskdClient.search` waits for slskd to end a
 #: search before calling it slskd's failure.
 SEARCH_END_GRACE = 10.0
+#: A search that ended without responses this many seconds sooner than its timeout of silence
+#: allows was cut short by slskd (see :meth:`Search.cut_short`).
+SEARCH_CUT_SHORT_MARGIN = 1.0
 #: Seconds to wait before trying again when a 429 came without ``Retry-After``.
 DEFAULT_RETRY_AFTER = 1.0
 #: Least seconds an enqueue request is given: slskd answers only once it reached the peer,
@@ -101,6 +109,20 @@ PEER_FAILURE_PHRASES = (
     "transfer rejected",
     "connection refused",
 )
+
+#: Lower-case phrase of the Soulseek library's message when slskd is not logged in to the
+#: Soulseek network ("The server connection must be connected and logged in to ..."): slskd
+#: answers a search 409 with it (``SearchesController``) and an enqueue 500.
+LOGGED_OUT_PHRASE = "must be connected and logged in"
+#: The breaker's reason while slskd is logged out.
+LOGGED_OUT = "not logged in to Soulseek"
+#: The variable holding the credentials slskd refuses with a 401.
+CREDENTIALS = "SLSKD_API_KEY"
+#: slskd's ``exception`` of the transfers it found active when it started again: it enqueues
+#: them again, under new ids, once logged in (``Application.cs``).
+SHUT_DOWN = "Application shut down"
+#: The enqueue endpoint of slskd 0.26 and later; older versions take ``downloads/{username}``.
+BATCHES_PATH = "/api/v0/transfers/downloads/batches"
 
 #: File extensions (lower case, no dot) that hold audio a track can be made of.
 AUDIO_EXTENSIONS = frozenset(
@@ -131,6 +153,8 @@ class Search:
     file_count: int
     #: ISO time slskd recorded the search's end, with its responses; absent until then.
     ended_at: str | None = None
+    #: ISO time slskd started the search (``None`` if it sent none).
+    started_at: str | None = None
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Search:
@@ -144,7 +168,20 @@ class Search:
             response_count=int(data.get("responseCount") or 0),
             file_count=int(data.get("fileCount") or 0),
             ended_at=data.get("endedAt") or None,
+            started_at=data.get("startedAt") or None,
         )
+
+    def cut_short(self, search_timeout: float) -> bool:
+        """Ended ``TimedOut`` without a response well before ``search_timeout`` (seconds) of
+        silence could have passed: slskd ended it as it started again after a shutdown
+        (``Application.cs`` marks every unfinished search ``Completed, TimedOut`` and drops its
+        responses), not the Soulseek network."""
+        if not self.ended or self.response_count or "TimedOut" not in _flags(self.state):
+            return False
+        started, ended = _instant(self.started_at), _instant(self.ended_at)
+        if started is None or ended is None:
+            return False
+        return (ended - started).total_seconds() < search_timeout - SEARCH_CUT_SHORT_MARGIN
 
     @property
     def ended(self) -> bool:
@@ -229,6 +266,9 @@ class Transfer:
     exception: str | None
     #: ISO time slskd created the transfer (``""`` if it sent none).
     requested_at: str = ""
+    #: slskd removed it from its lists (a retention policy, ``DELETE ...?remove=true``, or a
+    #: newer transfer of the same file); it still answers it by id.
+    removed: bool = False
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Transfer:
@@ -243,6 +283,7 @@ class Transfer:
             percent_complete=float(data.get("percentComplete") or 0.0),
             exception=data.get("exception") or None,
             requested_at=str(data.get("requestedAt") or ""),
+            removed=bool(data.get("removed", False)),
         )
 
     @property
@@ -260,6 +301,16 @@ class Transfer:
     def failed(self) -> bool:
         """Completed without success: cancelled, timed out, errored, rejected or aborted."""
         return self.done and not self.succeeded
+
+    @property
+    def shut_down(self) -> bool:
+        """Ended by slskd shutting down (slskd enqueues it again once it is back)."""
+        return self.failed and (self.exception or "").strip() == SHUT_DOWN
+
+    @property
+    def queued_remotely(self) -> bool:
+        """Waiting in the peer's upload queue."""
+        return not self.done and {"Queued", "Remotely"} <= _flags(self.state)
 
     @property
     def waiting(self) -> bool:
@@ -313,7 +364,7 @@ def parse_failed(items: Any, *, requested: str) -> list[EnqueueFailure]:
     return failures
 
 
-def peer_failure_reason(exc: ServiceUnavailableError) -> str | None:
+def peer_failure_reason(exc: UpstreamError) -> str | None:
     """slskd's message when ``exc``, from an enqueue request, is a peer's failure; else ``None``.
 
     This is where a peer's failure is told apart from slskd's own. slskd's enqueue endpoint
@@ -323,14 +374,15 @@ def peer_failure_reason(exc: ServiceUnavailableError) -> str | None:
     connection ...") or too slow ("The wait timed out after 5000 milliseconds"), or slskd itself
     is broken ("The server connection must be connected and logged in ...", a database error).
     Only a 500 whose message holds one of :data:`PEER_FAILURE_PHRASES` is the peer's failure;
-    every other 500, and connection errors, timeouts, 502/503/504 and 429, are slskd's.
+    every other 500, and connection errors, timeouts, 502/503/504 and 429, are slskd's. The
+    batches endpoint of 0.26 answers a peer that is offline 404 with the message instead.
     """
-    if exc.status != 500:
+    if exc.status not in (404, 500):
         return None
     text = str(exc)
     if not any(phrase in text.casefold() for phrase in PEER_FAILURE_PHRASES):
         return None
-    _, _, body = text.partition(" answered 500: ")
+    _, _, body = text.partition(f" answered {exc.status}: ")
     return _unquoted(body or text)
 
 
@@ -427,6 +479,8 @@ class SlskdApi:
 
     def __init__(self, settings: SlskdSettings) -> None:
         self.settings = settings
+        #: Whether this slskd has the batches enqueue endpoint (``None``: not known yet).
+        self._batches: bool | None = None
 
     # -- searches --------------------------------------------------------------------------
 
@@ -478,19 +532,37 @@ class SlskdApi:
     # -- downloads -------------------------------------------------------------------------
 
     def enqueue_download(self, username: str, filename: str, size: int) -> Flow[Transfer]:
+        """Enqueue one file through the batches endpoint of slskd 0.26 and later, or the
+        per-user endpoint of older versions: which one this slskd has is learnt on the first
+        call and remembered (a 400, 404 or 405 to a batch followed by a success of the older
+        endpoint)."""
+        files = [{"filename": filename, "size": size}]
+        if self._batches is False:
+            return (yield from self._enqueue_per_user(username, filename, files))
         try:
-            response = yield from self._back_pressured(
-                "POST",
-                f"/api/v0/transfers/downloads/{_segment(username)}",
-                "other downloads are being enqueued",
-                [{"filename": filename, "size": size}],
-                timeout=max(self.settings.timeout, ENQUEUE_TIMEOUT),
+            response = yield from self._enqueue(
+                username, BATCHES_PATH, {"username": username, "files": files}
             )
-        except ServiceUnavailableError as exc:
-            reason = peer_failure_reason(exc)
-            if reason is None:
+        except PeerUnavailableError:
+            raise
+        except (UpstreamRequestError, NotFoundError) as exc:
+            if exc.status not in (400, 404, 405):
                 raise
-            raise PeerUnavailableError(SERVICE, username, reason, status=exc.status) from exc
+            # no batches here (0.24-0.25 take it for a user named "batches"), or a request
+            # slskd refuses either way: the older endpoint tells which
+            transfer = yield from self._enqueue_per_user(username, filename, files)
+            self._batches = False
+            return transfer
+        self._batches = True
+        return (yield from self._batch_transfer(username, filename, response))
+
+    def _enqueue_per_user(
+        self, username: str, filename: str, files: list[dict[str, Any]]
+    ) -> Flow[Transfer]:
+        """Enqueue through ``POST downloads/{username}`` (obsolete in 0.26, the only one
+        before): its answer is bare (before 0.24) or lists ``enqueued`` and ``failed``."""
+        path = f"/api/v0/transfers/downloads/{_segment(username)}"
+        response = yield from self._enqueue(username, path, files)
         if not response.content:  # the bare 201 of slskd before 0.24
             reason = "slskd answered with no transfer"
             return (yield from self._existing_download(username, filename, reason))
@@ -503,6 +575,48 @@ class SlskdApi:
             for failure in parse_failed(result.get("failed"), requested=filename)
             if failure.filename in (None, filename)
         ]
+        return (yield from self._not_enqueued(username, filename, failures))
+
+    def _enqueue(self, username: str, path: str, body: Any) -> Flow[httpx.Response]:
+        """POST an enqueue request; a peer's failure raises :class:`PeerUnavailableError`."""
+        try:
+            return (
+                yield from self._back_pressured(
+                    "POST",
+                    path,
+                    "other downloads are being enqueued",
+                    body,
+                    timeout=max(self.settings.timeout, ENQUEUE_TIMEOUT),
+                )
+            )
+        except (ServiceUnavailableError, NotFoundError) as exc:
+            reason = peer_failure_reason(exc)
+            if reason is None:
+                raise
+            raise PeerUnavailableError(SERVICE, username, reason, status=exc.status) from exc
+
+    def _batch_transfer(
+        self, username: str, filename: str, response: httpx.Response
+    ) -> Flow[Transfer]:
+        """The transfer of ``filename`` in a batch answer (201, 207 or 200), or the one slskd
+        already has when it listed the file among the ``failures``."""
+        result = json_body(SERVICE, response, _json_object)
+        batch = result.get("batch") if isinstance(result.get("batch"), dict) else {}
+        for item in batch.get("transfers") or ():
+            if isinstance(item, dict) and item.get("filename") == filename and item.get("id"):
+                return Transfer.from_json({"username": username, **item})
+        failures = [
+            failure
+            for failure in parse_failed(result.get("failures"), requested=filename)
+            if failure.filename in (None, filename)
+        ]
+        return (yield from self._not_enqueued(username, filename, failures))
+
+    def _not_enqueued(
+        self, username: str, filename: str, failures: list[EnqueueFailure]
+    ) -> Flow[Transfer]:
+        """slskd enqueued nothing new (the file is already being downloaded, or adding it
+        failed): the transfer of that file it has, with slskd's reasons when it has none."""
         reasons = [failure.message for failure in failures if failure.message]
         if failures:
             reason = "; ".join(reasons) or "slskd listed the file as failed, without a reason"
@@ -522,6 +636,24 @@ class SlskdApi:
             f"/api/v0/transfers/downloads/{_segment(username)}/{_segment(transfer_id)}",
             params={"remove": False},
         )
+
+    # -- the session -----------------------------------------------------------------------
+
+    def check_session(self) -> Flow[str]:
+        """Whether slskd takes our API key (``GET /api/v0/session``: 200 or 401) and is logged
+        in to Soulseek (``GET /api/v0/server``); the Soulseek server's address."""
+        yield Request("GET", "/api/v0/session")
+        response = yield Request("GET", "/api/v0/server")
+        server = json_body(SERVICE, response, _json_object)
+        if not server.get("isLoggedIn"):
+            state = server.get("state") or "unknown"
+            raise ServiceOutage(
+                SERVICE,
+                f"GET /api/v0/server: slskd is not logged in to Soulseek (state: {state})",
+                outage=LOGGED_OUT,
+                opens_at_once=True,
+            )
+        return str(server.get("address") or "")
 
     # -- helpers ---------------------------------------------------------------------------
 
@@ -566,11 +698,14 @@ class SlskdApi:
 
 
 def _http_options(settings: SlskdSettings) -> dict[str, Any]:
-    """How both clients talk to slskd: its timeout, the API key header, its error bodies."""
+    """How both clients talk to slskd: its timeout, the API key header, its error bodies (a
+    401 means :data:`CREDENTIALS` are wrong; "not logged in" is an outage of slskd)."""
     return {
         "timeout": settings.timeout,
         "headers": {"X-API-Key": settings.api_key.get_secret_value()},
         "error_message": _error_message,
+        "credentials": CREDENTIALS,
+        "outage": _outage,
     }
 
 
@@ -637,6 +772,12 @@ class SlskdClient:
         """Cancel the download; slskd keeps it in its list as ``"Completed, Cancelled"``."""
         return drive(self._api.cancel_download(username, transfer_id), self._http.send)
 
+    def check_session(self) -> str:
+        """The address of the Soulseek server slskd is logged in to; raises
+        :class:`~soulspot_jobs.errors.UnauthorizedError` when slskd refuses the API key and
+        :class:`~soulspot_jobs.errors.ServiceOutage` when it is not logged in to Soulseek."""
+        return drive(self._api.check_session(), self._http.send)
+
     def close(self) -> None:
         self._http.close()
 
@@ -691,6 +832,10 @@ class AsyncSlskdClient:
         flow = self._api.cancel_download(username, transfer_id)
         return await drive_async(flow, self._http.send)
 
+    async def check_session(self) -> str:
+        """See :meth:`SlskdClient.check_session`."""
+        return await drive_async(self._api.check_session(), self._http.send)
+
     async def aclose(self) -> None:
         await self._http.aclose()
 
@@ -713,6 +858,23 @@ def _extension(declared: Any, filename: str) -> str:
         return extension
     name = filename.replace("\\", "/").rsplit("/", 1)[-1]
     return name.rsplit(".", 1)[-1].lower() if "." in name else ""
+
+
+def _instant(text: str | None) -> datetime | None:
+    """An ISO time slskd wrote (``2026-12-05T03:02:17.1234567Z``, 7 fraction digits), or
+    ``None`` when absent or unreadable."""
+    if not text:
+        return None
+    match = re.match(r"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(\.\d+)?(Z|[+-]\d\d:\d\d)?$", text)
+    if match is None:
+        return None
+    whole, fraction, zone = match.groups()
+    fraction = (fraction or ".0")[:7]
+    zone = "+00:00" if zone in (None, "Z") else zone
+    try:
+        return datetime.fromisoformat(f"{whole}{fraction}{zone}")
+    except ValueError:
+        return None
 
 
 def _optional_int(value: Any) -> int | None:
@@ -742,6 +904,11 @@ def _peer_responses(data: Any) -> list[PeerResponse]:
     if not isinstance(data, list):
         raise TypeError(f"expected a JSON list of responses, got {type(data).__name__}")
     return [PeerResponse.from_json(item) for item in data]
+
+
+def _outage(response: httpx.Response, said: str) -> str | None:
+    """slskd's answer means it can serve nothing now: it is not logged in to Soulseek."""
+    return LOGGED_OUT if LOGGED_OUT_PHRASE in said.casefold() else None
 
 
 def _error_message(response: httpx.Response) -> str | None:

@@ -42,7 +42,7 @@ from soulspot_jobs.clients.http import (
     drive_async,
     json_body,
 )
-from soulspot_jobs.errors import UpstreamError, UpstreamRequestError
+from soulspot_jobs.errors import UnauthorizedError, UpstreamError, UpstreamRequestError
 from soulspot_jobs.settings import SpotifySettings
 
 log = structlog.get_logger("soulspot_jobs.clients.spotify")
@@ -60,6 +60,8 @@ PLAYLIST_FIELDS = "id,name,owner.id"
 #: Seconds before its announced expiry at which a token is replaced (at most a tenth of its life).
 TOKEN_EXPIRY_MARGIN = 30.0
 
+#: The settings the app's own credentials are in.
+CLIENT_CREDENTIALS = "SPOTIFY_CLIENT_ID/SPOTIFY_CLIENT_SECRET"
 #: Which credential a request carried, for the messages of 401 and 403 answers.
 APP, OWN_USER, GIVEN = "app", "own_user", "given"
 _REFUSED_403 = {
@@ -201,7 +203,18 @@ class SpotifyApi:
             if exc.status != 401:
                 raise
         own = yield OwnToken(rejected=own)
-        return (yield from self._send(method, url, own, credential, **kwargs))
+        try:
+            return (yield from self._send(method, url, own, credential, **kwargs))
+        except UpstreamRequestError as exc:
+            if exc.status != 401:
+                raise
+            # a token just issued, refused too: the credentials behind it are wrong
+            raise UnauthorizedError(
+                SERVICE,
+                str(exc).removeprefix(f"{SERVICE}: "),
+                variable=self._variable(),
+                status=401,
+            ) from None
 
     def _send(
         self, method: str, url: str, token: str, credential: str, **kwargs: Any
@@ -254,10 +267,14 @@ class SpotifyApi:
                 "POST", self._token_url, data=form, headers={"Authorization": self._basic()}
             )
         except UpstreamRequestError as exc:
-            if grant == "refresh_token" and exc.status == 400:
-                hint = "SPOTIFY_REFRESH_TOKEN was refused: authorize again and set the new one"
-                raise _explained(exc, hint) from None
-            raise
+            refused = _refused_credentials(exc, grant)
+            if refused is None:
+                raise
+            variable, hint = refused
+            message = f"{str(exc).removeprefix(f'{SERVICE}: ')}; {hint}"
+            raise UnauthorizedError(
+                SERVICE, message, variable=variable, status=exc.status
+            ) from None
         token, expires_in, rotated = json_body(SERVICE, response, _token_answer)
         if rotated and rotated != self._refresh_token:
             self._refresh_token = rotated
@@ -272,10 +289,14 @@ class SpotifyApi:
             grant=grant,
         )
         self._token = token
-        self._token_expires_at = self._clock() + expires_in - min(
-            TOKEN_EXPIRY_MARGIN, expires_in / 10
+        self._token_expires_at = (
+            self._clock() + expires_in - min(TOKEN_EXPIRY_MARGIN, expires_in / 10)
         )
         return token
+
+    def _variable(self) -> str:
+        """The settings behind the own token."""
+        return "SPOTIFY_REFRESH_TOKEN" if self._refresh_token else CLIENT_CREDENTIALS
 
     def _basic(self) -> str:
         secret = self.settings.client_secret.get_secret_value()
@@ -327,6 +348,14 @@ class SpotifyClient:
         """The track ``track_id``; raises :class:`NotFoundError` when Spotify has no such track."""
         return self._run(self._api.get_track(track_id, token))
 
+    def check_credentials(self) -> str:
+        """Obtain a token with the configured credentials now (the refresh grant with
+        ``SPOTIFY_REFRESH_TOKEN``, else client credentials): ``"user"`` or ``"app"``, or
+        :class:`~soulspot_jobs.errors.UnauthorizedError` naming the setting to fix."""
+        with self._token_lock:
+            self._run(self._api.new_token())
+        return "user" if self.acts_as_user else "app"
+
     def close(self) -> None:
         self._http.close()
 
@@ -357,9 +386,9 @@ class AsyncSpotifyClient:
         self._http = AsyncUpstreamHttp(
             SERVICE, settings.api_url, timeout=settings.timeout, error_message=_error_message
         )
-        self._token_locks: weakref.WeakKeyDictionary[
-            asyncio.AbstractEventLoop, asyncio.Lock
-        ] = weakref.WeakKeyDictionary()
+        self._token_locks: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Lock] = (
+            weakref.WeakKeyDictionary()
+        )
 
     def __repr__(self) -> str:
         return f"AsyncSpotifyClient(api_url={self._settings.api_url!r})"
@@ -379,9 +408,7 @@ class AsyncSpotifyClient:
         """See :meth:`SpotifyClient.get_playlist`."""
         return await self._run(self._api.get_playlist(playlist_id, token))
 
-    async def get_playlist_items(
-        self, playlist_id: str, token: str | None = None
-    ) -> PlaylistItems:
+    async def get_playlist_items(self, playlist_id: str, token: str | None = None) -> PlaylistItems:
         """See :meth:`SpotifyClient.get_playlist_items`."""
         return await self._run(self._api.get_playlist_items(playlist_id, token))
 
@@ -392,6 +419,11 @@ class AsyncSpotifyClient:
     async def get_track(self, track_id: str, token: str | None = None) -> Track:
         """See :meth:`SpotifyClient.get_track`."""
         return await self._run(self._api.get_track(track_id, token))
+
+    async def check_credentials(self) -> str:
+        """See :meth:`SpotifyClient.check_credentials`."""
+        await self._run(self._api.new_token())
+        return "user" if self.acts_as_user else "app"
 
     async def aclose(self) -> None:
         await self._http.aclose()
@@ -438,6 +470,22 @@ def _error_message(response: httpx.Response) -> str | None:
     if isinstance(error, str):
         description = response.json().get("error_description")
         return f"{error}: {description}" if description else error
+    return None
+
+
+def _refused_credentials(exc: UpstreamRequestError, grant: str) -> tuple[str, str] | None:
+    """The setting to fix and what to do, when the accounts service's refusal ``exc`` of a
+    token request is about our credentials: ``invalid_client`` (400 or 401: a wrong client id
+    or secret), a 401, or ``invalid_grant`` of the refresh grant (the refresh token was
+    revoked or is wrong). ``None`` for any other refusal."""
+    said = str(exc)
+    if "invalid_client" in said or exc.status == 401:
+        return CLIENT_CREDENTIALS, "check SPOTIFY_CLIENT_ID and SPOTIFY_CLIENT_SECRET"
+    if grant == "refresh_token" and exc.status == 400:
+        return (
+            "SPOTIFY_REFRESH_TOKEN",
+            "SPOTIFY_REFRESH_TOKEN was refused: authorize again and set the new one",
+        )
     return None
 
 

@@ -7,7 +7,10 @@ It serves the three endpoints the client uses, with the JSON shapes MusicBrainz 
   ``recording``, ``isrc``; backslash escapes undone; words without a field match the title or
   the artist). Each catalog track has the exact recording (score 100) and near matches:
   the same song on a compilation (also 100, a little longer), a live version, a radio edit
-  and a cover, each with its own length and a lower score.
+  and a cover, each with its own length and a lower score. A query that Lucene's query parser
+  refuses (an unclosed quote, parenthesis, range or ``/regex/``, a lone ``AND``, a field with
+  no value, a trailing backslash) is a 400 as musicbrainz-server words the search server's 400
+  (``Data::WebService::xml_search``): "Search server could not complete query: Bad request".
 * ``GET /ws/2/recording/<mbid>?inc=...`` and ``GET /ws/2/isrc/<isrc>?inc=...`` look up, with
   musicbrainz-server's ``inc`` rules (its ws/2 validator and JSON serializers): ``inc`` values
   are joined by ``+`` or a space; ``artists`` adds ``artist-credit`` (to the recording and its
@@ -16,6 +19,9 @@ It serves the three endpoints the client uses, with the JSON shapes MusicBrainz 
   releases (its recordings are not serialized as top level) and refuses ``release-groups``.
   ``media`` needs ``releases``. A value the resource does not accept is a 400 worded as
   MusicBrainz words it. Unknown ids are a 404 ``{"error": "Not Found", "help": ...}``.
+
+Every path is also served with a trailing slash (``/ws/2/recording/?query=...``), as
+musicbrainz-server's Catalyst dispatcher ignores one; ``musicbrainzngs`` searches that way.
 
 Like MusicBrainz it refuses (403) requests without a meaningful ``User-Agent`` (missing, or a
 library's default such as ``python-httpx/0.28``), answers JSON only when asked (``fmt=json``
@@ -50,6 +56,9 @@ RATE_LIMIT_MESSAGE = (
 )
 #: The ``help`` of every error answer.
 HELP = "For usage, please see: https://musicbrainz.org/development/mmd"
+#: The ``error`` of a search whose query the search server could not parse: musicbrainz-server
+#: answers its search server's 400 with this 400 (``Data::WebService::xml_search``).
+SEARCH_BAD_REQUEST = "Search server could not complete query: Bad request"
 #: User-Agent prefixes of HTTP libraries and tools, refused as not meaningful (lower case).
 GENERIC_AGENTS = (
     "python-httpx/",
@@ -138,6 +147,26 @@ SCORE_PER_EXTRA_WORD = 10
 _UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 _ISRC = re.compile(r"^[A-Z]{2}[A-Z0-9]{3}[0-9]{7}$")
 _CLAUSE = re.compile(r'(?:([A-Za-z][\w-]*):)?(?:"((?:\\.|[^"\\])*)"|((?:\\.|[^\s"\\])+))')
+#: One token of Lucene's classic query syntax (its ``QueryParser.jj``), white space before it
+#: skipped: a phrase, a range, a regular expression, one of the syntax characters, or a term
+#: (which may hold escapes, wildcards, and ``+``/``-`` after its first character). A character
+#: no token can start with (a lone quote, slash or backslash, an unclosed range) is ``bad``.
+_LUCENE_TOKEN = re.compile(
+    r"""\s*(?:
+      (?P<phrase>"(?:\\.|[^"\\])*")
+    | (?P<range>[\[{]\s*(?:"(?:\\.|[^"\\])*"|(?:\\.|[^\s\]}\\])+)
+        \s+TO\s+(?:"(?:\\.|[^"\\])*"|(?:\\.|[^\s\]}\\])+)\s*[\]}])
+    | (?P<regex>/(?:\\.|[^/\\])*/)
+    | (?P<symbol>[()+\-!:^~])
+    | (?P<term>(?:\\.|[^\s"()\[\]{}+\-!:^~\\/])(?:\\.|[^\s"()\[\]{}!:^~\\/])*)
+    | (?P<bad>\S)
+    )""",
+    re.VERBOSE,
+)
+#: Terms that are Lucene operators (upper case only; ``and`` is a word).
+_LUCENE_OPERATORS = {"AND": "AND", "&&": "AND", "OR": "OR", "||": "OR", "NOT": "NOT"}
+#: A boost or a fuzziness: digits, maybe a fraction.
+_NUMBER = re.compile(r"\d+(?:\.\d+)?")
 
 
 @dataclass(frozen=True)
@@ -209,9 +238,13 @@ class FakeMusicBrainz(FakeServer):
         for position, recording in enumerate(self.recordings):
             words = _words(f"{recording.title} {recording.artist}")
             self._keys.add(position, [*words, *(_isrc_key(isrc) for isrc in recording.isrcs)])
-        self.route("GET", "/ws/2/recording", self._gated(self._search))
-        self.route("GET", "/ws/2/recording/{mbid}", self._gated(self._lookup))
-        self.route("GET", "/ws/2/isrc/{isrc}", self._gated(self._isrc))
+        for path, handler in [
+            ("/ws/2/recording", self._search),
+            ("/ws/2/recording/{mbid}", self._lookup),
+            ("/ws/2/isrc/{isrc}", self._isrc),
+        ]:
+            for pattern in (path, f"{path}/"):  # Catalyst ignores a trailing slash
+                self.route("GET", pattern, self._gated(handler))
 
     def error_body(self, status: int, message: str) -> Any:
         """MusicBrainz's error shape, also for the base faults' answers."""
@@ -258,6 +291,8 @@ class FakeMusicBrainz(FakeServer):
             offset = max(int(request.query.get("offset", 0)), 0)
         except ValueError:
             return _error(400, "limit and offset must be integers.")
+        if not _parses(query):
+            return _error(400, SEARCH_BAD_REQUEST)
         clauses = _parse_query(query)
         scored = [(_score(r, clauses), r) for r in self._candidates(clauses)]
         hits = sorted(((s, r) for s, r in scored if s is not None), key=lambda hit: -hit[0])
@@ -444,6 +479,76 @@ def _parse_query(query: str) -> list[tuple[str | None, str]]:
             continue
         clauses.append((field.lower() if field else None, text))
     return clauses
+
+
+def _parses(query: str) -> bool:
+    """Whether Lucene's classic query parser, which the search server runs, accepts ``query``.
+
+    The grammar (``QueryParser.jj``): a query is clauses, each after an optional ``AND``/``OR``
+    (``&&``/``||``) but the first; a clause is an optional ``+``, ``-``, ``!`` or ``NOT``, an
+    optional ``field:``, then a term, phrase, range or ``/regex/`` (``~`` and a number may
+    follow) or a parenthesised query, and an optional ``^number`` boost.
+    """
+    tokens: list[tuple[str, str]] = []
+    for match in _LUCENE_TOKEN.finditer(query):
+        kind = next(k for k in ("phrase", "range", "regex", "symbol", "term", "bad") if match[k])
+        if kind == "bad":
+            return False
+        text = match[kind]
+        if kind == "term":
+            kind = _LUCENE_OPERATORS.get(text, "term")
+        tokens.append((text if kind == "symbol" else kind, text))
+    parser = _LuceneParser(tokens)
+    return parser.query() and parser.at == len(tokens)
+
+
+class _LuceneParser:
+    """A recogniser of :func:`_parses`'s grammar over ``(kind, text)`` tokens."""
+
+    def __init__(self, tokens: list[tuple[str, str]]) -> None:
+        self.tokens = tokens
+        #: Position of the next token.
+        self.at = 0
+
+    def kind(self, ahead: int = 0) -> str | None:
+        position = self.at + ahead
+        return self.tokens[position][0] if position < len(self.tokens) else None
+
+    def take(self, *kinds: str) -> bool:
+        if self.kind() in kinds:
+            self.at += 1
+            return True
+        return False
+
+    def number(self) -> bool:
+        if self.kind() == "term" and _NUMBER.fullmatch(self.tokens[self.at][1]):
+            self.at += 1
+            return True
+        return False
+
+    def query(self) -> bool:
+        """Clauses up to the end or a ``)``; at least one."""
+        if not self.clause():
+            return False
+        while self.kind() not in (None, ")"):
+            self.take("AND", "OR")
+            if not self.clause():
+                return False
+        return True
+
+    def clause(self) -> bool:
+        self.take("+", "-", "!", "NOT")
+        if self.kind() == "term" and self.kind(1) == ":":
+            self.at += 2
+        if self.take("("):
+            if not (self.query() and self.take(")")):
+                return False
+        elif self.take("term", "phrase", "range", "regex"):
+            if self.take("~"):
+                self.number()
+        else:
+            return False
+        return not self.take("^") or self.number()
 
 
 def _score(recording: FakeRecording, clauses: list[tuple[str | None, str]]) -> int | None:

@@ -1,14 +1,16 @@
-"""The fake Soulseek network behind the fake slskd: its peers, and searches and transfers as
-they unfold over time, written as slskd's JSON (camelCase, ISO times, .NET time spans,
-comma-joined states, null fields left out).
+"""The fake Soulseek network behind the fake slskd: its peers, and searches, transfers and
+batches as they unfold over time, written as slskd's JSON (camelCase, ISO times, .NET time
+spans, comma-joined states, null fields left out), and the server connection's state.
 
 Nothing here runs on a clock of its own: every state is computed from ``time.monotonic()`` at
-the moment a request reads it.
+the moment a request reads it. A transfer or search that slskd ended from outside its schedule
+(cancelled, or found unfinished when slskd started again) keeps the moment it was ended, and
+reads as it was then.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -19,18 +21,24 @@ __all__ = [
     "PEERS",
     "PHASES",
     "REJECTED_AT",
+    "SHUT_DOWN",
+    "BatchRecord",
     "Peer",
     "SearchRecord",
     "TransferRecord",
+    "batch_json",
     "extra_json",
     "file_json",
     "iso",
     "response_json",
     "schedule_fraction",
     "search_complete",
+    "search_ended",
     "search_json",
+    "server_json",
     "stored_responses",
     "timespan",
+    "transfer_done",
     "transfer_json",
     "transfer_state",
     "user_json",
@@ -50,6 +58,12 @@ REJECTED_AT = PHASES[2][0]
 FLAC_RATIO_PERCENT = 60
 #: Fraction of a file a failed download got before it failed.
 FAILED_FRACTION = 0.5
+#: State and exception slskd gives, when it starts, every transfer it finds unfinished
+#: (``Application.cs``: the previous run ended while they ran).
+SHUT_DOWN = ("Completed, Errored", "Application shut down")
+#: The Soulseek server slskd connects to by default (``Options.cs``), and its address.
+SERVER_ADDRESS = "vps.slsknet.org"
+SERVER_ENDPOINT = "208.76.170.59:2271"
 
 
 @dataclass(frozen=True)
@@ -118,6 +132,10 @@ class SearchRecord:
     #: Seconds between the search reading ``Completed`` and its responses being stored.
     finalize_delay: float = 0.0
     stopped: float | None = None
+    #: (``time.monotonic()``, state) when slskd ended it outside Soulseek: starting it failed
+    #: (``Completed, Errored``), or slskd started again while it ran (``Completed, TimedOut``).
+    #: Its counts then read 0 and it has no responses.
+    aborted: tuple[float, str] | None = None
 
 
 @dataclass
@@ -138,6 +156,26 @@ class TransferRecord:
     #: Uploads ahead of ours at the peer while it is ``Queued, Remotely``.
     place_in_queue: int = 1
     cancelled: float | None = None
+    #: ``time.monotonic()`` when slskd stopped while it ran: it ends as :data:`SHUT_DOWN`.
+    shut_down: float | None = None
+    #: Hidden from slskd's lists (soft delete, or superseded by a new enqueue of the file).
+    removed: bool = False
+    #: The batch it was enqueued in (``POST .../downloads/batches``), if any.
+    batch_id: str | None = None
+
+
+@dataclass
+class BatchRecord:
+    """One batch of downloads enqueued through ``POST /api/v0/transfers/downloads/batches``."""
+
+    id: str
+    username: str
+    created_at: datetime
+    search_id: str | None = None
+    #: Directory the batch's files go to, relative to slskd's downloads directory.
+    destination: str | None = None
+    #: Ids of the transfers enqueued in it, in order.
+    transfer_ids: list[str] = field(default_factory=list)
 
 
 def iso(moment: datetime) -> str:
@@ -209,21 +247,30 @@ def response_json(
 
 def search_complete(search: SearchRecord, now: float) -> bool:
     """The search reads ``Completed`` (its responses may not be stored yet)."""
-    return search.stopped is not None or now - search.started >= search.duration
+    if search.aborted is not None or search.stopped is not None:
+        return True
+    return now - search.started >= search.duration
 
 
 def _search_end(search: SearchRecord) -> float:
     """When the search stopped receiving responses (``time.monotonic()``)."""
+    if search.aborted is not None:
+        return search.aborted[0]
     return search.stopped if search.stopped is not None else search.started + search.duration
 
 
-def _search_stored(search: SearchRecord, now: float) -> bool:
-    """slskd stored the responses and ``endedAt``: ``finalize_delay`` after completing."""
+def search_ended(search: SearchRecord, now: float) -> bool:
+    """slskd stored the responses and ``endedAt``: ``finalize_delay`` after completing (at
+    once when slskd ended it itself)."""
+    if search.aborted is not None:
+        return True
     return search_complete(search, now) and now >= _search_end(search) + search.finalize_delay
 
 
 def _arrived_responses(search: SearchRecord, now: float) -> list[dict[str, Any]]:
     """The responses received by ``now``: they arrive evenly while the search runs."""
+    if search.aborted is not None:
+        return []
     if search.duration <= 0 or (search.stopped is None and search_complete(search, now)):
         return list(search.responses)
     end = min(now, _search_end(search))
@@ -233,12 +280,14 @@ def _arrived_responses(search: SearchRecord, now: float) -> list[dict[str, Any]]
 
 def stored_responses(search: SearchRecord, now: float) -> list[dict[str, Any]]:
     """What ``GET .../responses`` answers: nothing until slskd stored them at the end."""
-    return _arrived_responses(search, now) if _search_stored(search, now) else []
+    return _arrived_responses(search, now) if search_ended(search, now) else []
 
 
 def search_json(search: SearchRecord, now: float, *, with_responses: bool) -> dict[str, Any]:
     arrived = _arrived_responses(search, now)
-    if search.stopped is not None:
+    if search.aborted is not None:
+        state = search.aborted[1]
+    elif search.stopped is not None:
         state = "Completed, Cancelled"
     elif search_complete(search, now):
         state = "Completed, ResponseLimitReached" if arrived else "Completed, TimedOut"
@@ -256,18 +305,32 @@ def search_json(search: SearchRecord, now: float, *, with_responses: bool) -> di
         "token": search.token,
         "responses": stored_responses(search, now) if with_responses else [],
     }
-    if _search_stored(search, now):
-        ended = _search_end(search) + search.finalize_delay
+    if search_ended(search, now):
+        ended = _search_end(search)
+        if search.aborted is None:
+            ended += search.finalize_delay
         data["endedAt"] = iso(search.started_at + timedelta(seconds=ended - search.started))
     return data
 
 
+def _stopped_at(transfer: TransferRecord) -> float | None:
+    """When slskd ended the transfer from outside its schedule (cancelled, shut down), if so."""
+    moments = [at for at in (transfer.cancelled, transfer.shut_down) if at is not None]
+    return min(moments) if moments else None
+
+
 def schedule_fraction(transfer: TransferRecord, now: float) -> float:
-    """How far along its schedule the transfer is, 0 to 1 (frozen when it was cancelled)."""
-    end = transfer.cancelled if transfer.cancelled is not None else now
+    """How far along its schedule the transfer is, 0 to 1: frozen where it ended, when it was
+    cancelled, shut down or failed early."""
+    stopped = _stopped_at(transfer)
+    end = stopped if stopped is not None else now
     if transfer.duration <= 0:
-        return 1.0
-    return min(1.0, max(0.0, (end - transfer.started) / transfer.duration))
+        fraction = 1.0
+    else:
+        fraction = min(1.0, max(0.0, (end - transfer.started) / transfer.duration))
+    if transfer.failure is not None:
+        fraction = min(fraction, transfer.failure_at)
+    return fraction
 
 
 def transfer_state(transfer: TransferRecord, now: float) -> tuple[str, str | None, float]:
@@ -276,8 +339,11 @@ def transfer_state(transfer: TransferRecord, now: float) -> tuple[str, str | Non
     fraction = schedule_fraction(transfer, now)
     start = PHASES[-1][0]
     progress = max(0.0, (fraction - start) / (1.0 - start))
-    if transfer.cancelled is not None:
-        return "Completed, Cancelled", "Transfer cancelled", progress
+    stopped = _stopped_at(transfer)
+    if stopped is not None:
+        if stopped == transfer.cancelled:
+            return "Completed, Cancelled", "Transfer cancelled", progress
+        return *SHUT_DOWN, progress
     if transfer.failure is not None and fraction >= transfer.failure_at:
         state, exception = transfer.failure
         return state, exception, FAILED_FRACTION if transfer.failure_at >= 1.0 else 0.0
@@ -286,9 +352,15 @@ def transfer_state(transfer: TransferRecord, now: float) -> tuple[str, str | Non
     return next(name for at, name in reversed(PHASES) if fraction >= at), None, progress
 
 
+def transfer_done(transfer: TransferRecord, now: float) -> bool:
+    """The transfer's state holds ``Completed`` (succeeded or not)."""
+    return transfer_state(transfer, now)[0].startswith("Completed")
+
+
 def transfer_json(transfer: TransferRecord, now: float) -> dict[str, Any]:
-    """The transfer as slskd writes it: fields that are null (not yet started, no exception,
-    no place in the queue) are left out."""
+    """The transfer as slskd writes it (``Transfers/Types/Transfer.cs``): fields that are null
+    (no batch, not yet started or ended, no exception, no place in the queue, no speed yet)
+    are left out; ``removed`` is always there."""
     fraction = schedule_fraction(transfer, now)
     start = PHASES[-1][0]
     state, exception, progress = transfer_state(transfer, now)
@@ -304,6 +376,7 @@ def transfer_json(transfer: TransferRecord, now: float) -> dict[str, Any]:
     speed = transferred / elapsed if elapsed else 0.0
     remaining = transfer.size - transferred
     data = {
+        "batchId": transfer.batch_id,
         "id": transfer.id,
         "username": transfer.username,
         "direction": "Download",
@@ -320,12 +393,14 @@ def transfer_json(transfer: TransferRecord, now: float) -> dict[str, Any]:
         "averageSpeed": speed,
         "placeInQueue": transfer.place_in_queue if state == "Queued, Remotely" else None,
         "exception": exception,
-        "attempts": 1,
-        "removed": False,
+        # slskd counts the first attempt once the download leaves its local queue
+        "attempts": 0 if fraction < PHASES[1][0] else 1,
+        "removed": transfer.removed,
         "bytesRemaining": remaining,
         "elapsedTime": timespan(elapsed) if fraction >= start else None,
         "percentComplete": round(100.0 * transferred / transfer.size, 2) if transfer.size else 0.0,
-        "remainingTime": timespan(remaining / speed) if speed and not done else None,
+        # null only while the speed is 0 (``Transfer.RemainingTime``), so 0 once succeeded
+        "remainingTime": timespan(remaining / speed) if speed else None,
     }
     return {key: value for key, value in data.items() if value is not None}
 
@@ -344,3 +419,38 @@ def user_json(username: str, transfers: list[TransferRecord], now: float) -> dic
             for name, files in directories.items()
         ],
     }
+
+
+def batch_json(batch: BatchRecord, transfers: list[TransferRecord], now: float) -> dict[str, Any]:
+    """The batch as slskd writes it (``Transfers/Types/Batch.cs``), with its transfers (removed
+    ones too: slskd includes every transfer of the batch). Only the destination of the
+    request's options is kept, as slskd's controller does."""
+    data = {
+        "searchId": batch.search_id,
+        "id": batch.id,
+        "username": batch.username,
+        "direction": "Download",
+        "createdAt": iso(batch.created_at),
+        "transfers": [transfer_json(transfer, now) for transfer in transfers],
+        "options": {} if batch.destination is None else {"destination": batch.destination},
+    }
+    return {key: value for key, value in data.items() if value is not None}
+
+
+def server_json(state: str) -> dict[str, Any]:
+    """``GET /api/v0/server`` in ``state`` (``"Connected, LoggedIn"``, ``"Connected"``,
+    ``"Disconnected"``): slskd's ``ServerState`` (``Core/State.cs``), which names no user;
+    address and endpoint are null (left out) while disconnected."""
+    flags = {flag.strip() for flag in state.split(",")}
+    connected = "Connected" in flags
+    data = {
+        "address": SERVER_ADDRESS if connected else None,
+        "ipEndPoint": SERVER_ENDPOINT if connected else None,
+        "state": state,
+        "isConnected": connected,
+        "isConnecting": "Connecting" in flags,
+        "isLoggedIn": "LoggedIn" in flags,
+        "isLoggingIn": "LoggingIn" in flags,
+        "isTransitioning": bool(flags & {"Connecting", "Disconnecting", "LoggingIn"}),
+    }
+    return {key: value for key, value in data.items() if value is not None}

@@ -7,6 +7,12 @@ and until when) while a breaker holds it back. Each record keeps its own history
 every change of state, service or error, the last :data:`HISTORY_LIMIT` of them), so a job shows
 how it got where it is, not only where it is.
 
+Writers in several processes change one record at once (a step in one worker, the orphan check
+or a deferral in another), so every change that depends on what the record holds (merging
+details, counting an attempt, appending to the history, keeping a final state final) is read and
+written by one Lua script (``lua/update_job.lua``, ``lua/reopen_job.lua``): no writer undoes
+another's change.
+
 Nothing grows forever: a record that reaches a final state expires ``ttl`` seconds later (Redis
 EXPIRE), and the index is trimmed of ids whose record is gone, lazily (when a job finishes, at
 most once per ``TRIM_INTERVAL`` per store, starting from the oldest ids; and when listing).
@@ -19,6 +25,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from enum import StrEnum
+from importlib import resources
 from typing import Any
 
 import redis
@@ -99,7 +106,8 @@ def history_entry(
 
 
 class JobStore:
-    """Job records in Redis; every write is one pipelined round trip."""
+    """Job records in Redis; every write is one round trip: a pipeline, or a Lua script for a
+    change that reads the record first (see the module docstring)."""
 
     def __init__(
         self,
@@ -115,6 +123,9 @@ class JobStore:
         self.ttl = ttl
         self.trim_interval = trim_interval
         self._next_trim = 0.0
+        prelude = _lua_source("_json")
+        self._update_script = client.register_script(prelude + "\n" + _lua_source("update_job"))
+        self._reopen_script = client.register_script(prelude + "\n" + _lua_source("reopen_job"))
 
     def key(self, job_id: str) -> str:
         return self.keys.job(job_id)
@@ -155,43 +166,42 @@ class JobStore:
         **fields: Any,
     ) -> bool:
         """Set ``fields`` (state, service, last_error, ...) and merge ``details`` into the job;
-        False when there is no such job (nothing is written then). Two round trips.
+        False when there is no such job (nothing is written then). One round trip: the record
+        is read and written by one script (``lua/update_job.lua``), so concurrent updates from
+        several processes each land whole.
 
         A job in a final state (done, failed) keeps its state, and its record expires ``ttl``
         seconds after its last write. A change of state or service, or a new ``last_error``, is
         appended to the job's history.
         """
-        job = self.get(job_id)
-        if job is None:
-            return False
-        if job.state in FINAL_STATES:
-            fields.pop("state", None)
-        changes = {**fields, "updated_at": time.time()}
-        if "state" in changes:
-            changes["state"] = JobState(changes["state"]).value
-            if changes["state"] != JobState.DEFERRED:
-                changes.setdefault("deferred_until", None)
-        if details:
-            changes["details"] = {**job.details, **details}
-        if count_attempt:
-            changes["attempts"] = job.attempts + 1
-        entry = _history_change(job, changes)
-        if entry is not None:
-            changes["history"] = [*job.history, entry][-HISTORY_LIMIT:]
-        finishing = changes.get("state") in FINAL_STATES
-        pipe = self.client.pipeline(transaction=False)
-        pipe.hset(self.key(job_id), mapping=_encode(changes))
-        if finishing:
-            pipe.zrem(self.unfinished_key, job_id)
-        elif job.state not in FINAL_STATES:
-            resumes = (changes.get("deferred_until") or 0) / 1000
-            pipe.zadd(self.unfinished_key, {job_id: max(changes["updated_at"], resumes)})
-        if self.ttl is not None and (finishing or job.state in FINAL_STATES):
-            pipe.pexpire(self.key(job_id), max(1, round(self.ttl * 1000)))
-        pipe.execute()
-        if finishing:
+        now = time.time()
+        if "state" in fields:
+            fields["state"] = JobState(fields["state"]).value
+        # A new state other than `deferred` ends a deferral, unless the caller says otherwise.
+        clears_deferral = (
+            fields.get("state", JobState.DEFERRED) != JobState.DEFERRED
+            and "deferred_until" not in fields
+        )
+        resumes = (fields.get("deferred_until") or 0) / 1000
+        ttl_ms = "" if self.ttl is None else str(max(1, round(self.ttl * 1000)))
+        outcome = self._update_script(
+            keys=[self.key(job_id), self.unfinished_key],
+            args=[
+                job_id,
+                json.dumps(now),
+                repr(max(now, resumes)),
+                ttl_ms,
+                "1" if count_attempt else "",
+                HISTORY_LIMIT,
+                _FINAL_STATES_JSON,
+                "null" if clears_deferral else "",
+                json.dumps(details) if details else "",
+                *(part for item in _encode(fields).items() for part in item),
+            ],
+        )
+        if outcome == _FINISHED:
             self._trim_now_and_then()
-        return True
+        return outcome != _NO_RECORD
 
     @property
     def unfinished_key(self) -> str:
@@ -207,26 +217,20 @@ class JobStore:
     def reopen(self, job_id: str, note: str) -> bool:
         """Take a job out of ``failed`` (or a stale state) back to ``queued``: its work was
         requeued and runs again. ``note`` says why, as ``last_error`` and in its history.
-        False when there is no such job, or it is done (its work is complete)."""
-        job = self.get(job_id)
-        if job is None or job.state is JobState.DONE:
-            return False
-        now = time.time()
-        changes = {
-            "state": JobState.QUEUED.value,
-            "last_error": note,
-            "deferred_until": None,
-            "updated_at": now,
-            "history": [*job.history, history_entry(now, JobState.QUEUED, job.service, note)][
-                -HISTORY_LIMIT:
+        False when there is no such job, or it is done (its work is complete). One round trip
+        (``lua/reopen_job.lua``); a reopened record no longer expires."""
+        reopened = self._reopen_script(
+            keys=[self.key(job_id), self.unfinished_key],
+            args=[
+                job_id,
+                json.dumps(time.time()),
+                json.dumps(note),
+                HISTORY_LIMIT,
+                json.dumps(JobState.QUEUED.value),
+                json.dumps(JobState.DONE.value),
             ],
-        }
-        pipe = self.client.pipeline(transaction=False)
-        pipe.hset(self.key(job_id), mapping=_encode(changes))
-        pipe.zadd(self.unfinished_key, {job_id: now})
-        pipe.persist(self.key(job_id))  # running again: no longer a finished record that expires
-        pipe.execute()
-        return True
+        )
+        return bool(reopened)
 
     def jobs(self, *, limit: int = 100) -> list[Job]:
         """The most recent jobs, newest first."""
@@ -295,19 +299,18 @@ class JobStore:
         self.trim_index()
 
 
-def _history_change(job: Job, changes: dict[str, Any]) -> dict[str, Any] | None:
-    """The history entry ``changes`` make to ``job``, or None when they change nothing shown."""
-    state = changes.get("state", job.state.value)
-    service = changes.get("service", job.service)
-    error = changes.get("last_error")
-    new_error = error is not None and error != job.last_error
-    if state == job.state.value and service == job.service and not new_error:
-        return None
-    return history_entry(changes["updated_at"], state, service, error if new_error else None)
-
-
 #: Field names of :class:`Job`; other fields of a record's hash are not the job's.
 _JOB_FIELDS = frozenset(Job.__dataclass_fields__)
+#: The final states as ``update_job.lua`` compares them: a JSON array of the stored values.
+_FINAL_STATES_JSON = json.dumps(sorted(state.value for state in FINAL_STATES))
+#: What ``update_job.lua`` returns: no such record (nothing written), updated, updated into a
+#: final state.
+_NO_RECORD, _UPDATED, _FINISHED = 0, 1, 2
+
+
+def _lua_source(name: str) -> str:
+    """The text of ``lua/<name>.lua`` beside this module."""
+    return resources.files("soulspot_jobs.jobs").joinpath("lua", f"{name}.lua").read_text()
 
 
 def _encode(values: dict[str, Any]) -> dict[str, str]:

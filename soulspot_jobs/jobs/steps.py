@@ -12,6 +12,7 @@ from dramatiq.middleware import CurrentMessage
 from soulspot_jobs.errors import (
     HoldBack,
     MalformedMessage,
+    ServiceOutage,
     SoulspotJobsError,
     UpstreamRequestError,
 )
@@ -39,7 +40,9 @@ def job_step(
     * :class:`JobFailed` or the job's own upstream error (404, bad request): the job is
       ``failed`` with the reason, and the message ends normally (retrying cannot help).
     * A hold (a breaker's refusal, :class:`~soulspot_jobs.errors.RetryLater`) passes through:
-      the project's Retries defers the message and marks the job ``deferred``.
+      the project's Retries defers the message and marks the job ``deferred``. So does an
+      outage of the service (:class:`~soulspot_jobs.errors.ServiceOutage`), kept as
+      ``last_error``: it is counted by the breaker, but it is no failure of the job.
     * A message naming no known job is dead-lettered with the reason (:class:`MalformedMessage`).
     * Anything else is recorded as ``last_error`` and re-raised for Dramatiq's retries; on the
       last retry the job is ``failed``.
@@ -60,6 +63,9 @@ def job_step(
                     fail(store, job_id, str(exc))
                     return None
                 except HoldBack:
+                    raise
+                except ServiceOutage as exc:  # deferred by the project's Retries, not retried
+                    store.update(job_id, last_error=str(exc))
                     raise
                 except Exception as exc:
                     last_try = _retries_so_far() >= max_retries

@@ -235,12 +235,29 @@ class CircuitBreakerMiddleware(Middleware):
             breaker.release_sync(permit)
             if not breaker.is_failure(exc):
                 return None
-            return self._if_open(failed_service, exc, None)
+            return self._held_by(failed_service, exc, None)
         if not breaker.is_failure(exc):
             breaker.release_sync(permit)
             return None
         transition = breaker.record_outcome_sync(permit, exc)
-        return self._if_open(service, exc, transition.open_for if transition else None)
+        return self._held_by(service, exc, transition.open_for if transition else None)
+
+    def _held_by(
+        self, service: str, exc: BaseException, opened_for: float | None
+    ) -> Refusal | None:
+        """What holds the failed message back: the OPEN breaker; or, for an outage
+        (:class:`~soulspot_jobs.errors.ServiceOutage`) met before the breaker opened, the
+        breaker's ``timeout`` (the job is deferred, never retried, for an outage)."""
+        refusal = self._if_open(service, exc, opened_for)
+        if refusal is not None or classify(exc) is not Failure.OUTAGE:
+            return refusal
+        breaker = self.breakers[service]
+        detail = str(exc).removeprefix(f"{service}: ")
+        retry_after = max(breaker.config.timeout, getattr(exc, "retry_after", None) or 0.0)
+        reason = (
+            f"{service} cannot serve jobs now ({detail}). Retry after {retry_after:.1f} seconds."
+        )
+        return Refusal(service, retry_after, reason, breaker.stats.state.value)
 
     def _if_open(
         self, service: str, exc: BaseException, opened_for: float | None

@@ -6,9 +6,11 @@ It takes the place of Dramatiq's :class:`~dramatiq.middleware.Retries` in the pr
 * **defer** -- the message was held back: refused by its breaker before it ran (the
   :class:`~.breakers.CircuitBreakerMiddleware` raised the refusal in place of the call), or held
   from inside by a :class:`~soulspot_jobs.circuit_breaker.CircuitBreakerError` of another
-  service or a :class:`~soulspot_jobs.errors.RetryLater`. A delayed copy runs after
-  ``retry_after`` (plus jitter); no retry is spent. Past the message's deferral budget (actor
-  option ``max_deferral``) it is dead-lettered instead.
+  service or a :class:`~soulspot_jobs.errors.RetryLater`; or it ran into an outage of its
+  service (:class:`~soulspot_jobs.errors.ServiceOutage`: slskd logged out of Soulseek,
+  credentials refused), which its breaker counts but which is no fault of the message. A
+  delayed copy runs after ``retry_after`` (plus jitter); no retry is spent. Past the
+  message's deferral budget (actor option ``max_deferral``) it is dead-lettered instead.
 * **dead-letter with a reason** -- the message cannot start (wrong arguments, no such job), or
   its deferral budget is spent. The delivery is failed (the broker moves it to its dead letters)
   and the reason is kept beside it (:class:`~soulspot_jobs.deferral.DeadLetterReasons`).
@@ -46,6 +48,10 @@ from soulspot_jobs.middleware.fields import message_fields
 __all__ = ["DeferringRetries"]
 
 log = structlog.get_logger("soulspot_jobs.middleware")
+
+#: Seconds a message that met a service's outage waits when no breaker of that service said
+#: for how long (its actor is not tagged with that service).
+OUTAGE_RETRY_AFTER = 30.0
 
 
 class _Decided(threading.local):
@@ -114,6 +120,8 @@ class DeferringRetries(Retries):
         if kind is Failure.HOLD:
             assert isinstance(exception, HoldBack)
             self._defer(broker, message, self._refusal_of(exception))
+        elif kind is Failure.OUTAGE:
+            self._defer(broker, message, self._failure_left_open() or self._outage(exception))
         elif kind is Failure.MALFORMED:
             self._dead_letter(message, f"malformed: {exception}")
         else:
@@ -268,6 +276,12 @@ class DeferringRetries(Retries):
             str(hold),
             state.value if state is not None else self._state_of(hold.service),
         )
+
+    def _outage(self, exc: BaseException) -> Refusal:
+        """How long a message that met an outage of a service no breaker here guards waits."""
+        service = getattr(exc, "service", "unknown")
+        retry_after = getattr(exc, "retry_after", None) or OUTAGE_RETRY_AFTER
+        return Refusal(service, retry_after, str(exc), self._state_of(service))
 
     @staticmethod
     def _keep(message: Any, exc: BaseException) -> None:

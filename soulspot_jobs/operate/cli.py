@@ -120,19 +120,27 @@ def worker(
 ) -> None:
     """Run Dramatiq worker processes for the jobs, as `dramatiq soulspot_jobs.worker` does.
 
-    Uses REDIS_URL, or the embedded Redis of SOULSPOT_DATA_DIR (started if none runs).
+    Uses REDIS_URL, or the embedded Redis of SOULSPOT_DATA_DIR (started if none runs). Checks
+    each configured service's credentials once as the workers start (one log line each).
     SIGTERM or Ctrl-C stops the workers cleanly (exit status 0); a second one kills them.
     """
     import soulspot_jobs
+    from soulspot_jobs.clients.musicbrainz import contact_problem
     from soulspot_jobs.embedded.connection import data_dir, redis_for
+    from soulspot_jobs.jobs.credentials import start_credential_check
     from soulspot_jobs.operate.dramatiq_runner import WorkerRunner, dramatiq_command
 
     settings = _settings_or_exit()
     configure_logging(settings)
+    refused = contact_problem(settings.musicbrainz)
+    if refused is not None:
+        typer.echo(f"error: {refused}", err=True)
+        raise typer.Exit(EXIT_BAD_SETTINGS)
     if watch and watch_dir is None:
         watch_dir = Path(soulspot_jobs.__file__).parent
     with redis_for(settings) as url:
         env = {**os.environ, "SOULSPOT_DATA_DIR": str(data_dir(settings))}
+        start_credential_check(settings, url)
         command = dramatiq_command(processes, threads)
         runner = WorkerRunner(command, env=env, watch=watch_dir, redis_url=url)
         code = runner.run()

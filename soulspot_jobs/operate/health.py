@@ -6,8 +6,11 @@
                   "spotify": {"status": "healthy", "circuit_breaker": "closed", ...}, ...}}
 
 A service is ``healthy`` while its breaker is CLOSED; the whole is ``healthy`` when every service
-is. ``retry_after`` (whole seconds, rounded up) is present only while the breaker is OPEN. The
-document is read from Redis, so it is the same whichever process builds it.
+is. ``retry_after`` (whole seconds, rounded up) is present only while the breaker is OPEN;
+``reason`` (why it opened: ``"not logged in to Soulseek"``, ``"unauthorized (check
+SLSKD_API_KEY)"``, ``"forced open by an operator"``, or the last failure's own words) only while
+it is not CLOSED. The document is read from Redis, so it is the same whichever process builds
+it.
 """
 
 from __future__ import annotations
@@ -43,6 +46,8 @@ def health_document(
         }
         if breaker.state is CircuitState.OPEN and breaker.retry_after is not None:
             entry["retry_after"] = math.ceil(breaker.retry_after)
+        if breaker.reason:
+            entry["reason"] = breaker.reason
         entry["name"] = name
         entry["deferred"] = deferred.get(name, 0)
         services[key] = entry

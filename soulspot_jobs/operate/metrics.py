@@ -96,7 +96,15 @@ class SoulspotCollector(Collector):
         rejections = CounterMetricFamily(
             f"{name}_rejections", "Calls refused (and deferred) by the breaker.", labels=["service"]
         )
+        reasons = GaugeMetricFamily(
+            f"{name}_reason",
+            "1 for why a breaker that is not CLOSED opened (an outage's reason, unauthorized, "
+            "forced open by an operator, or the last failure's words).",
+            labels=["service", "reason"],
+        )
         for service, stats in read_stats(self.app.breakers).items():
+            if stats.reason:
+                reasons.add_metric([service, stats.reason], 1.0)
             for candidate in CircuitState:
                 state.add_metric([service, candidate.value], float(stats.state is candidate))
             retry_after.add_metric([service], stats.retry_after or 0.0)
@@ -110,6 +118,7 @@ class SoulspotCollector(Collector):
             calls.add_metric([service, "failure"], stats.total_failures)
             rejections.add_metric([service], stats.total_rejections)
         yield from (state, retry_after, forced, failures, transitions, requests, calls, rejections)
+        yield reasons
 
     def _deferrals(self) -> Iterator[Metric]:
         index = self.app.deferred

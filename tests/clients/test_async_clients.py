@@ -33,6 +33,7 @@ from soulspot_jobs.errors import (
     PeerUnavailableError,
     RetryLater,
     ServiceUnavailableError,
+    UnauthorizedError,
     UpstreamRequestError,
 )
 from soulspot_jobs.fakes.catalog import CATALOG
@@ -159,11 +160,12 @@ async def test_a_wrong_secret_is_refused_without_the_secret_anywhere(spotify: Fa
     secret = "not-the-secret-1234"
     async with AsyncSpotifyClient(spotify_settings(spotify, secret=secret)) as client:
         # When it calls, logging captured
-        with structlog.testing.capture_logs() as logs, pytest.raises(UpstreamRequestError) as e:
+        with structlog.testing.capture_logs() as logs, pytest.raises(UnauthorizedError) as e:
             await client.get_track(TRACK.spotify_id)
 
-    # Then the refusal is the job's error and the secret is in neither message nor log
+    # Then the refusal blames the settings and the secret is in neither message nor log
     assert e.value.status in (400, 401)
+    assert e.value.variable == "SPOTIFY_CLIENT_ID/SPOTIFY_CLIENT_SECRET"
     assert secret not in str(e.value)
     assert secret not in repr(client)
     assert all(secret not in str(entry) for entry in logs)
@@ -449,9 +451,10 @@ async def test_the_async_slskd_client_classifies_answers_as_the_sync_one(slskd: 
 async def test_a_wrong_api_key_is_refused_without_the_key_anywhere(slskd: FakeSlskd):
     wrong = "wrong-key-31c6a0f2e9d8"
     async with AsyncSlskdClient(slskd_settings(slskd, key=wrong)) as client:
-        with pytest.raises(UpstreamRequestError) as refused:
+        with pytest.raises(UnauthorizedError) as refused:
             await client.search(SLSKD_QUERY)
     assert refused.value.status == 401
+    assert refused.value.variable == "SLSKD_API_KEY"
     assert wrong not in str(refused.value) and wrong not in repr(client)
 
 

@@ -43,6 +43,7 @@ from soulspot_jobs.errors import (
     PeerUnavailableError,
     RetryLater,
     ServiceUnavailableError,
+    UnauthorizedError,
     UpstreamRequestError,
     is_service_failure,
 )
@@ -173,11 +174,14 @@ def test_responses_are_parsed_with_missing_metadata_as_none(client: SlskdClient)
     assert [file.extension for file in slow.files] == ["mp3"]
 
 
-def test_an_unknown_query_completes_timed_out_without_responses(client: SlskdClient) -> None:
+def test_an_unknown_query_completes_timed_out_without_responses(fake: FakeSlskd) -> None:
+    """Soulseek.NET ends a search that gets no response after its ``searchTimeout``."""
+    client = SlskdClient(settings_for(fake, search_timeout=0.5))
     search = client.start_search("Nobody - Nothing At All")
     done = poll(lambda: client.get_search(search.id), lambda s: s.is_complete)
     assert done.state == "Completed, TimedOut"
     assert client.get_responses(search.id) == []
+    client.close()
 
 
 def test_a_search_read_complete_before_slskd_stored_its_end_is_not_ended_yet(
@@ -485,7 +489,7 @@ def test_enqueuing_a_file_already_downloading_follows_the_existing_transfer(
 def test_a_file_slskd_lists_as_failed_without_a_transfer_is_the_peers_failure(
     fake: FakeSlskd, client: SlskdClient
 ) -> None:
-    # Given slskd fails to add the next file (its reason lost in the 0.26 answer: {})
+    # Given slskd fails to add the next file (the batches endpoint lists it in "failures")
     candidate = best_candidate(client)
     fake.fail_enqueues(1)
     # When it is enqueued
@@ -493,7 +497,8 @@ def test_a_file_slskd_lists_as_failed_without_a_transfer_is_the_peers_failure(
         client.enqueue_download(candidate.username, candidate.filename, candidate.size)
     # Then it is this candidate's failure, with what slskd said, and no service failure
     assert caught.value.username == candidate.username
-    assert "slskd listed the file as failed, without a reason" in caught.value.reason
+    assert caught.value.reason.startswith("Error: ")
+    assert "slskd lists no transfer of" in caught.value.reason
     assert not is_service_failure(caught.value)
 
 
@@ -508,7 +513,8 @@ def test_a_file_slskd_lists_as_failed_without_a_transfer_is_the_peers_failure(
 def test_an_enqueue_from_an_unavailable_peer_raises_peer_unavailable_not_a_service_failure(
     fake: FakeSlskd, client: SlskdClient, reason: str, message: str
 ) -> None:
-    # Given the best peer gone (slskd answers its enqueues 500 with the library's message)
+    # Given the best peer gone (slskd's batches endpoint answers an offline peer 404 and any
+    # other peer failure 500, each with the library's message: TransfersController.cs)
     candidate = best_candidate(client)
     fake.peers_offline(candidate.username, reason=reason)
     # When a file is enqueued from it
@@ -516,7 +522,8 @@ def test_an_enqueue_from_an_unavailable_peer_raises_peer_unavailable_not_a_servi
         client.enqueue_download(candidate.username, candidate.filename, candidate.size)
     # Then it is the peer's failure, with slskd's reason as plain text
     error = caught.value
-    assert (error.username, error.status, error.service) == (candidate.username, 500, SERVICE)
+    status = 404 if reason == "offline" else 500
+    assert (error.username, error.status, error.service) == (candidate.username, status, SERVICE)
     assert error.reason.startswith(message)
     assert isinstance(error, UpstreamRequestError) and not is_service_failure(error)
 
@@ -678,16 +685,19 @@ def test_a_200_that_is_not_json_is_a_service_failure(
     assert guarded.circuit_breaker.stats.failure_count == 1
 
 
-def test_a_wrong_api_key_raises_a_request_error_that_does_not_show_the_key(
-    fake: FakeSlskd,
-) -> None:
+def test_a_wrong_api_key_blames_the_setting_without_showing_the_key(fake: FakeSlskd) -> None:
+    """slskd answers 401, empty, to a request without a valid ``X-API-Key`` (its API-key
+    authentication handler): the settings are wrong, not the job, and the message says which
+    setting and never is empty."""
     wrong = "wrong-key-7d2e91b0c4a5"
     client = SlskdClient(settings_for(fake, key=wrong))
-    with pytest.raises(UpstreamRequestError) as caught:
+    with pytest.raises(UnauthorizedError) as caught:
         client.start_search(QUERY)
     client.close()
     assert caught.value.status == 401
-    assert not isinstance(caught.value, ServiceUnavailableError)
+    assert caught.value.variable == "SLSKD_API_KEY"
+    assert caught.value.outage == "unauthorized (check SLSKD_API_KEY)"
+    assert str(caught.value).endswith("answered 401 Unauthorized")
     assert wrong not in str(caught.value) and KEY not in str(caught.value)
 
 
@@ -756,13 +766,16 @@ def test_peers_failing_more_often_than_the_threshold_never_open_the_breaker(
     assert guarded.circuit_breaker.state is CircuitState.CLOSED
 
 
-def test_a_wrong_api_key_never_opens_the_breaker(fake: FakeSlskd, backend: Backend) -> None:
+def test_a_wrong_api_key_opens_the_breaker_at_once_with_the_setting_to_fix(
+    fake: FakeSlskd, backend: Backend
+) -> None:
     guarded = CircuitBreakerSlskdClient(SlskdClient(settings_for(fake, key="x")), backend=backend)
-    for _ in range(guarded.circuit_breaker.config.failure_threshold + 1):
-        with pytest.raises(UpstreamRequestError):
-            guarded.get_responses(str(uuid.uuid4()))
+    with pytest.raises(UnauthorizedError):
+        guarded.get_responses(str(uuid.uuid4()))
     guarded.close()
-    assert guarded.circuit_breaker.state is CircuitState.CLOSED
+    stats = guarded.circuit_breaker.stats
+    assert stats.state is CircuitState.OPEN
+    assert stats.reason == "unauthorized (check SLSKD_API_KEY)"
 
 
 # -- secrets -----------------------------------------------------------------------------------

@@ -20,6 +20,7 @@ from soulspot_jobs.clients.spotify import (
 from soulspot_jobs.errors import (
     NotFoundError,
     ServiceUnavailableError,
+    UnauthorizedError,
     UpstreamError,
     UpstreamRequestError,
     is_service_failure,
@@ -305,9 +306,11 @@ def test_a_401_fetches_a_new_token_and_retries_once(fake: FakeSpotify, client: S
     assert fake.token_requests == 2
 
 
-def test_a_second_401_is_an_upstream_request_error_without_tokens(
+def test_a_fresh_token_refused_too_blames_the_credentials_without_showing_tokens(
     fake: FakeSpotify, client: SpotifyClient
 ):
+    """A 401 to a token the accounts service has just issued: the credentials behind it are
+    wrong (or revoked), which is the settings' fault, not the job's."""
     # Given a Spotify that refuses every token, even fresh ones
     client.get_track(TRACK_ID)
     fake.token_lifetime = 0
@@ -315,11 +318,12 @@ def test_a_second_401_is_an_upstream_request_error_without_tokens(
     seen = len(fake.requests)
 
     # When the client calls
-    with pytest.raises(UpstreamRequestError) as raised:
+    with pytest.raises(UnauthorizedError) as raised:
         client.get_track(TRACK_ID)
 
-    # Then it tried exactly once more, with one new token, and gives up
+    # Then it tried exactly once more, with one new token, and blames the settings
     assert raised.value.status == 401
+    assert raised.value.variable == "SPOTIFY_CLIENT_ID/SPOTIFY_CLIENT_SECRET"
     assert fake.requests[seen:] == [TRACK_CALL, TOKEN_CALL, TRACK_CALL]
     assert fake.token_requests == 2
     # And no token appears in the message, which is Spotify's own
@@ -328,15 +332,18 @@ def test_a_second_401_is_an_upstream_request_error_without_tokens(
 
 
 def test_a_wrong_secret_is_refused_without_the_secret_in_the_message(fake: FakeSpotify):
+    """Spotify's accounts service answers a wrong client secret 400 ``invalid_client``
+    (Spotify's Authorization guide): the settings are wrong, and the error names them."""
     secret = "very-secret-value-42"
     client = SpotifyClient(spotify_settings(fake, secret=secret))
     try:
-        with pytest.raises(UpstreamRequestError) as raised:
+        with pytest.raises(UnauthorizedError) as raised:
             client.get_track(TRACK_ID)
     finally:
         client.close()
 
     assert raised.value.status == 400
+    assert raised.value.outage == "unauthorized (check SPOTIFY_CLIENT_ID/SPOTIFY_CLIENT_SECRET)"
     assert "invalid_client" in str(raised.value)
     assert secret not in str(raised.value)
     assert secret not in repr(raised.value)
@@ -540,7 +547,7 @@ def test_a_rotated_refresh_token_is_kept_and_used_next(fake: FakeSpotify):
 def test_a_refused_refresh_token_says_to_authorize_again(fake: FakeSpotify):
     client = SpotifyClient(spotify_settings(fake, refresh_token="revoked-refresh-token"))
     try:
-        with pytest.raises(UpstreamRequestError) as raised:
+        with pytest.raises(UnauthorizedError) as raised:
             client.get_track(TRACK_ID)
     finally:
         client.close()
@@ -548,6 +555,7 @@ def test_a_refused_refresh_token_says_to_authorize_again(fake: FakeSpotify):
     assert raised.value.status == 400
     assert "invalid_grant: Invalid refresh token" in str(raised.value)
     assert "SPOTIFY_REFRESH_TOKEN was refused" in str(raised.value)
+    assert raised.value.variable == "SPOTIFY_REFRESH_TOKEN"
     assert "revoked-refresh-token" not in str(raised.value)
 
 

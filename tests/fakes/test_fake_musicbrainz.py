@@ -11,7 +11,12 @@ import httpx
 import pytest
 
 from soulspot_jobs.fakes.catalog import CATALOG, CatalogTrack
-from soulspot_jobs.fakes.musicbrainz import HELP, RATE_LIMIT_MESSAGE, FakeMusicBrainz
+from soulspot_jobs.fakes.musicbrainz import (
+    HELP,
+    RATE_LIMIT_MESSAGE,
+    SEARCH_BAD_REQUEST,
+    FakeMusicBrainz,
+)
 
 AGENT = "soulspot-jobs-tests/1.0 ( tests@example.org )"
 TRACK = CATALOG[0]
@@ -131,6 +136,66 @@ def test_a_search_pages_with_limit_and_offset(http: httpx.Client) -> None:
     assert page["count"] == everything["count"]
     assert page["offset"] == 2
     assert page["recordings"] == everything["recordings"][2:4]
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        'recording:"abc',  # an unclosed phrase
+        "(foo",
+        "foo)",
+        "AND",
+        "foo AND",
+        "artist:",
+        "artist: AND recording:foo",
+        "foo\\",  # a trailing backslash
+        "AC/DC",  # an unclosed /regex/
+        "date:[1990 TO",
+        "foo^",
+    ],
+)
+def test_a_query_lucene_cannot_parse_is_a_bad_request(http: httpx.Client, query: str) -> None:
+    """musicbrainz-server hands the query to its search server; when that answers 400 (Lucene's
+    query parser refused the query), it answers 400 in its error shape
+    (``Data::WebService::xml_search``)."""
+    response = search(http, query)
+    assert response.status_code == 400
+    assert response.json() == {"error": SEARCH_BAD_REQUEST, "help": HELP}
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        f"{TRACK.artist} {TRACK.title}",
+        f'artist:({TRACK.artist}) && NOT recording:"live"',
+        f'+artist:"{TRACK.artist}" -recording:live^2 recording:{TRACK.title.split()[0]}~',
+        "date:[1990 TO 2000] OR isrc:GBAYE0000351",
+        "arid:5b11f4ce-a62d-471e-81fc-a69a8278c7da",
+    ],
+)
+def test_any_query_lucene_parses_is_answered(http: httpx.Client, query: str) -> None:
+    """Lucene syntax the fake does not rank by (ranges, boosts, negations) is still syntax."""
+    assert search(http, query).status_code == 200
+
+
+def test_a_path_with_a_trailing_slash_is_served_as_without(http: httpx.Client) -> None:
+    """musicbrainz-server's dispatcher ignores a trailing slash; musicbrainzngs searches at
+    ``/ws/2/recording/``."""
+    query = {"query": phrase_query(TRACK.artist, TRACK.title), "fmt": "json"}
+    lookup = {"fmt": "json", "inc": LOOKUP_INC}
+    for path, params in [
+        (SEARCH, query),
+        (f"/ws/2/recording/{TRACK.mbid}", lookup),
+        (f"/ws/2/isrc/{TRACK.isrc}", lookup),
+    ]:
+        plain, slashed = http.get(path, params=params), http.get(f"{path}/", params=params)
+        assert (slashed.status_code, plain.status_code) == (200, 200), path
+        assert _without_created(slashed.json()) == _without_created(plain.json()), path
+
+
+def _without_created(body: dict[str, Any]) -> dict[str, Any]:
+    """A search answer without the time it was made; any other answer as it is."""
+    return {name: value for name, value in body.items() if name != "created"}
 
 
 # -- lookups ----------------------------------------------------------------------------------

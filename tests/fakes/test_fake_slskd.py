@@ -14,7 +14,12 @@ import httpx
 import pytest
 
 from soulspot_jobs.fakes.catalog import CATALOG
-from soulspot_jobs.fakes.slskd import CONCURRENT_OPERATION_MESSAGE, PEERS, FakeSlskd
+from soulspot_jobs.fakes.slskd import (
+    CONCURRENT_OPERATION_MESSAGE,
+    DUPLICATE_SEARCH,
+    PEERS,
+    FakeSlskd,
+)
 from tests.polling import poll
 
 KEY = "test-key"
@@ -191,7 +196,8 @@ def test_a_search_start_overlapping_another_answers_429(
     starter.join()
     # Then it is refused with slskd's message, and the first one went through
     assert second.status_code == 429
-    assert second.text == CONCURRENT_OPERATION_MESSAGE
+    assert second.headers["content-type"] == "application/json"
+    assert second.json() == CONCURRENT_OPERATION_MESSAGE
     assert first[0].status_code == 200
 
 
@@ -208,10 +214,13 @@ def test_busy_searches_over_http_makes_the_next_starts_answer_429(
     assert statuses == [429, 429, 200]
 
 
-def test_a_duplicate_search_id_answers_409(http: httpx.Client) -> None:
+def test_a_duplicate_search_id_answers_500_with_the_databases_message(http: httpx.Client) -> None:
+    """``SearchService.StartAsync`` inserts the search first; the insert of a taken id throws,
+    and ``SearchesController.Post`` answers any other exception 500 with its message."""
     body = {"id": str(uuid.uuid4()), "searchText": QUERY}
     assert http.post("/api/v0/searches", json=body).status_code == 200
-    assert http.post("/api/v0/searches", json=body).status_code == 409
+    again = http.post("/api/v0/searches", json=body)
+    assert (again.status_code, again.json()) == (500, DUPLICATE_SEARCH)
 
 
 def test_unknown_searches_and_transfers_answer_404(http: httpx.Client) -> None:

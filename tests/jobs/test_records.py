@@ -1,6 +1,10 @@
-"""Job records against a real Redis: finished records expire, the index is trimmed lazily."""
+"""Job records against a real Redis: finished records expire, the index is trimmed lazily, and
+each write is one round trip."""
 
 from __future__ import annotations
+
+from collections import Counter
+from typing import Any
 
 import pytest
 import redis
@@ -8,6 +12,7 @@ import redis
 from soulspot_jobs.jobs.records import JobState, JobStore
 from soulspot_jobs.settings import SettingsError, load_settings
 from tests.polling import wait_until
+from tests.redis_stats import command_calls
 
 
 def test_a_record_gets_its_ttl_when_the_job_is_done_or_failed_and_not_before(
@@ -57,3 +62,38 @@ def test_a_job_ttl_that_is_not_positive_is_refused_naming_the_variable(
     # When the settings are loaded, then one line names the variable and its value
     with pytest.raises(SettingsError, match=r"SOULSPOT_JOB_TTL='0'.*greater than 0"):
         load_settings()
+
+
+def test_an_update_or_a_reopen_is_one_round_trip(
+    redis_client: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The record is read and written by one script (``EVALSHA``), where the store used to read
+    it (HGETALL) and then write it (a pipeline): two round trips."""
+    # Given a job whose store has loaded its scripts into Redis and trimmed the index (it does
+    # so at the first finish, then once an hour), and a count of the commands the client sends
+    # (a pipeline counts once)
+    store = JobStore(redis_client, ttl=3600, trim_interval=3600)
+    job_id = store.create("download", query="A - B").id
+    store.update(job_id, state=JobState.FAILED)
+    store.reopen(job_id, "warm-up")
+    sent = Counter()
+    send = redis.connection.AbstractConnection.send_packed_command
+
+    def counted(connection: Any, command: Any, check_health: bool = True) -> None:
+        sent["round trips"] += 1
+        send(connection, command, check_health)
+
+    monkeypatch.setattr(redis.connection.AbstractConnection, "send_packed_command", counted)
+    redis_client.config_resetstat()
+
+    # When it is updated as a step does, with details, failed, then reopened
+    store.update(job_id, state=JobState.SEARCHING, service="slskd-api", count_attempt=True)
+    store.update(job_id, details={"search_id": "s"}, last_error="slow")
+    store.update(job_id, state=JobState.FAILED, last_error="no file")
+    store.reopen(job_id, "requeued")
+
+    # Then each write was one round trip, one script, with no read before it
+    assert sent["round trips"] == 4 + 1  # the writes, and CONFIG RESETSTAT
+    calls = command_calls(redis_client)
+    assert calls["evalsha"] == 4
+    assert "hgetall" not in calls

@@ -71,9 +71,9 @@ def test_a_playlist_whose_best_peers_are_offline_completes_from_other_candidates
         assert job.details["failed_peers"] == ["lossless_lover", "mp3 archive"]
         assert job.details["download_failures"][0].endswith("appears to be offline")
         assert "Failed to connect to user mp3 archive" in job.details["download_failures"][1]
-    enqueues = [path for method, path in fakes.slskd.requests if method == "POST"]
-    for peer in ("lossless_lover", "mp3%20archive"):
-        assert enqueues.count(f"/api/v0/transfers/downloads/{peer}") == len(CATALOG)
+    enqueues = [request.username for request in fakes.slskd.enqueue_requests]
+    for peer in ("lossless_lover", "mp3 archive"):
+        assert enqueues.count(peer) == len(CATALOG)
     # And the slskd breaker stayed CLOSED throughout, having counted no failure
     assert watch.seen == {CircuitState.CLOSED}
     assert (stats.state, stats.total_failures) == (CircuitState.CLOSED, 0)
@@ -167,7 +167,9 @@ def test_an_enqueue_deferred_by_back_pressure_goes_on_with_the_same_candidates(
     assert job.state is JobState.DONE, job
     assert len(fakes.slskd.search_requests) == 1
     posts = [path for method, path in fakes.slskd.requests if method == "POST"]
-    assert posts.count("/api/v0/transfers/downloads/lossless_lover") == 2  # 429, then 500
+    assert posts.count("/api/v0/transfers/downloads/batches") == 3  # 429, 404, then 201
+    answers = [(request.username, request.status) for request in fakes.slskd.enqueue_requests]
+    assert ("lossless_lover", 404) in answers and ("mp3 archive", 201) in answers
     assert job.details["failed_peers"] == ["lossless_lover"]
     assert job.details["username"] == "mp3 archive"
     assert app.breakers["slskd-api"].stats.total_failures == 0

@@ -275,6 +275,12 @@ def test_the_worker_command_writes_each_record_once_in_our_json(
             "error: invalid setting REDIS_URL='redis://:***@/0': has no host",
         ),
         (
+            "MUSICBRAINZ_URL",
+            "https://musicbrainz.org",
+            "error: invalid setting MUSICBRAINZ_CONTACT='soulspot-jobs@localhost': "
+            "MUSICBRAINZ_URL is the real MusicBrainz",
+        ),
+        (
             "CIRCUIT_BREAKER_SLSKD_API",
             '{"timeout": 0}',
             "error: invalid setting CIRCUIT_BREAKER_SLSKD_API='{\"timeout\": 0}' (field timeout): "

@@ -7,6 +7,7 @@ import time
 
 import pytest
 import redis
+from prometheus_client import generate_latest
 
 from soulspot_jobs.circuit_breaker import (
     CircuitBreaker,
@@ -15,7 +16,11 @@ from soulspot_jobs.circuit_breaker import (
     RedisBackend,
 )
 from soulspot_jobs.deferral.index import DeferredJob, RedisDeferredIndex
+from soulspot_jobs.errors import ServiceOutage, UnauthorizedError
+from soulspot_jobs.jobs.app import SoulspotJobs
 from soulspot_jobs.keys import Keys
+from soulspot_jobs.operate.metrics import registry_for
+from soulspot_jobs.settings import load_settings
 from tests.polling import wait_until
 
 from .conftest import Cli
@@ -89,6 +94,71 @@ def test_status_shows_a_breaker_opened_by_failures_with_its_counts_and_deferred_
     assert line.split()[5:] == ["4", "1", "2", "1", "2"]
     assert text.stdout.rstrip().endswith("overall: degraded")
     backend.close()
+
+
+@pytest.mark.parametrize(
+    ("outage", "reason"),
+    [
+        (
+            ServiceOutage(
+                "slskd-api",
+                "POST /api/v0/searches answered 409: The server connection must be connected"
+                " and logged in to perform a search (currently: Connected)",
+                outage="not logged in to Soulseek",
+                status=409,
+                opens_at_once=True,
+            ),
+            "not logged in to Soulseek",
+        ),
+        (
+            UnauthorizedError(
+                "slskd-api",
+                "GET /api/v0/session answered 401 Unauthorized",
+                variable="SLSKD_API_KEY",
+            ),
+            "unauthorized (check SLSKD_API_KEY)",
+        ),
+    ],
+    ids=["logged-out", "unauthorized"],
+)
+def test_status_health_and_metrics_say_why_a_breaker_is_open(
+    cli: Cli, redis_client: redis.Redis, redis_url: str, outage: ServiceOutage, reason: str
+) -> None:
+    # Given a worker's slskd breaker that met an outage of slskd (it opens at once)
+    backend = RedisBackend(redis_client, prefix=BREAKER_PREFIX, local_view=False)
+    breaker = CircuitBreaker("slskd-api", CircuitBreakerConfig(), backend=backend)
+
+    def call() -> None:
+        raise outage
+
+    with pytest.raises(ServiceOutage):
+        breaker.call_sync(call)
+
+    # When status runs, as text and as JSON, and the metrics are read
+    text = cli("status").stdout
+    document = cli("status", "--json").json()
+    app = SoulspotJobs(load_settings(REDIS_URL=redis_url))
+    metrics = generate_latest(registry_for(app)).decode()
+    app.close()
+
+    # Then each says why slskd's breaker is OPEN
+    assert f"slskd: {reason}" in text.splitlines()
+    assert document["services"]["slskd"]["circuit_breaker"] == "open"
+    assert document["services"]["slskd"]["reason"] == reason
+    assert "reason" not in document["services"]["spotify"]
+    assert (
+        f'soulspot_circuit_breaker_reason{{reason="{reason}",service="slskd-api"}} 1.0' in metrics
+    )
+    backend.close()
+
+
+def test_a_breaker_forced_open_says_so_until_it_is_reset(cli: Cli) -> None:
+    cli("open", "slskd", "--for", "600")
+    assert "slskd: forced open by an operator" in cli("status").stdout.splitlines()
+    cli("reset", "slskd")
+    status = cli("status")
+    assert "slskd:" not in status.stdout
+    assert "reason" not in cli("status", "--json").json()["services"]["slskd"]
 
 
 def test_open_forces_the_breaker_open_for_every_worker_and_status_shows_until_when(

@@ -173,3 +173,27 @@ def test_only_changes_to_py_files_reload(event: object, reloads: bool) -> None:
     # Given an absolute path, which Dramatiq's own "**.py" pattern misses under watchdog 7
     # Then the suffix decides
     assert is_source_change(event) is reloads  # type: ignore[arg-type]
+
+
+def test_the_worker_refuses_to_send_the_real_musicbrainz_a_user_agent_without_a_contact(
+    tmp_path: Path, data_dir: Path
+) -> None:
+    """MusicBrainz asks every client for a User-Agent with a way to reach its operator, and
+    blocks those without (musicbrainz.org/doc/MusicBrainz_API/Rate_Limiting)."""
+    # Given the real MusicBrainz and the default contact
+    env = environment(data_dir, MUSICBRAINZ_URL="https://musicbrainz.org")
+    env.pop("MUSICBRAINZ_CONTACT", None)
+
+    # When the worker command starts
+    worker = Spawned([SOULSPOT_JOBS, "worker", "-p", "1", "-t", "1"], env=env, cwd=tmp_path)
+    try:
+        code = worker.wait(START_DEADLINE)
+    finally:
+        worker.kill_group()
+
+    # Then it exits 2 with one line naming the setting, before any worker started
+    assert code == 2
+    printed = [line for line in worker.stderr if line.strip()]
+    assert len(printed) == 1, printed
+    assert printed[0].startswith("error: invalid setting MUSICBRAINZ_CONTACT='soulspot-jobs@")
+    assert "set MUSICBRAINZ_CONTACT" in printed[0]

@@ -57,8 +57,10 @@ class Backend(ABC):
         config: CircuitBreakerConfig,
         token: str | None,
         hold_open: float | None = None,
+        reason: str = "",
     ) -> Transition | None:
-        """Count a failure; with ``hold_open`` the circuit opens for at least that many seconds."""
+        """Count a failure; with ``hold_open`` the circuit opens for at least that many seconds.
+        A non-empty ``reason`` becomes the breaker's reason (shown while it is not CLOSED)."""
 
     @abstractmethod
     def release(self, name: str, config: CircuitBreakerConfig, token: str) -> None:
@@ -70,9 +72,10 @@ class Backend(ABC):
 
     @abstractmethod
     def force_open(
-        self, name: str, config: CircuitBreakerConfig, seconds: float
+        self, name: str, config: CircuitBreakerConfig, seconds: float, reason: str = ""
     ) -> Transition | None:
-        """Force the circuit OPEN for exactly ``seconds`` (maintenance); totals are kept."""
+        """Force the circuit OPEN for exactly ``seconds`` (maintenance), with ``reason``;
+        totals are kept."""
 
     @abstractmethod
     def stats(self, name: str, config: CircuitBreakerConfig) -> BreakerStats:

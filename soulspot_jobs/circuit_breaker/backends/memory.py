@@ -80,10 +80,11 @@ class MemoryBackend(Backend):
         config: CircuitBreakerConfig,
         token: str | None,
         hold_open: float | None = None,
+        reason: str = "",
     ) -> Transition | None:
         with self._lock:
             record = self._record(name)
-            return policy.record_failure(record, config, self.clock(), token, hold_open)
+            return policy.record_failure(record, config, self.clock(), token, hold_open, reason)
 
     def release(self, name: str, config: CircuitBreakerConfig, token: str) -> None:
         with self._lock:
@@ -94,10 +95,10 @@ class MemoryBackend(Backend):
             return policy.reset(self._record(name), self.clock())
 
     def force_open(
-        self, name: str, config: CircuitBreakerConfig, seconds: float
+        self, name: str, config: CircuitBreakerConfig, seconds: float, reason: str = ""
     ) -> Transition | None:
         with self._lock:
-            return policy.force_open(self._record(name), self.clock(), seconds)
+            return policy.force_open(self._record(name), self.clock(), seconds, reason)
 
     def stats(self, name: str, config: CircuitBreakerConfig) -> BreakerStats:
         with self._lock:

@@ -181,8 +181,9 @@ class RedisBackend(Backend):
         config: CircuitBreakerConfig,
         token: str | None,
         hold_open: float | None = None,
+        reason: str = "",
     ) -> Transition | None:
-        return _transition(self._run("record_failure", name, config, token, hold_open))
+        return _transition(self._run("record_failure", name, config, token, hold_open, reason))
 
     def release(self, name: str, config: CircuitBreakerConfig, token: str) -> None:
         self._run("release", name, config, token)
@@ -191,9 +192,9 @@ class RedisBackend(Backend):
         return _transition(self._run("reset", name, config, None))
 
     def force_open(
-        self, name: str, config: CircuitBreakerConfig, seconds: float
+        self, name: str, config: CircuitBreakerConfig, seconds: float, reason: str = ""
     ) -> Transition | None:
-        return _transition(self._run("force_open", name, config, None, seconds))
+        return _transition(self._run("force_open", name, config, None, seconds, reason))
 
     def stats(self, name: str, config: CircuitBreakerConfig) -> BreakerStats:
         with self._flush_lock:  # no flush may move local counts to Redis in between
@@ -231,7 +232,7 @@ class RedisBackend(Backend):
         for name in names:
             self._scripts["snapshot"](
                 keys=[self.key(name)],
-                args=self._args(name, _SNAPSHOT_CONFIG, None, None),
+                args=self._args(name, _SNAPSHOT_CONFIG, None, None, ""),
                 client=pipe,
             )
         with self._flush_lock:
@@ -295,6 +296,7 @@ class RedisBackend(Backend):
         config: CircuitBreakerConfig,
         token: str | None,
         hold_open: float | None,
+        reason: str,
     ) -> list[str | int | float]:
         return [
             repr(self._clock()) if self._clock else "",
@@ -311,6 +313,7 @@ class RedisBackend(Backend):
             repr(config.timeout_multiplier),
             "" if config.max_timeout is None else repr(config.max_timeout),
             "" if hold_open is None else repr(hold_open),
+            reason,
         ]
 
     def _call(
@@ -320,11 +323,12 @@ class RedisBackend(Backend):
         config: CircuitBreakerConfig,
         token: str | None,
         hold_open: float | None,
+        reason: str = "",
     ) -> list[Any]:
         """Run one script; Redis errors become :class:`BackendUnavailableError` here, only here."""
         try:
             return self._scripts[operation](
-                keys=[self.key(name)], args=self._args(name, config, token, hold_open)
+                keys=[self.key(name)], args=self._args(name, config, token, hold_open, reason)
             )
         except redis.RedisError as exc:
             raise BackendUnavailableError(f"Redis failed during {operation}: {exc}") from exc
@@ -336,9 +340,10 @@ class RedisBackend(Backend):
         config: CircuitBreakerConfig,
         token: str | None,
         hold_open: float | None = None,
+        reason: str = "",
     ) -> list[Any]:
         """Run a decision script and take the view it returns into the local view."""
-        reply = self._call(operation, name, config, token, hold_open)
+        reply = self._call(operation, name, config, token, hold_open, reason)
         self._offset = float(reply[5]) - time.monotonic()
         state, failure_count, last_failure_at, open_until, version = _view_parts(reply)
         view = self._views.get(name)
@@ -441,6 +446,8 @@ def _record_from_hash(flat: list[Any]) -> BreakerRecord:
             record.transitions[field[12:]] = int(value)
         elif field == "state":
             record.state = _STATES[value]
+        elif field == "reason":
+            record.reason = value
         elif field in _FLOAT_FIELDS:
             setattr(record, field, float(value))
         elif field in _INT_FIELDS:

@@ -12,6 +12,7 @@
 --   forced_until     server time until which an operator forced the circuit OPEN (0: not forced)
 --   transitions:<state>  times the circuit moved into <state> ("open", "half_open", "closed")
 --   trial:<token>    lease end of one HALF_OPEN trial slot
+--   reason           why the circuit is not CLOSED (text; "" once it closes)
 --
 -- ARGV (same for every script):
 --   [1] now: seconds as a float, or "" for the Redis server clock (TIME)
@@ -22,6 +23,7 @@
 --   [9] half_open_max_calls  [10] trial_lease  [11] half_open_retry_after
 --   [12] timeout_multiplier  [13] max_timeout or ""  [14] hold_open seconds or ""
 --        (force_open: the seconds to stay OPEN)
+--   [15] reason: the failure's (record_failure) or the operator's (force_open), or "" for none
 --
 -- Every script returns {verdict, retry_after, from_state, to_state, open_for, now,
 --   state, failure_count, last_failure_at, open_until, version}, numbers as strings.
@@ -40,6 +42,7 @@ local cfg = {
   max_timeout = tonumber(ARGV[13]),
   hold_open = tonumber(ARGV[14]),
 }
+local reason = ARGV[15] or ''
 local MIN_RETRY_AFTER = 0.001
 
 local now = tonumber(ARGV[1])
@@ -60,13 +63,14 @@ local function load_record()
   local rec = {
     state = 'closed', failure_count = 0, last_failure_at = 0, open_until = 0, reopens = 0,
     trial_successes = 0, last_state_change = 0, version = 0, forced_until = 0, trials = {},
+    reason = '',
   }
   for i = 1, #flat, 2 do
     local field, value = flat[i], flat[i + 1]
     if string.sub(field, 1, 6) == 'trial:' then
       rec.trials[string.sub(field, 7)] = tonumber(value)
-    elseif field == 'state' then
-      rec.state = value
+    elseif field == 'state' or field == 'reason' then
+      rec[field] = value
     else
       rec[field] = tonumber(value)
     end
@@ -149,6 +153,7 @@ end
 local function close()
   set('failure_count', 0)
   set('reopens', 0)
+  if rec.reason ~= '' then set('reason', '') end
   move('closed')
 end
 
@@ -158,7 +163,11 @@ local function finish(verdict, retry_after)
     local args = {}
     for field, _ in pairs(dirty) do
       args[#args + 1] = field
-      if field == 'state' then args[#args + 1] = rec.state else args[#args + 1] = num(rec[field]) end
+      if field == 'state' or field == 'reason' then
+        args[#args + 1] = rec[field]
+      else
+        args[#args + 1] = num(rec[field])
+      end
     end
     if #args > 0 then redis.call('HSET', key, unpack(args)) end
     rec.version = redis.call('HINCRBY', key, 'version', 1)

@@ -6,4 +6,5 @@ local seconds = cfg.hold_open
 if rec.state ~= 'open' then move('open', seconds) end
 set('open_until', now + seconds)
 set('forced_until', now + seconds)
+if reason ~= '' then set('reason', reason) end
 return finish('ok', 0)

@@ -2,7 +2,9 @@
 -- reset_timeout after the previous one starts again at 1) and opens the circuit there; in
 -- HALF_OPEN a failed trial reopens it for a fresh, possibly grown, timeout.
 -- With ARGV[14] (hold_open) the circuit opens at once and stays OPEN at least that long.
+-- A non-empty ARGV[15] (reason) becomes the breaker's reason.
 count('total_failures')
+if reason ~= '' and rec.reason ~= reason then set('reason', reason) end
 if cfg.hold_open then
   local hold_until = now + cfg.hold_open
   if rec.state ~= 'open' then

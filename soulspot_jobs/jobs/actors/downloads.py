@@ -16,6 +16,20 @@ Two things real slskd does are handled here:
   that is the peer's failure, not slskd's. The job remembers the peer in its ``failed_peers``,
   never tries it again, and goes on with the next candidate; it fails only when no candidate is
   left, with every reason.
+* slskd may lose a transfer before the file is on disk. When it shuts down, it ends its active
+  transfers ``Completed, Errored`` ("Application shut down") and, once back, enqueues them
+  again under new ids (``Application.cs``); a retention policy or an operator removes a
+  transfer (``"removed": true``, still answered by id), and some servers delete it for good
+  (404). A transfer that succeeded is a success whatever became of its record; otherwise the
+  job enqueues the same file again, which slskd answers with the transfer it already has when
+  it enqueued the file itself (so nothing is downloaded twice), at most
+  :data:`SAME_FILE_REQUEUES` times, then the next candidate.
+* A search slskd ended as it started again (``Completed, TimedOut`` without a response, sooner
+  than its timeout of silence allows: :meth:`~soulspot_jobs.clients.slskd.Search.cut_short`)
+  is started once more.
+* A peer's queue (``Queued, Remotely``) can hold a download for hours: past
+  ``SLSKD_REMOTE_QUEUE_TIMEOUT`` the download is cancelled in slskd and the next candidate is
+  tried.
 """
 
 from __future__ import annotations
@@ -27,8 +41,8 @@ from typing import Any
 import dramatiq
 import structlog
 
-from soulspot_jobs.clients.slskd import Candidate, Search, choose_best
-from soulspot_jobs.errors import PeerUnavailableError
+from soulspot_jobs.clients.slskd import Candidate, Search, Transfer, choose_best
+from soulspot_jobs.errors import NotFoundError, PeerUnavailableError
 from soulspot_jobs.jobs.records import JobState
 from soulspot_jobs.jobs.runtime import Runtime
 from soulspot_jobs.jobs.steps import BACKOFF, JobFailed, job_step
@@ -40,6 +54,9 @@ MAX_RETRIES = 3
 #: whose answer has no usable file, while slskd has not recorded the search's end or has
 #: counted responses it has not stored yet, before it concludes "no file found".
 EMPTY_ANSWER_PATIENCE = 10.0
+#: Times a job enqueues the same file again after slskd lost its transfer unfinished (slskd
+#: shut down, or removed or deleted the record) before it tries the next candidate.
+SAME_FILE_REQUEUES = 3
 
 log = structlog.get_logger("soulspot_jobs.jobs")
 
@@ -123,6 +140,11 @@ def declare(broker: dramatiq.Broker, runtime: Runtime) -> None:
         responses = runtime.slskd.get_responses(search_id)
         ranked = choose_best(responses, max_candidates=settings.max_candidates)
         if not ranked:
+            if search.cut_short(settings.search_timeout) and not job.details.get("search_again"):
+                # slskd ended the search as it started again: search once more
+                store.update(job_id, details={"search_id": None, "search_again": search_id})
+                search_track.send_with_options(args=(job_id,), delay=search_poll_ms)
+                return
             first_empty = float(job.details.get("first_empty_read", time.time()))
             patient = time.time() - first_empty < EMPTY_ANSWER_PATIENCE
             if patient and _may_still_come(search, responses):
@@ -137,6 +159,78 @@ def declare(broker: dramatiq.Broker, runtime: Runtime) -> None:
         store.update(job_id, details={"candidates": candidates, "search_state": search.state})
         start_download(job_id, 0)
 
+    def next_candidate(job_id: str, details: dict[str, Any], reason: str) -> None:
+        """The current candidate failed for ``reason``: remember its peer, try the next."""
+        username = details["username"]
+        store.update(
+            job_id,
+            details={
+                "failed_peers": [*details.get("failed_peers", []), username],
+                "download_failures": [
+                    *details.get("download_failures", []),
+                    f"{username}: {reason}",
+                ],
+                "transfer_id": None,
+                "queued_remotely_since": None,
+                "same_file_requeues": 0,
+            },
+        )
+        start_download(job_id, details["candidate_index"] + 1)
+
+    def enqueue_again(job_id: str, details: dict[str, Any], reason: str) -> None:
+        """slskd lost the transfer (it shut down, or removed or deleted the record) before the
+        file was on disk: enqueue the same file again and follow what slskd answers. slskd
+        does not enqueue a file it is already downloading (it may have enqueued it again
+        itself, after a restart) and answers that transfer instead, so nothing is downloaded
+        twice. After :data:`SAME_FILE_REQUEUES` times, the next candidate."""
+        requeues = int(details.get("same_file_requeues", 0))
+        if requeues >= SAME_FILE_REQUEUES:
+            next_candidate(job_id, details, f"{reason}; enqueued again {requeues} times")
+            return
+        candidate = Candidate(**details["candidates"][details["candidate_index"]])
+        try:
+            transfer = runtime.slskd.enqueue_download(
+                candidate.username, candidate.filename, candidate.size
+            )
+        except PeerUnavailableError as exc:
+            next_candidate(job_id, details, f"{reason}; then {exc.reason}")
+            return
+        store.update(
+            job_id,
+            details={
+                "transfer_id": transfer.id,
+                "transfer_state": transfer.state,
+                "same_file_requeues": requeues + 1,
+                "queued_remotely_since": None,
+                "last_requeue_reason": reason,
+            },
+        )
+        log.info(
+            f"Job {job_id}: {reason}; following transfer {transfer.id} of the same file",
+            event_name="job.transfer_followed",
+            job_id=job_id,
+            transfer_id=transfer.id,
+            reason=reason,
+        )
+        broker.get_actor("poll_download").send_with_options(args=(job_id,), delay=download_poll_ms)
+
+    def past_remote_deadline(job_id: str, details: dict[str, Any], transfer: Transfer) -> bool:
+        """Whether the download waited in the peer's queue longer than
+        ``SLSKD_REMOTE_QUEUE_TIMEOUT``: then it is cancelled in slskd."""
+        if not transfer.queued_remotely:
+            if details.get("queued_remotely_since") is not None:
+                store.update(job_id, details={"queued_remotely_since": None})
+            return False
+        now = time.time()
+        since = details.get("queued_remotely_since")
+        if since is None:
+            store.update(job_id, details={"queued_remotely_since": now})
+            return False
+        if now - float(since) < settings.remote_queue_timeout:
+            return False
+        runtime.slskd.cancel_download(transfer.username or details["username"], transfer.id)
+        return True
+
     @dramatiq.actor(broker=broker, service=SERVICE, max_retries=MAX_RETRIES, **BACKOFF)
     @job_step(store, JobState.DOWNLOADING, SERVICE, max_retries=MAX_RETRIES)
     def poll_download(job_id: str) -> None:
@@ -145,7 +239,11 @@ def declare(broker: dramatiq.Broker, runtime: Runtime) -> None:
             # the last transfer failed, then the next enqueue was deferred: go on from there
             start_download(job_id, details["candidate_index"] + 1)
             return
-        transfer = runtime.slskd.get_transfer(details["username"], details["transfer_id"])
+        try:
+            transfer = runtime.slskd.get_transfer(details["username"], details["transfer_id"])
+        except NotFoundError:  # deleted for good: whether it had finished is unknown
+            enqueue_again(job_id, details, "slskd no longer has the transfer")
+            return
         store.update(
             job_id,
             details={
@@ -153,24 +251,27 @@ def declare(broker: dramatiq.Broker, runtime: Runtime) -> None:
                 "percent_complete": transfer.percent_complete,
             },
         )
-        if transfer.succeeded:
+        if transfer.succeeded:  # removed afterwards or not, the file is on disk
             store.update(job_id, state=JobState.ENRICHING, service="musicbrainz-api")
             broker.get_actor("enrich_metadata").send(job_id)
             return
+        if transfer.shut_down:
+            enqueue_again(job_id, details, "slskd shut down during the transfer")
+            return
+        if transfer.removed and not transfer.done:
+            enqueue_again(job_id, details, "slskd removed the unfinished transfer")
+            return
         if not transfer.failed:
+            if past_remote_deadline(job_id, details, transfer):
+                timeout = settings.remote_queue_timeout
+                reason = f"queued at the peer for more than {timeout:g} s; cancelled"
+                next_candidate(job_id, details, reason)
+                return
             poll_download.send_with_options(args=(job_id,), delay=download_poll_ms)
             return
-        reason = f"{transfer.state}: {transfer.exception or 'no reason given'}"
-        failed: dict[str, Any] = {
-            "failed_peers": [*details.get("failed_peers", []), details["username"]],
-            "download_failures": [
-                *details.get("download_failures", []),
-                f"{details['username']}: {reason}",
-            ],
-            "transfer_id": None,
-        }
-        store.update(job_id, details=failed)
-        start_download(job_id, details["candidate_index"] + 1)
+        next_candidate(
+            job_id, details, f"{transfer.state}: {transfer.exception or 'no reason given'}"
+        )
 
 
 def _may_still_come(search: Search, responses: list[Any]) -> bool:

@@ -29,7 +29,8 @@ SERVICE_ARGUMENT = typer.Argument(..., help="slskd, spotify or musicbrainz (or s
 
 
 def status(as_json: bool = JSON_OPTION) -> None:
-    """Each service's breaker: state, failures, retry_after, totals and deferred jobs.
+    """Each service's breaker: state, failures, retry_after, totals and deferred jobs; then,
+    for each breaker that is not CLOSED, why (``slskd: not logged in to Soulseek``).
 
     --json prints the health document that GET /health serves.
     """
@@ -74,6 +75,9 @@ def status(as_json: bool = JSON_OPTION) -> None:
         "deferred",
     ]
     print_table(headers, rows)
+    for key, name in SERVICES.items():
+        if stats[name].reason:
+            typer.echo(f"{key}: {stats[name].reason}")
     typer.echo(f"overall: {document['status']}")
 
 
