@@ -36,6 +36,8 @@ class UpstreamError(SoulspotJobsError):
     def __init__(self, service: str, message: str, *, status: int | None = None) -> None:
         self.service = service
         self.status = status
+        #: The message without the service's name in front (``str(exc)`` has it).
+        self.detail = message
         super().__init__(f"{service}: {message}")
 
     def __reduce__(self) -> tuple[object, ...]:
@@ -266,7 +268,7 @@ def failure_reason(exc: BaseException, *, limit: int = 200) -> str:
     if isinstance(exc, TimeLimitExceeded):
         return "a job ran past its time limit"
     if isinstance(exc, UpstreamError):
-        text = str(exc).removeprefix(f"{exc.service}: ")
+        text = exc.detail
     else:
         text = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
     return text if len(text) <= limit else text[: limit - 3] + "..."

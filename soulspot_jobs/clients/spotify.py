@@ -211,7 +211,7 @@ class SpotifyApi:
             # a token just issued, refused too: the credentials behind it are wrong
             raise UnauthorizedError(
                 SERVICE,
-                str(exc).removeprefix(f"{SERVICE}: "),
+                exc.detail,
                 variable=self._variable(),
                 status=401,
             ) from None
@@ -271,7 +271,7 @@ class SpotifyApi:
             if refused is None:
                 raise
             variable, hint = refused
-            message = f"{str(exc).removeprefix(f'{SERVICE}: ')}; {hint}"
+            message = f"{exc.detail}; {hint}"
             raise UnauthorizedError(
                 SERVICE, message, variable=variable, status=exc.status
             ) from None
@@ -491,7 +491,7 @@ def _refused_credentials(exc: UpstreamRequestError, grant: str) -> tuple[str, st
 
 def _explained(exc: UpstreamRequestError, hint: str) -> UpstreamRequestError:
     """``exc`` again, its message followed by ``hint`` (what the caller can do about it)."""
-    message = str(exc).removeprefix(f"{exc.service}: ")
+    message = exc.detail
     return UpstreamRequestError(exc.service, f"{message}; {hint}", status=exc.status)
 
 

@@ -145,7 +145,8 @@ import re
 import threading
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any, NamedTuple
 from urllib.parse import unquote
@@ -702,18 +703,14 @@ class FakeSlskd(FakeServer):
         files, refusal = _per_user_files(request)
         if refusal is not None:
             return refusal
-        if not self._admit_enqueue():
-            return Response(429, CONCURRENT_OPERATION_MESSAGE)
-        try:
-            if self.enqueue_delay:
-                time.sleep(self.enqueue_delay)
+        with self._enqueue_slot() as admitted:
+            if not admitted:
+                return Response(429, CONCURRENT_OPERATION_MESSAGE)
             peer_failure = self._peer_failure(username)
             failure = self._logged_out_message("enqueue") or (peer_failure and peer_failure[1])
             if failure:  # slskd's controller answers any exception with 500 and its message
                 return Response(500, failure)
             enqueued, failed = self._enqueue_files(username, files)
-        finally:
-            self._release_enqueue()
         if self.legacy_enqueue or self.version < "0.24":
             return Response(201)
         now = time.monotonic()
@@ -731,11 +728,9 @@ class FakeSlskd(FakeServer):
         batch, files, refusal = _batch_request(request)
         if refusal is not None:
             return refusal
-        if not self._admit_enqueue():
-            return Response(429, CONCURRENT_OPERATION_MESSAGE)
-        try:
-            if self.enqueue_delay:
-                time.sleep(self.enqueue_delay)
+        with self._enqueue_slot() as admitted:
+            if not admitted:
+                return Response(429, CONCURRENT_OPERATION_MESSAGE)
             logged_out = self._logged_out_message("enqueue")
             if logged_out is not None:
                 return Response(500, logged_out)
@@ -750,8 +745,6 @@ class FakeSlskd(FakeServer):
             if failure is not None:  # the batch is created before slskd connects to the peer
                 return Response(500, failure[1])
             enqueued, failed = self._enqueue_files(batch.username, files, batch_id=batch.id)
-        finally:
-            self._release_enqueue()
         status = 200 if len(failed) == len(files) else 207 if failed else 201
         body = {
             "batch": self._batch_json(batch),
@@ -759,18 +752,26 @@ class FakeSlskd(FakeServer):
         }
         return Response(status, body)
 
-    def _admit_enqueue(self) -> bool:
-        """Take a place among the enqueue requests handled at once, if one is free."""
+    @contextmanager
+    def _enqueue_slot(self) -> Iterator[bool]:
+        """A place among the enqueue requests handled at once (``False``: none is free, slskd
+        answers 429), held for ``enqueue_delay`` and the body of the ``with``."""
         with self._state_lock:
-            if self._busy_enqueues > 0 or self._enqueuing >= MAX_CONCURRENT_ENQUEUES:
+            admitted = self._busy_enqueues <= 0 and self._enqueuing < MAX_CONCURRENT_ENQUEUES
+            if admitted:
+                self._enqueuing += 1
+            else:
                 self._busy_enqueues = max(0, self._busy_enqueues - 1)
-                return False
-            self._enqueuing += 1
-            return True
-
-    def _release_enqueue(self) -> None:
-        with self._state_lock:
-            self._enqueuing -= 1
+        if not admitted:
+            yield False
+            return
+        try:
+            if self.enqueue_delay:
+                time.sleep(self.enqueue_delay)
+            yield True
+        finally:
+            with self._state_lock:
+                self._enqueuing -= 1
 
     def _peer_failure(self, username: str) -> tuple[str, str] | None:
         """(reason, slskd's message) when ``username`` cannot be reached (offline, or no such

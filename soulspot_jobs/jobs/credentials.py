@@ -122,5 +122,4 @@ def _record(runtime: Runtime, service: str, exc: ServiceOutage) -> None:
 
 
 def _words(exc: BaseException) -> str:
-    service = getattr(exc, "service", "")
-    return str(exc).removeprefix(f"{service}: ") if service else str(exc)
+    return exc.detail if isinstance(exc, UpstreamError) else str(exc)

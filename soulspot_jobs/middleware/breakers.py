@@ -252,7 +252,7 @@ class CircuitBreakerMiddleware(Middleware):
         if refusal is not None or classify(exc) is not Failure.OUTAGE:
             return refusal
         breaker = self.breakers[service]
-        detail = str(exc).removeprefix(f"{service}: ")
+        detail = getattr(exc, "detail", str(exc))
         retry_after = max(breaker.config.timeout, getattr(exc, "retry_after", None) or 0.0)
         reason = (
             f"{service} cannot serve jobs now ({detail}). Retry after {retry_after:.1f} seconds."
@@ -269,7 +269,7 @@ class CircuitBreakerMiddleware(Middleware):
                 return None
             opened_for = stats.retry_after
         retry_after = max(opened_for, getattr(exc, "retry_after", None) or 0.0)
-        detail = str(exc).removeprefix(f"{service}: ")
+        detail = getattr(exc, "detail", str(exc))
         reason = (
             f"Circuit breaker {service} is OPEN after a failure ({detail}). "
             f"Retry after {retry_after:.1f} seconds."
