@@ -104,7 +104,7 @@ class Deferrals:
             DEFERRED_BY: refusal.service,
         }
         broker.enqueue(message.copy(options=history), delay=delay)
-        return self.list(message, refusal, eta=now + delay, deferrals=deferrals,
+        return self.list(message, refusal, delay=delay, now=now, deferrals=deferrals,
                          first_deferred_at=first_deferred_at)
 
     def list(
@@ -112,12 +112,14 @@ class Deferrals:
         message: Any,
         refusal: Refusal,
         *,
-        eta: int,
+        delay: int,
+        now: int,
         deferrals: int,
         first_deferred_at: int,
     ) -> DeferredJob:
         """Record in the index (and tell ``on_defer``, and log) that ``message`` waits for
-        ``refusal.service`` until ``eta``; the caller has enqueued what runs then."""
+        ``refusal.service`` ``delay`` ms from ``now``; the caller has enqueued what runs then."""
+        eta = now + delay
         deferred = DeferredJob(
             message_id=message.message_id,
             actor=message.actor_name,
@@ -140,7 +142,7 @@ class Deferrals:
             circuit_breaker=refusal.service,
             state=refusal.state,
             retry_after=round(refusal.retry_after, 3),
-            delay=round((eta - now_ms()) / 1000, 3),
+            delay=round(delay / 1000, 3),
             message_id=message.message_id,
             actor=message.actor_name,
             service=refusal.service,

@@ -214,7 +214,8 @@ class DeferringRetries(Retries):
             self.deferrals.list(
                 message,
                 waiting,
-                eta=now_ms() + delay,
+                delay=delay,
+                now=now_ms(),
                 deferrals=options.get(DEFERRALS, 0),
                 first_deferred_at=options.get(FIRST_DEFERRED_AT) or now_ms(),
             )
