@@ -191,6 +191,32 @@ class MalformedMessage(SoulspotJobsError):
     """
 
 
+class JobNotFound(SoulspotJobsError, LookupError):
+    """No job record has the id given (it never existed, or its record expired)."""
+
+    def __init__(self, job_id: str) -> None:
+        self.job_id = job_id
+        super().__init__(f"no job {job_id!r}")
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (type(self), (self.job_id,))
+
+
+class JobAlreadyFinal(SoulspotJobsError):
+    """The job is already in a final state (done, failed, cancelled): there is nothing to stop.
+
+    ``state`` is that state's name (``"done"``...).
+    """
+
+    def __init__(self, job_id: str, state: str) -> None:
+        self.job_id = job_id
+        self.state = state
+        super().__init__(f"job {job_id} is already {state}")
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (type(self), (self.job_id, self.state))
+
+
 class InvalidJobError(SoulspotJobsError, ValueError):
     """A job was asked for with an argument it could never run with; nothing was enqueued.
 

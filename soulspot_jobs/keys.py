@@ -35,6 +35,7 @@ class Keys:
         "unfinished_jobs",
         "recovery_marker",
         "orphan_check_lease",
+        "workers",
         "demo_retries",
     )
 
@@ -51,12 +52,14 @@ class Keys:
         self.deferral_totals = f"{prefix}:deferred:deferrals_total"
         #: Sorted set of every job id, scored by creation time.
         self.job_index = f"{prefix}:jobs:all"
-        #: Sorted set of the jobs not yet done or failed, scored by their last sign of life.
+        #: Sorted set of the jobs not yet done, failed or cancelled, scored by their last sign of life.
         self.unfinished_jobs = f"{prefix}:jobs:unfinished"
         #: Marker that Redis kept its data since a worker last looked.
         self.recovery_marker = f"{prefix}:recovery:alive"
         #: Lease of the one worker process that runs the orphan check.
         self.orphan_check_lease = f"{prefix}:recovery:orphan-check"
+        #: Hash worker id -> JSON description of a live worker process (WorkerPresence).
+        self.workers = f"{prefix}:workers"
         #: The demo's tally of retries: message id -> highest ``retries`` seen.
         self.demo_retries = f"{prefix}:demo:retries"
 
@@ -146,14 +149,21 @@ LAYOUT: tuple[KeyFamily, ...] = (
     ),
     KeyFamily(
         "{prefix}:jobs:unfinished",
-        "job store: ids of the jobs not yet done or failed, read by the orphan check",
-        "an id leaves when its job is done or failed",
+        "job store: ids of the jobs not yet done, failed or cancelled, read by the orphan check",
+        "an id leaves when its job is done, failed or cancelled",
         persistent=True,
     ),
     KeyFamily(
         "{prefix}:recovery:*",
         "recovery: the marker that Redis kept its data, the orphan check's lease",
         "each expires (PX) unless a live worker renews it",
+    ),
+    KeyFamily(
+        "{prefix}:workers",
+        "WorkerPresence: one field per worker process",
+        "a stopping worker removes its field; a killed one's is removed by the next beat "
+        "15 s later",
+        persistent=True,
     ),
     KeyFamily(
         "{prefix}:demo:*",

@@ -56,6 +56,8 @@ SERVICES = {
     "spotify-api": "spotify_api",
     "musicbrainz-api": "musicbrainz_api",
 }
+#: Fewest characters of ``SOULSPOT_ADMIN_TOKEN``: it guards every action of the web page.
+MIN_ADMIN_TOKEN_LENGTH = 16
 #: The file read beside the environment, relative to the working directory.
 ENV_FILE = ".env"
 #: How a secret's value is shown in output and error messages.
@@ -266,6 +268,9 @@ class Settings(BaseSettings):
     job_ttl: float = Field(7 * 24 * 3600.0, gt=0, validation_alias="SOULSPOT_JOB_TTL")
     #: Where the embedded Redis (used while ``REDIS_URL`` is unset) keeps its socket and data.
     data_dir: Path = Field(Path(".soulspot"), validation_alias="SOULSPOT_DATA_DIR")
+    #: What an operator presents to the web page to reset or open breakers, requeue, delete
+    #: and cancel; unset (or empty): the page is read-only and refuses every action.
+    admin_token: SecretStr = Field(SecretStr(""), validation_alias="SOULSPOT_ADMIN_TOKEN")
     log_level: LogLevel = "INFO"
     #: ``auto`` renders for a console when stderr is a terminal, JSON otherwise.
     log_format: Literal["auto", "json", "console"] = "auto"
@@ -281,6 +286,17 @@ class Settings(BaseSettings):
         if isinstance(value, str):
             value = value.strip().upper()
             return "WARNING" if value == "WARN" else value
+        return value
+
+    @field_validator("admin_token")
+    @classmethod
+    def _admin_token_hard_to_guess(cls, value: SecretStr) -> SecretStr:
+        token = value.get_secret_value()
+        if token and len(token) < MIN_ADMIN_TOKEN_LENGTH:
+            raise ValueError(
+                f"must be at least {MIN_ADMIN_TOKEN_LENGTH} characters (it is {len(token)}); "
+                "for example: python -c 'import secrets; print(secrets.token_urlsafe())'"
+            )
         return value
 
     @model_validator(mode="after")
@@ -309,6 +325,7 @@ class Settings(BaseSettings):
             self.slskd.api_key.get_secret_value(),
             self.spotify.client_secret.get_secret_value(),
             self.spotify.refresh_token.get_secret_value(),
+            self.admin_token.get_secret_value(),
         ]
         for url in self.urls().values():
             secrets.extend(url_passwords(url) if url else ())
@@ -332,6 +349,7 @@ _ENV_ALIASES = {
     "key_prefix": "SOULSPOT_KEY_PREFIX",
     "job_ttl": "SOULSPOT_JOB_TTL",
     "data_dir": "SOULSPOT_DATA_DIR",
+    "admin_token": "SOULSPOT_ADMIN_TOKEN",
 }
 
 

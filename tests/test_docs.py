@@ -106,7 +106,7 @@ NOT_RUN: dict[str, NotRun] = {
         "tests/embedded/test_shared.py::test_redis_stop_stops_a_server_in_use_and_keeps_its_data",
     ),
     "honcho start": NotRun(
-        "the Procfile's web process listens on 0.0.0.0",
+        "starts the Procfile's processes, for as long as it runs",
         "tests/operate/test_procfile.py runs `honcho start` on loopback",
     ),
     "docker-compose up -d --build --scale worker=3": NotRun(
@@ -117,6 +117,16 @@ NOT_RUN: dict[str, NotRun] = {
     "soulspot-jobs worker": NotRun(
         "needs a RabbitMQ host",
         "tests/engines/test_rabbitmq.py runs the workers on a RabbitMQ node of its own",
+    ),
+    "SOULSPOT_ADMIN_TOKEN=$(python -c 'import secrets; print(secrets.token_urlsafe())') "
+    "soulspot-jobs serve --port 8000": NotRun(
+        "serves the page until stopped, with a token nobody else knows",
+        "tests/operate/web/ serve the page with an admin token and drive it in Chromium",
+    ),
+    'curl -s -X POST -H "Authorization: Bearer $SOULSPOT_ADMIN_TOKEN" '
+    "http://127.0.0.1:8000/actions/breakers/slskd/reset": NotRun(
+        "needs the page of the line above serving",
+        "tests/operate/web/test_actions.py::test_a_script_with_the_admin_token_acts_and_gets_json",
     ),
 }
 

@@ -25,6 +25,7 @@ from soulspot_jobs.deferral.index import DeferredIndex, DeferredJob, RedisDeferr
 from soulspot_jobs.deferral.reasons import DeadLetterReasons
 from soulspot_jobs.errors import ConfigurationError, is_service_failure
 from soulspot_jobs.keys import Keys
+from soulspot_jobs.middleware.presence import WorkerPresence
 from soulspot_jobs.middleware.recovery import Recovery
 from soulspot_jobs.middleware.retries import DeferringRetries
 from soulspot_jobs.middleware.stack import middleware_stack
@@ -96,6 +97,7 @@ def build_broker(
         )
         client = broker.client
         first.append(Recovery(recovery, marker_key=keys.recovery_marker))
+    first.append(WorkerPresence(client, key=keys.workers))
     owns_backend = backend is None
     if backend is None:
         backend = RedisBackend(client, prefix=keys.breakers)

@@ -2,7 +2,8 @@
 
 ``CircuitBreaker`` guards calls; ``MemoryBackend`` keeps state in this process, ``RedisBackend``
 in Redis for a whole cluster of workers; ``Breakers`` holds one breaker per service of a
-deployment, built once and shared by everything that needs one.
+deployment, built once and shared by everything that needs one. ``validate_open_duration`` is
+the one check of an operator's forced-open period (at most ``MAX_FORCE_OPEN`` seconds).
 """
 
 from soulspot_jobs.circuit_breaker.backends import (
@@ -12,6 +13,7 @@ from soulspot_jobs.circuit_breaker.backends import (
     backend_from_url,
 )
 from soulspot_jobs.circuit_breaker.breaker import (
+    FORCED_REASON,
     CircuitBreaker,
     Permit,
     circuit_breaker,
@@ -19,10 +21,13 @@ from soulspot_jobs.circuit_breaker.breaker import (
 )
 from soulspot_jobs.circuit_breaker.config import CircuitBreakerConfig
 from soulspot_jobs.circuit_breaker.errors import BackendUnavailableError, CircuitBreakerError
+from soulspot_jobs.circuit_breaker.policy import MAX_FORCE_OPEN, validate_open_duration
 from soulspot_jobs.circuit_breaker.registry import Breakers
 from soulspot_jobs.circuit_breaker.state import BreakerStats, CircuitState
 
 __all__ = [
+    "FORCED_REASON",
+    "MAX_FORCE_OPEN",
     "Backend",
     "BackendUnavailableError",
     "BreakerStats",
@@ -37,4 +42,5 @@ __all__ = [
     "backend_from_url",
     "circuit_breaker",
     "holding",
+    "validate_open_duration",
 ]

@@ -22,6 +22,7 @@ from soulspot_jobs.circuit_breaker.backends.base import Backend
 from soulspot_jobs.circuit_breaker.backends.memory import MemoryBackend
 from soulspot_jobs.circuit_breaker.config import CircuitBreakerConfig
 from soulspot_jobs.circuit_breaker.errors import BackendUnavailableError, CircuitBreakerError
+from soulspot_jobs.circuit_breaker.policy import validate_open_duration
 from soulspot_jobs.circuit_breaker.state import (
     ADMITTED_LOCALLY,
     BreakerStats,
@@ -31,7 +32,6 @@ from soulspot_jobs.circuit_breaker.state import (
     Verdict,
 )
 from soulspot_jobs.errors import (
-    ConfigurationError,
     HoldBack,
     ServiceOutage,
     ServiceUnavailableError,
@@ -241,10 +241,12 @@ class CircuitBreaker:
         """Force the circuit OPEN for ``seconds`` (maintenance), for every process sharing it.
 
         Calls are refused meanwhile (jobs are deferred); afterwards the circuit turns HALF_OPEN
-        as after any OPEN period. :meth:`reset_sync` ends it early. Totals are kept.
+        as after any OPEN period. :meth:`reset_sync` ends it early. Totals are kept. ``seconds``
+        must be finite, more than 0 and at most :data:`~.policy.MAX_FORCE_OPEN` (7 days), else
+        :class:`~soulspot_jobs.errors.ConfigurationError` (a ``ValueError``) is raised and
+        nothing changes (:func:`~.policy.validate_open_duration`).
         """
-        if isinstance(seconds, bool) or not isinstance(seconds, int | float) or not seconds > 0:
-            raise ConfigurationError(f"seconds must be a positive number, got {seconds!r}")
+        validate_open_duration(seconds)
         self._ask(self.backend.force_open, self.name, self.config, float(seconds), reason)
         log.warning(
             f"Circuit breaker {self.name} was forced OPEN for {seconds:.1f} seconds.",

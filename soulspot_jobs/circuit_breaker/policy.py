@@ -8,6 +8,8 @@ bumps ``record.version``.
 
 from __future__ import annotations
 
+import math
+
 from soulspot_jobs.circuit_breaker.config import CircuitBreakerConfig
 from soulspot_jobs.circuit_breaker.state import (
     BreakerRecord,
@@ -17,11 +19,38 @@ from soulspot_jobs.circuit_breaker.state import (
     Transition,
     Verdict,
 )
+from soulspot_jobs.errors import ConfigurationError
 
 CLOSED, OPEN, HALF_OPEN = CircuitState.CLOSED, CircuitState.OPEN, CircuitState.HALF_OPEN
 
 #: Smallest ``retry_after`` ever given, in seconds, so that a refusal never says "retry now".
 MIN_RETRY_AFTER = 0.001
+#: Longest an operator may force a breaker OPEN, in seconds (7 days): ``soulspot-jobs open
+#: --for``, :meth:`~.breaker.CircuitBreaker.force_open_sync` and the operators' page refuse more
+#: (:func:`validate_open_duration`). A longer maintenance is renewed, or ended with a reset.
+MAX_FORCE_OPEN = 7 * 24 * 60 * 60.0
+#: Largest ``retry_after`` ever given or shown, in seconds (7 days). A refused message cannot be
+#: deferred longer anyway (the Redis broker's longest delay is 7 days), and only a stored state
+#: that no operation writes asks for more (an ``open_until`` of ``inf`` or ``1e15`` written by an
+#: older version or by hand): the breaker is simply asked again once it is over.
+MAX_RETRY_AFTER = MAX_FORCE_OPEN
+
+
+def validate_open_duration(seconds: float) -> float:
+    """``seconds`` if it is a forced-open period an operator may ask for, else
+    :class:`~soulspot_jobs.errors.ConfigurationError` (a ``ValueError``) naming the value and the
+    range: a finite number of seconds, more than 0 and at most :data:`MAX_FORCE_OPEN`.
+
+    The one check of every way a forced-open period comes in (the CLI's ``open --for``, the
+    Python API, the operators' page), so that none can store a period without end.
+    """
+    number = isinstance(seconds, int | float) and not isinstance(seconds, bool)
+    if not number or not math.isfinite(seconds) or not 0 < seconds <= MAX_FORCE_OPEN:
+        raise ConfigurationError(
+            f"a forced-open period must be a number of seconds more than 0 and at most "
+            f"{MAX_FORCE_OPEN:.0f} (7 days), got {seconds!r}"
+        )
+    return seconds
 
 
 def effective_state(record: BreakerRecord, now: float) -> CircuitState:
@@ -165,8 +194,11 @@ def stats(
 
 
 def positive(seconds: float) -> float:
-    """``seconds``, but never below :data:`MIN_RETRY_AFTER`."""
-    return max(seconds, MIN_RETRY_AFTER)
+    """``seconds`` as a ``retry_after``: never below :data:`MIN_RETRY_AFTER` (NaN included), never
+    above :data:`MAX_RETRY_AFTER` (infinity included)."""
+    if not seconds > MIN_RETRY_AFTER:
+        return MIN_RETRY_AFTER
+    return min(seconds, MAX_RETRY_AFTER)
 
 
 def _move(

@@ -1,4 +1,5 @@
-"""Dead-lettered messages on Dramatiq's Redis broker: list them with their reason, requeue them.
+"""Dead-lettered messages on Dramatiq's Redis broker: list them with their reason, requeue or
+delete them.
 
 Dramatiq 2.2's Redis broker keeps a queue's dead letters in two keys (see its ``dispatch.lua``):
 the sorted set ``<namespace>:<queue>.XQ`` (Redis message id -> epoch milliseconds at which the
@@ -14,6 +15,12 @@ Each dead letter's reason: the one the project's Retries recorded when it dead-l
 (:class:`~soulspot_jobs.deferral.reasons.DeadLetterReasons`), else what the message itself says
 (Dramatiq's retries ran out, with the last line of its traceback). A payload no encoder can read
 is listed too, with why it cannot be read; it cannot be requeued.
+
+*Malformed* dead letters (:attr:`DeadLetter.malformed`: a payload no encoder can read, or a
+message the project's Retries dead-lettered as ``malformed: ...``, naming no job record or with
+arguments its actor does not take) would come straight back if requeued: :meth:`requeue_all`
+leaves them where they are and says so. A delete takes a message out of its dead-letter queue
+for good, with its recorded reason.
 """
 
 from __future__ import annotations
@@ -39,7 +46,8 @@ XQ_SUFFIX, MESSAGES_SUFFIX = ".XQ", ".msgs"
 DROPPED_OPTIONS = frozenset(
     {"retries", "traceback", "requeue_timestamp", "eta", "redis_message_id"}
 )
-
+#: How the project's Retries begins the reason of a message that cannot even start.
+MALFORMED_PREFIX = "malformed: "
 
 
 class DeadLettersUnsupported(SoulspotJobsError):
@@ -66,6 +74,19 @@ class DeadLetter:
     #: The message; ``None`` when its payload cannot be decoded.
     message: dramatiq.Message | None
 
+    @property
+    def malformed(self) -> bool:
+        """Whether requeueing it could only dead-letter it again: its payload cannot be decoded,
+        or it was dead-lettered as malformed (no job record, wrong arguments)."""
+        return self.message is None or self.reason.startswith(MALFORMED_PREFIX)
+
+    @property
+    def why_malformed(self) -> str:
+        """Why it is malformed, without the ``malformed: `` prefix (``""`` when it is not)."""
+        if not self.malformed:
+            return ""
+        return self.reason.removeprefix(MALFORMED_PREFIX)
+
     def as_dict(self) -> dict[str, object]:
         return {
             "message_id": self.message_id,
@@ -75,6 +96,15 @@ class DeadLetter:
             "reason": self.reason,
             "args": list(self.message.args) if self.message is not None else None,
         }
+
+
+@dataclass(frozen=True, slots=True)
+class RequeueAll:
+    """What :meth:`DeadLetters.requeue_all` did: the dead letters put back on their queues, and
+    the malformed ones left in the dead letters (see :attr:`DeadLetter.malformed`)."""
+
+    requeued: list[DeadLetter]
+    skipped: list[DeadLetter]
 
 
 def reason_of(message: dramatiq.Message, recorded: str | None = None) -> str:
@@ -113,6 +143,7 @@ class DeadLetters:
         *,
         reasons: DeadLetterReasons | None = None,
         on_requeue: Callable[[DeadLetter], None] | None = None,
+        on_delete: Callable[[DeadLetter], None] | None = None,
     ) -> None:
         if not isinstance(broker, RedisBroker):
             raise DeadLettersUnsupported(
@@ -125,6 +156,8 @@ class DeadLetters:
         self.reasons = reasons or DeadLetterReasons()
         #: Called with each dead letter once it is back on its queue (job records use it).
         self.on_requeue = on_requeue
+        #: Called with each dead letter once it is deleted (job records use it).
+        self.on_delete = on_delete
 
     def queues(self) -> list[str]:
         """Names of the queues that have a dead-letter queue in Redis."""
@@ -170,22 +203,58 @@ class DeadLetters:
     def requeue(self, message_id: str) -> DeadLetter:
         """Move the dead letter ``message_id`` (Dramatiq's or the broker's id) back onto its
         queue as a fresh message; raise :class:`DeadLetterNotFound` when there is none."""
-        for letter in self.list():
-            if message_id in (letter.message_id, letter.redis_message_id):
-                self._requeue(letter)
-                return letter
-        raise DeadLetterNotFound(f"no dead-lettered message {message_id!r}")
+        letter = self._find(message_id)
+        self._requeue(letter)
+        return letter
 
-    def requeue_all(self) -> list[DeadLetter]:
-        """Requeue every dead letter; returns those requeued (others may take some first)."""
-        done = []
+    def requeue_all(self) -> RequeueAll:
+        """Requeue every dead letter but the malformed ones, which stay where they are; returns
+        both (a dead letter another process takes first is in neither)."""
+        done, skipped = [], []
         for letter in self.list():
+            if letter.malformed:
+                skipped.append(letter)
+                continue
             try:
                 self._requeue(letter)
             except DeadLetterNotFound:
                 continue
             done.append(letter)
+        return RequeueAll(done, skipped)
+
+    def delete(self, message_id: str) -> DeadLetter:
+        """Delete the dead letter ``message_id`` (Dramatiq's or the broker's id) for good, and
+        its recorded reason; raise :class:`DeadLetterNotFound` when there is none (or another
+        process took it first). Returns what was deleted."""
+        letter = self._find(message_id)
+        self._delete(letter)
+        return letter
+
+    def delete_all(self) -> list[DeadLetter]:
+        """Delete every dead letter; returns those deleted (others may take some first)."""
+        done = []
+        for letter in self.list():
+            try:
+                self._delete(letter)
+            except DeadLetterNotFound:
+                continue
+            done.append(letter)
         return done
+
+    def _find(self, message_id: str) -> DeadLetter:
+        for letter in self.list():
+            if message_id in (letter.message_id, letter.redis_message_id):
+                return letter
+        raise DeadLetterNotFound(f"no dead-lettered message {message_id!r}")
+
+    def _delete(self, letter: DeadLetter) -> None:
+        xq = self._xq(letter.queue)
+        if not self.client.zrem(xq, letter.redis_message_id):
+            raise DeadLetterNotFound(f"dead letter {letter.message_id!r} was taken meanwhile")
+        self.client.hdel(xq + MESSAGES_SUFFIX, letter.redis_message_id)
+        _forget_reason(self.reasons, letter.message_id)
+        if self.on_delete is not None:
+            self.on_delete(letter)
 
     def _requeue(self, letter: DeadLetter) -> None:
         if letter.message is None:
@@ -208,6 +277,15 @@ class DeadLetters:
 
     def _xq(self, queue: str) -> str:
         return f"{self.namespace}:{queue}{XQ_SUFFIX}"
+
+
+def _forget_reason(reasons: DeadLetterReasons, message_id: str) -> None:
+    """Drop the reason kept for ``message_id``'s dead letter, in Redis or in memory."""
+    if reasons.client is not None:
+        reasons.client.delete(reasons.keys.dead_letter_reason(message_id))
+        return
+    with reasons._lock:
+        reasons._memory.pop(message_id, None)
 
 
 def _letter(queue: str, redis_id: str, at: int, raw: bytes) -> DeadLetter:

@@ -7,6 +7,10 @@
 * ``REDIS_URL`` unset: the process attaches to the shared embedded server of
   ``SOULSPOT_DATA_DIR`` (see :mod:`soulspot_jobs.embedded`), starting it if no process has;
   leaving the block detaches, and the last process to leave stops the server.
+
+Operator commands say on stderr which one they use (:func:`redis_in_use`), and say so plainly
+when the data directory was created for them: a command run from another directory gets another,
+empty Redis.
 """
 
 from __future__ import annotations
@@ -55,6 +59,29 @@ class RedisUnavailable(SoulspotJobsError):
 def data_dir(settings: Settings) -> Path:
     """The absolute data directory of the embedded server (``SOULSPOT_DATA_DIR``)."""
     return Path(settings.data_dir).expanduser().absolute()
+
+
+def redis_in_use(settings: Settings, *, created: bool = False) -> str:
+    """The line a command prints on stderr to say which Redis it works on: ``REDIS_URL``'s
+    server (password hidden), or the embedded server of the data directory. ``created``: the
+    command just created that directory, so its Redis holds nothing from any other directory;
+    the line says so, and how to share one.
+    """
+    if settings.redis_url is not None:
+        return f"using Redis at {redact_url(settings.redis_url)}"
+    line = f"using embedded Redis in {data_dir(settings)}"
+    if created:
+        line += (
+            " (created just now: no jobs from other directories are here; "
+            "set SOULSPOT_DATA_DIR or REDIS_URL to share one)"
+        )
+    return line
+
+
+def creates_data_dir(settings: Settings) -> bool:
+    """Whether using the embedded Redis of ``settings`` would create its data directory now
+    (``REDIS_URL`` unset and no such directory yet)."""
+    return settings.redis_url is None and not data_dir(settings).exists()
 
 
 def embedded_server(settings: Settings) -> SharedRedis:

@@ -3,6 +3,7 @@
     jobs = SoulspotJobs(load_settings())
     job_id = jobs.enqueue_download("Daft Punk - Around the World")
     jobs.job(job_id).state   # queued, searching, downloading, enriching, done, failed, deferred
+    jobs.cancel_job(job_id)  # cancelled: its pending message ends without running
 
 Worker processes load :mod:`soulspot_jobs.worker`, which builds one of these from the settings.
 Everything a deployment shares is reached from here: ``breakers`` (one breaker per service),
@@ -18,19 +19,21 @@ from dramatiq.middleware import CurrentMessage
 
 from soulspot_jobs.broker import build_broker
 from soulspot_jobs.circuit_breaker import Breakers
-from soulspot_jobs.deferral.dead_letters import DeadLetters
+from soulspot_jobs.deferral.dead_letters import DeadLetter, DeadLetters
 from soulspot_jobs.deferral.index import DeferredIndex, DeferredJob
-from soulspot_jobs.errors import InvalidJobError
+from soulspot_jobs.errors import InvalidJobError, JobAlreadyFinal, JobNotFound
 from soulspot_jobs.jobs.actors import downloads, metadata, playlists
 from soulspot_jobs.jobs.queues import declare_queues, send_first_step
-from soulspot_jobs.jobs.records import FINAL_STATES, REQUEUED_NOTE, Job, JobState
+from soulspot_jobs.jobs.records import FINAL_STATES, REQUEUED_NOTE, Job, JobState, Update
 from soulspot_jobs.jobs.runtime import Runtime
+from soulspot_jobs.jobs.steps import CancelledJobs
 from soulspot_jobs.jobs.validation import (
     MAX_TEXT_LENGTH,
     parse_enrichment,
     parse_playlist_id,
     parse_query,
 )
+from soulspot_jobs.middleware.breakers import CircuitBreakerMiddleware
 from soulspot_jobs.middleware.orphans import OrphanCheck
 from soulspot_jobs.settings import Settings
 
@@ -68,6 +71,13 @@ class SoulspotJobs:
                 job_actors=JOB_ACTORS,
                 lease_key=self.keys.orphan_check_lease,
             )
+        )
+        admission = next(
+            m for m in self.broker.middleware if isinstance(m, CircuitBreakerMiddleware)
+        )
+        self.broker.add_middleware(
+            CancelledJobs(self.store, job_actors=JOB_ACTORS, admission=admission),
+            after=CircuitBreakerMiddleware,
         )
         declare_queues(self.broker)
 
@@ -139,15 +149,47 @@ class SoulspotJobs:
 
     def dead_letters(self) -> DeadLetters:
         """The broker's dead letters (Redis broker). Requeueing one of a job's steps puts the
-        job's record back to ``queued`` first, so a worker never finds it ``failed``."""
+        job's record back to ``queued`` first, so a worker never finds it ``failed``; deleting
+        one leaves its job ``failed``, noted in its history (a job that was not finished yet
+        becomes ``failed``: nothing is left to run it)."""
         return DeadLetters(
             self.broker,
             reasons=self.broker.dead_letter_reasons,
             on_requeue=lambda letter: self._on_requeue(letter.message),
+            on_delete=self._on_delete,
         )
 
     def job(self, job_id: str) -> Job | None:
         return self.store.get(job_id)
+
+    def cancel_job(self, job_id: str, *, by: str = "an operator") -> Job:
+        """Stop the job ``job_id``: its record becomes ``cancelled`` (a final state; the history
+        says ``cancelled by <by>``) and its pending message, queued, delayed or deferred, ends
+        without calling any upstream when it comes up (logged ``job.cancelled``; acknowledged,
+        never retried nor dead-lettered). A deferred message leaves the deferred index now.
+        A step already running finishes its current call; it can no longer change the record.
+
+        Raises :class:`~soulspot_jobs.errors.JobNotFound` when there is no such job, and
+        :class:`~soulspot_jobs.errors.JobAlreadyFinal` when it is done, failed or cancelled.
+        """
+        before = self.store.get(job_id)
+        if before is None:
+            raise JobNotFound(job_id)
+        outcome = self.store.update(
+            job_id, state=JobState.CANCELLED, note=f"cancelled by {by}", unless_final=True
+        )
+        if outcome is Update.NO_RECORD:  # expired meanwhile
+            raise JobNotFound(job_id)
+        if outcome in (Update.FINAL, Update.CANCELLED):
+            now = self.store.get(job_id)
+            raise JobAlreadyFinal(job_id, (now or before).state.value)
+        if before.state is JobState.DEFERRED and before.deferred_message_id and before.service:
+            self.deferred.remove(before.service, before.deferred_message_id)
+            self.deferred.flush()
+        job = self.store.get(job_id)
+        if job is None:
+            raise JobNotFound(job_id)
+        return job
 
     def close(self) -> None:
         """Close the clients, the breakers' backend (its view watcher) and the broker."""
@@ -155,15 +197,22 @@ class SoulspotJobs:
         self.broker.close()
 
     def _on_defer(self, message: Any, deferred: DeferredJob) -> None:
+        """A job step deferred: its job shows ``deferred``, with why and which message waits.
+        Cancelled meanwhile, the job keeps its record and the message leaves the index (it
+        will be skipped when it comes up)."""
         job_id = _job_id(message)
-        if job_id is not None:
-            self.store.update(
-                job_id,
-                state=JobState.DEFERRED,
-                service=deferred.service,
-                deferred_until=deferred.eta,
-                last_error=deferred.reason,
-            )
+        if job_id is None:
+            return
+        updated = self.store.update(
+            job_id,
+            state=JobState.DEFERRED,
+            service=deferred.service,
+            deferred_until=deferred.eta,
+            deferred_message_id=deferred.message_id,
+            last_error=deferred.reason,
+        )
+        if updated is Update.CANCELLED:
+            self.deferred.remove(deferred.service, deferred.message_id)
 
     def _on_dead_letter(self, message: Any, reason: str) -> None:
         """A job step dead-lettered with a reason (its deferral budget spent, say) ends its job
@@ -177,6 +226,14 @@ class SoulspotJobs:
         job_id = _job_id(message)
         if job_id is not None:
             self.store.reopen(job_id, REQUEUED_NOTE)
+
+    def _on_delete(self, letter: DeadLetter) -> None:
+        """A dead letter deleted: its job stays (or, unfinished, becomes) ``failed``, with the
+        deletion in its history; a done or cancelled job keeps its state."""
+        job_id = None if letter.message is None else _job_id(letter.message)
+        if job_id is not None:
+            note = f"dead letter {letter.message_id} deleted"
+            self.store.update(job_id, state=JobState.FAILED, note=note)
 
 
 def _job_id(message: Any) -> str | None:

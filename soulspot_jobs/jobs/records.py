@@ -13,6 +13,11 @@ details, counting an attempt, appending to the history, keeping a final state fi
 written by one Lua script (``lua/update_job.lua``, ``lua/reopen_job.lua``): no writer undoes
 another's change.
 
+A job an operator cancelled (``SoulspotJobs.cancel_job``) is ``cancelled``, a final state, and
+its record is frozen: no later update writes to it, and the update says so
+(:attr:`Update.CANCELLED`). That is how a job step sees, in the update it makes anyway as it
+starts, that its job was cancelled (:func:`~soulspot_jobs.jobs.steps.job_step`).
+
 Nothing grows forever: a record that reaches a final state expires ``ttl`` seconds later (Redis
 EXPIRE), and the index is trimmed of ids whose record is gone, lazily (when a job finishes, at
 most once per ``TRIM_INTERVAL`` per store, starting from the oldest ids; and when listing).
@@ -24,7 +29,7 @@ import json
 import time
 import uuid
 from dataclasses import dataclass, field
-from enum import StrEnum
+from enum import IntEnum, StrEnum
 from importlib import resources
 from typing import Any
 
@@ -53,12 +58,30 @@ class JobState(StrEnum):
     DONE = "done"
     FAILED = "failed"
     DEFERRED = "deferred"
+    #: Stopped by an operator (``soulspot-jobs jobs cancel``): its messages end without running.
+    CANCELLED = "cancelled"
 
 
-#: States a job never leaves.
-FINAL_STATES = frozenset({JobState.DONE, JobState.FAILED})
+#: States a job never leaves (a requeued dead letter takes a failed job back to ``queued``).
+FINAL_STATES = frozenset({JobState.DONE, JobState.FAILED, JobState.CANCELLED})
 #: The note in a job's history when a dead letter of its steps was requeued.
 REQUEUED_NOTE = "requeued from the dead-letter queue"
+
+
+class Update(IntEnum):
+    """What :meth:`JobStore.update` did; false only for :attr:`NO_RECORD`."""
+
+    #: There is no such job: nothing was written.
+    NO_RECORD = 0
+    #: The record was updated.
+    UPDATED = 1
+    #: The record was updated into a final state: the job is finished.
+    FINISHED = 2
+    #: The job is cancelled: nothing was written (a cancelled record is frozen).
+    CANCELLED = 3
+    #: The job is in a final state and the caller asked to write only an unfinished one:
+    #: nothing was written.
+    FINAL = 4
 
 
 @dataclass
@@ -75,6 +98,8 @@ class Job:
     last_error: str | None = None
     #: Epoch milliseconds until which the job is deferred (state ``deferred``).
     deferred_until: int | None = None
+    #: The id of the job's message waiting in the deferred index (state ``deferred``).
+    deferred_message_id: str | None = None
     created_at: float = 0.0
     updated_at: float = 0.0
     details: dict[str, Any] = field(default_factory=dict)
@@ -90,6 +115,7 @@ class Job:
             "attempts": self.attempts,
             "last_error": self.last_error,
             "deferred_until": self.deferred_until,
+            "deferred_message_id": self.deferred_message_id,
             "created_at": self.created_at,
             "updated_at": self.updated_at,
             "details": self.details,
@@ -163,16 +189,21 @@ class JobStore:
         *,
         details: dict[str, Any] | None = None,
         count_attempt: bool = False,
+        note: str | None = None,
+        unless_final: bool = False,
         **fields: Any,
-    ) -> bool:
+    ) -> Update:
         """Set ``fields`` (state, service, last_error, ...) and merge ``details`` into the job;
-        False when there is no such job (nothing is written then). One round trip: the record
-        is read and written by one script (``lua/update_job.lua``), so concurrent updates from
-        several processes each land whole.
+        returns what was done (:class:`Update`: false when there is no such job). One round
+        trip: the record is read and written by one script (``lua/update_job.lua``), so
+        concurrent updates from several processes each land whole.
 
         A job in a final state (done, failed) keeps its state, and its record expires ``ttl``
-        seconds after its last write. A change of state or service, or a new ``last_error``, is
-        appended to the job's history.
+        seconds after its last write; with ``unless_final`` nothing is written to it
+        (:attr:`Update.FINAL`). A cancelled job's record is never written
+        (:attr:`Update.CANCELLED`). A change of state or service, a new ``last_error``, or a
+        ``note`` is appended to the job's history (the note says why, unless a new
+        ``last_error`` does).
         """
         now = time.time()
         if "state" in fields:
@@ -196,28 +227,55 @@ class JobStore:
                 _FINAL_STATES_JSON,
                 "null" if clears_deferral else "",
                 json.dumps(details) if details else "",
+                _FROZEN_STATE_JSON,
+                "1" if unless_final else "",
+                json.dumps(note) if note is not None else "",
                 *(part for item in _encode(fields).items() for part in item),
             ],
         )
-        if outcome == _FINISHED:
+        done = Update(int(outcome))
+        if done is Update.FINISHED:
             self._trim_now_and_then()
-        return outcome != _NO_RECORD
+        return done
+
+    def state_of(self, job_id: str) -> JobState | None:
+        """The job's state (one HGET), or None when there is no such job."""
+        raw = self.client.hget(self.key(job_id), "state")
+        return None if raw is None else JobState(json.loads(raw))
+
+    def deferred_message_jobs(self) -> dict[str, str]:
+        """The job of each message deferred now: ``deferred_message_id`` -> job id, for the
+        unfinished jobs in state ``deferred`` (one pipeline per :data:`TRIM_BATCH` of them)."""
+        found: dict[str, str] = {}
+        job_ids = self.unfinished_ids()
+        for start in range(0, len(job_ids), TRIM_BATCH):
+            batch = job_ids[start : start + TRIM_BATCH]
+            pipe = self.client.pipeline(transaction=False)
+            for job_id in batch:
+                pipe.hmget(self.key(job_id), "state", "deferred_message_id")
+            for job_id, (state, message_id) in zip(batch, pipe.execute(), strict=True):
+                if state is None or message_id is None:
+                    continue
+                if json.loads(state) == JobState.DEFERRED.value and json.loads(message_id):
+                    found[json.loads(message_id)] = job_id
+        return found
 
     @property
     def unfinished_key(self) -> str:
-        """Sorted set of the jobs not yet done or failed, scored by their last sign of life
+        """Sorted set of the jobs not yet in a final state, scored by their last sign of life
         (creation, last update, or the end of a deferral), epoch seconds; read by recovery."""
         return self.keys.unfinished_jobs
 
     def unfinished_ids(self, *, idle_since: float = float("inf")) -> list[str]:
-        """Ids of the jobs not yet done or failed with no sign of life after ``idle_since``."""
+        """Ids of the jobs not in a final state with no sign of life after ``idle_since``."""
         found = self.client.zrangebyscore(self.unfinished_key, "-inf", idle_since)
         return [_text(job_id) for job_id in found]
 
     def reopen(self, job_id: str, note: str) -> bool:
         """Take a job out of ``failed`` (or a stale state) back to ``queued``: its work was
         requeued and runs again. ``note`` says why, as ``last_error`` and in its history.
-        False when there is no such job, or it is done (its work is complete). One round trip
+        False when there is no such job, or it is done (its work is complete) or cancelled (an
+        operator stopped it: its requeued message ends without running). One round trip
         (``lua/reopen_job.lua``); a reopened record no longer expires."""
         reopened = self._reopen_script(
             keys=[self.key(job_id), self.unfinished_key],
@@ -227,7 +285,7 @@ class JobStore:
                 json.dumps(note),
                 HISTORY_LIMIT,
                 json.dumps(JobState.QUEUED.value),
-                json.dumps(JobState.DONE.value),
+                _KEPT_STATES_JSON,
             ],
         )
         return bool(reopened)
@@ -303,9 +361,11 @@ class JobStore:
 _JOB_FIELDS = frozenset(Job.__dataclass_fields__)
 #: The final states as ``update_job.lua`` compares them: a JSON array of the stored values.
 _FINAL_STATES_JSON = json.dumps(sorted(state.value for state in FINAL_STATES))
-#: What ``update_job.lua`` returns: no such record (nothing written), updated, updated into a
-#: final state.
-_NO_RECORD, _UPDATED, _FINISHED = 0, 1, 2
+#: The states ``reopen_job.lua`` never takes a job out of: its work is complete, or an operator
+#: stopped it.
+_KEPT_STATES_JSON = json.dumps([JobState.DONE.value, JobState.CANCELLED.value])
+#: The state whose records ``update_job.lua`` never writes, as stored.
+_FROZEN_STATE_JSON = json.dumps(JobState.CANCELLED.value)
 
 
 def _lua_source(name: str) -> str:

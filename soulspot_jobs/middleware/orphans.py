@@ -7,14 +7,14 @@ append-only file) or a message was dropped some other way (a producer died betwe
 record and sending its message), the record is all that is left.
 
 One worker process at a time (a lease in Redis) looks every ``RECOVERY_ORPHAN_CHECK_INTERVAL``
-for such jobs: not done or failed, no sign of life for ``RECOVERY_ORPHAN_AFTER`` (last update,
-or the end of a deferral) and no message anywhere, on two looks in a row with no update in
-between (a message moving between hashes during one scan cannot make a job look orphaned). The
-unfinished jobs are a sorted set scored by their last sign of life, so a look reads only the
-idle ones; the message hashes are scanned only when some job is idle, and at most a tenth of
-the time (a long backlog makes queued jobs look idle). Each orphan is requeued at its current
-step, logged at ERROR (``job.orphaned``); after ``RECOVERY_ORPHAN_REQUEUES`` requeues it is
-marked ``failed`` with the reason instead.
+for such jobs: not in a final state (done, failed, cancelled), no sign of life for
+``RECOVERY_ORPHAN_AFTER`` (last update, or the end of a deferral) and no message anywhere, on
+two looks in a row with no update in between (a message moving between hashes during one scan
+cannot make a job look orphaned). The unfinished jobs are a sorted set scored by their last sign
+of life, so a look reads only the idle ones; the message hashes are scanned only when some job
+is idle, and at most a tenth of the time (a long backlog makes queued jobs look idle). Each
+orphan is requeued at its current step, logged at ERROR (``job.orphaned``); after
+``RECOVERY_ORPHAN_REQUEUES`` requeues it is marked ``failed`` with the reason instead.
 """
 
 from __future__ import annotations

@@ -6,11 +6,17 @@
                   "spotify": {"status": "healthy", "circuit_breaker": "closed", ...}, ...}}
 
 A service is ``healthy`` while its breaker is CLOSED; the whole is ``healthy`` when every service
-is. ``retry_after`` (whole seconds, rounded up) is present only while the breaker is OPEN;
-``reason`` (why it opened: ``"not logged in to Soulseek"``, ``"unauthorized (check
-SLSKD_API_KEY)"``, ``"forced open by an operator"``, or the last failure's own words) only while
-it is not CLOSED. The document is read from Redis, so it is the same whichever process builds
-it.
+is. ``retry_after`` (whole seconds, rounded up, at most ``MAX_FORCE_OPEN``: 7 days) is present
+only while the breaker is OPEN; ``"forced": true`` only while an operator holds it OPEN
+(``soulspot-jobs open``); ``reason`` (why it opened: ``"not logged in to Soulseek"``,
+``"unauthorized (check SLSKD_API_KEY)"``, ``"forced open by an operator"``, or the last
+failure's own words) only while it is not CLOSED. The document is read from Redis, so it is the
+same whichever process builds it.
+
+Any breaker hash renders, whatever an older version or a hand edit left in it: a number that
+does not parse counts as 0 and an unknown state as CLOSED (as the breaker's scripts read them),
+and an ``open_until`` of ``inf`` or ``1e15`` is an OPEN period whose ``retry_after`` shows as 7
+days (``status`` says ``forced indefinitely`` when its end is no date at all) until a reset.
 """
 
 from __future__ import annotations
@@ -19,7 +25,7 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
-from soulspot_jobs.circuit_breaker import Breakers, BreakerStats, CircuitState
+from soulspot_jobs.circuit_breaker import MAX_FORCE_OPEN, Breakers, BreakerStats, CircuitState
 from soulspot_jobs.deferral.index import DeferredIndex
 
 #: The document's service keys and the breakers they stand for.
@@ -45,7 +51,9 @@ def health_document(
             "circuit_breaker": breaker.state.value,
         }
         if breaker.state is CircuitState.OPEN and breaker.retry_after is not None:
-            entry["retry_after"] = math.ceil(breaker.retry_after)
+            entry["retry_after"] = whole_seconds(breaker.retry_after)
+        if breaker.forced_until is not None:
+            entry["forced"] = True
         if breaker.reason:
             entry["reason"] = breaker.reason
         entry["name"] = name
@@ -53,6 +61,13 @@ def health_document(
         services[key] = entry
     healthy = all(entry["status"] == "healthy" for entry in services.values())
     return {"status": "healthy" if healthy else "degraded", "services": services}
+
+
+def whole_seconds(seconds: float) -> int:
+    """``seconds`` rounded up, within ``[0, MAX_FORCE_OPEN]`` whatever it is (NaN: 0)."""
+    if not seconds > 0:
+        return 0
+    return math.ceil(min(seconds, MAX_FORCE_OPEN))
 
 
 def read_health(breakers: Breakers, deferred: DeferredIndex) -> dict[str, Any]:

@@ -2,8 +2,11 @@
 
 :class:`SoulspotCollector` is a custom prometheus-client collector: each scrape reads the breaker
 hashes, the deferred index (its entries and its deferral counter), the job records and the
-dead-letter queues. Nothing is kept in the serving process's memory, so the numbers are the
-cluster's, whichever process serves them, and no gauge can drift below zero.
+dead-letter queues (``soulspot_dead_letters`` has a sample for each queue the jobs use, 0 when
+it is empty; none on RabbitMQ, which keeps the dead letters). Nothing is kept in the serving
+process's memory, so the numbers are the cluster's, whichever process serves them, and no gauge
+can drift below zero. Any breaker hash renders (see :mod:`.health`): ``retry_after`` is at most
+7 days.
 
 This replaces Dramatiq's own Prometheus middleware for our jobs. That middleware counts every
 deferral as a processed, failed message, and its ``dramatiq_delayed_messages_inprogress`` gauge
@@ -19,6 +22,7 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 from dramatiq.brokers.redis import RedisBroker
+from dramatiq.common import q_name
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
@@ -52,15 +56,22 @@ class SoulspotCollector(Collector):
         for state, count in sorted(self.app.store.count_by_state().items()):
             jobs.add_metric([state], count)
         yield jobs
+        if self.dead_letters is not None:
+            yield self._dead_letters(self.dead_letters)
+
+    def _dead_letters(self, dead_letters: DeadLetters) -> Metric:
+        """Per queue: every queue the jobs use (0 when it has none, so an alert on the gauge
+        has a sample to compare), and any other queue that has some."""
         dead = GaugeMetricFamily(
             f"{NAMESPACE}_dead_letters",
             "Dead-lettered messages kept by the broker, per queue.",
             labels=["queue"],
         )
-        counts = self.dead_letters.counts() if self.dead_letters is not None else {}
-        for queue, count in sorted(counts.items()):
-            dead.add_metric([queue], count)
-        yield dead
+        counts = dead_letters.counts()
+        declared = {q for q in self.app.broker.get_declared_queues() if q == q_name(q)}
+        for queue in sorted(declared | set(counts)):
+            dead.add_metric([queue], counts.get(queue, 0))
+        return dead
 
     def _breakers(self) -> Iterator[Metric]:
         name = f"{NAMESPACE}_circuit_breaker"

@@ -1,10 +1,10 @@
 """Watching a source tree for changed ``.py`` files, for ``soulspot-jobs worker --watch``.
 
-Why not ``dramatiq --watch``: Dramatiq hands watchdog the pattern ``**.py``, and watchdog 7
-matches patterns against the *whole* path (``PurePath.full_match``), where ``**.py`` matches no
-absolute path, so Dramatiq never reloads; older watchdog versions matched from the right and
-did. Here the file name's suffix is compared directly, which means the same under every watchdog
-version, and the observer falls back to polling where the system's file events are unavailable
+Beside ``dramatiq --watch DIR`` (which reloads its worker processes on a ``*.py`` change but
+does not start Dramatiq again once Dramatiq itself exited), this watcher restarts the whole
+Dramatiq command, so a syntax error fixed in the editor brings the workers back. The file name's
+suffix is compared directly, which means the same under every watchdog version, and the
+observer falls back to polling where the system's file events are unavailable
 (inotify watches exhausted, some network file systems).
 """
 

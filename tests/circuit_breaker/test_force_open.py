@@ -14,11 +14,13 @@ import redis
 import structlog
 
 from soulspot_jobs.circuit_breaker import (
+    MAX_FORCE_OPEN,
     CircuitBreaker,
     CircuitBreakerConfig,
     CircuitBreakerError,
     CircuitState,
     RedisBackend,
+    validate_open_duration,
 )
 from soulspot_jobs.errors import ConfigurationError
 from tests.polling import wait_until
@@ -175,18 +177,52 @@ def test_force_open_is_logged_as_forced_open(make_breaker: MakeBreaker) -> None:
     assert forced[0]["event"] == "Circuit breaker svc was forced OPEN for 120.0 seconds."
 
 
-@pytest.mark.parametrize("seconds", [0, -5, "10", True, float("nan")])
-def test_force_open_rejects_a_period_that_is_not_a_positive_number(
-    make_breaker: MakeBreaker, seconds: object
+@pytest.mark.parametrize(
+    ("seconds", "shown"),
+    [
+        (0, "0"),
+        (-5, "-5"),
+        ("10", "'10'"),
+        (True, "True"),
+        (float("nan"), "nan"),
+        (float("inf"), "inf"),
+        (1e12, "1000000000000.0"),
+        (MAX_FORCE_OPEN + 1, "604801.0"),
+    ],
+)
+def test_force_open_rejects_a_period_that_is_not_a_positive_number_up_to_7_days(
+    make_breaker: MakeBreaker, seconds: object, shown: str
 ) -> None:
-    """A bad period is the caller's error, named, and changes nothing."""
+    """A bad period is the caller's error, named with the range, and changes nothing: no
+    period without end (inf) or beyond what a date can show (1e12 s) reaches the store."""
     # Given a CLOSED breaker
     breaker = make_breaker()
 
-    # When it is forced OPEN for a bad period, Then ConfigurationError names the value
-    with pytest.raises(ConfigurationError, match="seconds must be a positive number"):
+    # When it is forced OPEN for a bad period, Then a ValueError names the value and the range
+    with pytest.raises(ConfigurationError) as caught:
         breaker.force_open_sync(seconds)  # type: ignore[arg-type]
+    assert isinstance(caught.value, ValueError)
+    message = str(caught.value)
+    assert message.endswith(f"got {shown}")
+    assert "more than 0 and at most 604800 (7 days)" in message
     assert breaker.state is CLOSED
+
+
+def test_the_validator_is_the_one_check_and_accepts_up_to_exactly_7_days(
+    make_breaker: MakeBreaker, clock: FakeClock
+) -> None:
+    """``validate_open_duration`` is public (the operators' page calls it) and returns the value."""
+    # Given the validator, exported by the package
+    # Then it returns good values as they are, and refuses what force_open refuses
+    assert validate_open_duration(0.5) == 0.5
+    assert validate_open_duration(MAX_FORCE_OPEN) == 604800.0
+    with pytest.raises(ValueError, match="got inf"):
+        validate_open_duration(float("inf"))
+
+    # And a breaker may be forced OPEN for the whole 7 days
+    breaker = make_breaker()
+    breaker.force_open_sync(MAX_FORCE_OPEN)
+    assert breaker.stats.forced_until == pytest.approx(clock.now + MAX_FORCE_OPEN)
 
 
 def test_async_force_open_forces_the_circuit_open(

@@ -16,7 +16,9 @@ from soulspot_jobs.embedded.connection import (
     EXIT_BAD_URL,
     EXIT_NO_REDIS,
     RedisUnavailable,
+    creates_data_dir,
     redis_for,
+    redis_in_use,
 )
 from soulspot_jobs.embedded.server import EmbeddedRedis
 from soulspot_jobs.settings import load_settings
@@ -182,3 +184,24 @@ def test_a_rediss_url_is_accepted_as_a_form_and_refused_only_for_want_of_a_serve
     # Then the URL's form was fine: the server is what is missing
     assert refused.value.exit_code == EXIT_NO_REDIS
     assert str(refused.value).startswith("cannot reach Redis at REDIS_URL='rediss://:***@")
+
+
+def test_the_line_saying_which_redis_is_used_hides_the_password_and_names_the_data_dir(
+    tmp_path: Path,
+) -> None:
+    # Given settings with a REDIS_URL holding a password, and settings without one
+    external = load_settings(REDIS_URL="redis://:hunter2@redis.example:6380/2")
+    embedded = load_settings(SOULSPOT_DATA_DIR=str(tmp_path / "data"))
+
+    # Then the line names the server with the password hidden, or the embedded data directory,
+    # saying when it was created just now and how to share one instead
+    assert redis_in_use(external) == "using Redis at redis://:***@redis.example:6380/2"
+    assert not creates_data_dir(external)
+    assert creates_data_dir(embedded)
+    assert redis_in_use(embedded) == f"using embedded Redis in {tmp_path / 'data'}"
+    assert redis_in_use(embedded, created=True) == (
+        f"using embedded Redis in {tmp_path / 'data'} (created just now: no jobs from other "
+        "directories are here; set SOULSPOT_DATA_DIR or REDIS_URL to share one)"
+    )
+    (tmp_path / "data").mkdir()
+    assert not creates_data_dir(embedded)

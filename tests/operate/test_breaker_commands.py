@@ -27,6 +27,11 @@ from .conftest import Cli
 
 #: The breakers' key prefix with the default key prefix.
 BREAKER_PREFIX = "soulspot:breaker"
+#: How ``open --for`` refuses a period it cannot store.
+BAD_PERIOD = (
+    "error: --for: a forced-open period must be a number of seconds more than 0 and at most "
+    "604800 (7 days)"
+)
 
 
 class Down(Exception):
@@ -215,8 +220,12 @@ def test_open_without_for_holds_the_breaker_open_for_an_hour(cli: Cli) -> None:
     [
         (("open", "lastfm"), "error: unknown service 'lastfm'"),
         (("reset", "slskd-ap"), "error: unknown service 'slskd-ap'"),
-        (("open", "slskd", "--for", "0"), "error: --for must be a positive number of seconds"),
-        (("open", "slskd", "--for", "-5"), "error: --for must be a positive number of seconds"),
+        (("open", "slskd", "--for", "0"), f"{BAD_PERIOD}, got 0.0"),
+        (("open", "slskd", "--for", "-5"), f"{BAD_PERIOD}, got -5.0"),
+        (("open", "slskd", "--for", "inf"), f"{BAD_PERIOD}, got inf"),
+        (("open", "slskd", "--for", "nan"), f"{BAD_PERIOD}, got nan"),
+        (("open", "slskd", "--for", "1e12"), f"{BAD_PERIOD}, got 1000000000000.0"),
+        (("open", "slskd", "--for", "604801"), f"{BAD_PERIOD}, got 604801.0"),
     ],
 )
 def test_bad_arguments_are_one_line_and_exit_2(
@@ -230,3 +239,93 @@ def test_bad_arguments_are_one_line_and_exit_2(
     assert result.stderr.startswith(message)
     assert len(result.stderr.splitlines()) == 1
     assert cli("status", "--json").json()["status"] == "healthy"
+
+
+def test_open_accepts_exactly_7_days_and_status_shows_until_when(cli: Cli) -> None:
+    # When slskd is forced OPEN for the longest period allowed
+    result = cli("open", "slskd", "--for", "604800")
+
+    # Then it is, and status shows the date it ends and a retry_after of 7 days
+    assert result.exit_code == 0, result.stderr
+    assert result.stdout.startswith("Circuit breaker slskd-api is OPEN until 20")
+    assert 604790 <= cli("status", "--json").json()["services"]["slskd"]["retry_after"] <= 604800
+
+
+def test_health_flags_a_breaker_forced_open_by_an_operator_until_it_is_reset(
+    cli: Cli, redis_client: redis.Redis
+) -> None:
+    # Given musicbrainz OPEN after failures, and slskd forced OPEN by the operator
+    backend = RedisBackend(redis_client, prefix=BREAKER_PREFIX, local_view=False)
+    breaker = CircuitBreaker(
+        "musicbrainz-api", CircuitBreakerConfig(failure_threshold=1), backend=backend
+    )
+    with pytest.raises(Down):
+        breaker.call_sync(fail)
+    cli("open", "slskd", "--for", "600")
+
+    # When the health document is read
+    services = cli("status", "--json").json()["services"]
+
+    # Then only the forced breaker says "forced": true
+    assert services["slskd"]["forced"] is True
+    assert services["musicbrainz"]["circuit_breaker"] == "open"
+    assert "forced" not in services["musicbrainz"]
+    assert "forced" not in services["spotify"]
+
+    # And once reset, it no longer does
+    cli("reset", "slskd")
+    assert "forced" not in cli("status", "--json").json()["services"]["slskd"]
+    backend.close()
+
+
+def test_any_stored_breaker_state_renders_in_status_health_and_metrics(
+    cli: Cli, redis_client: redis.Redis, redis_url: str
+) -> None:
+    # Given breaker hashes no current command writes: slskd forced OPEN until inf (as an older
+    # version's `open --for inf` left it), spotify until 1e15, musicbrainz hand-edited garbage
+    redis_client.hset(
+        f"{BREAKER_PREFIX}:slskd-api",
+        mapping={
+            "state": "open",
+            "open_until": "inf",
+            "forced_until": "inf",
+            "reason": "forced open by an operator",
+        },
+    )
+    redis_client.hset(
+        f"{BREAKER_PREFIX}:spotify-api",
+        mapping={"state": "open", "open_until": "1e15", "forced_until": "1e15"},
+    )
+    redis_client.hset(
+        f"{BREAKER_PREFIX}:musicbrainz-api",
+        mapping={"state": "banana", "failure_count": "many", "total_requests": "x"},
+    )
+
+    # When status runs, as text and as JSON, and the metrics are read
+    text = cli("status")
+    document = cli("status", "--json").json()
+    app = SoulspotJobs(load_settings(REDIS_URL=redis_url))
+    metrics = generate_latest(registry_for(app)).decode()
+    app.close()
+
+    # Then the text shows both OPEN without end, forced indefinitely, retry_after 7 days at most
+    assert text.exit_code == 0, text.stderr
+    rows = {line.split()[0]: line for line in text.stdout.splitlines()[1:4]}
+    assert "open (forced indefinitely)" in rows["slskd"]
+    assert "open (forced indefinitely)" in rows["spotify"]
+    assert "604800.0s" in rows["slskd"]
+    assert rows["musicbrainz"].split()[2:4] == ["closed", "0"]
+    assert "slskd: forced open by an operator" in text.stdout.splitlines()
+    # And the health document is valid JSON with whole, bounded retry_after, flagged forced
+    for key in ("slskd", "spotify"):
+        entry = document["services"][key]
+        assert (entry["circuit_breaker"], entry["retry_after"], entry["forced"]) == (
+            "open",
+            604800,
+            True,
+        )
+    assert document["services"]["musicbrainz"]["circuit_breaker"] == "closed"
+    # And the metrics hold no infinity
+    assert "Inf" not in metrics and "NaN" not in metrics
+    assert 'soulspot_circuit_breaker_retry_after_seconds{service="slskd-api"} 604800.0' in metrics
+    assert 'soulspot_circuit_breaker_forced_open{service="spotify-api"} 1.0' in metrics

@@ -1,4 +1,5 @@
-"""``deferred [--service NAME]``: messages a real Worker deferred while a breaker was OPEN."""
+"""``deferred [--service NAME]``: messages a real Worker deferred while a breaker was OPEN, each
+with its job (when it is a job's step) and why."""
 
 from __future__ import annotations
 
@@ -7,6 +8,9 @@ import time
 import dramatiq
 from dramatiq.brokers.redis import RedisBroker
 
+from soulspot_jobs.jobs.app import SoulspotJobs
+from soulspot_jobs.jobs.records import JobState
+from soulspot_jobs.settings import load_settings
 from tests.polling import wait_until
 
 from .conftest import Cli
@@ -51,14 +55,45 @@ def test_deferred_lists_each_message_held_back_and_counts_per_service(
     text = cli("deferred", "--service", "musicbrainz").stdout.splitlines()
     assert text[0].split() == [
         "message_id",
+        "job",
         "actor",
         "service",
         "deferrals",
         "first_deferred",
         "runs_again_in",
+        "reason",
     ]
-    assert text[1].split()[:4] == [lookup, "lookup", "musicbrainz-api", "1"]
+    # And a message that is no job's step shows "-" as its job, and why it was deferred
+    assert text[1].split()[:5] == [lookup, "-", "lookup", "musicbrainz-api", "1"]
+    assert text[1].endswith(by_id[lookup]["reason"])
+    assert by_id[lookup]["reason"].startswith("Circuit breaker musicbrainz-api is OPEN")
     assert text[-1] == "deferred per service: musicbrainz-api: 1"
+
+
+def test_deferred_shows_the_job_of_each_deferred_job_step_and_why(cli: Cli, redis_url: str) -> None:
+    # Given the jobs app with a worker, slskd forced OPEN, and a download job enqueued
+    cli("open", "slskd", "--for", "300")
+    app = SoulspotJobs(load_settings(REDIS_URL=redis_url))
+    worker = dramatiq.Worker(app.broker, worker_threads=1, worker_timeout=50)
+    worker.start()
+    try:
+        job_id = app.enqueue_download("Daft Punk - Da Funk")
+        wait_until(lambda: app.job(job_id).state is JobState.DEFERRED, "the job to be deferred")
+        app.deferred.flush()
+
+        # When the deferred messages are listed, as text and as JSON
+        text = cli("deferred").stdout.splitlines()
+        [entry] = cli("deferred", "--json").json()["jobs"]
+    finally:
+        worker.stop()
+        app.close()
+
+    # Then its search step is listed with its job id and the breaker's reason
+    row = text[1].split()
+    assert row[1:4] == [job_id, "search_track", "slskd-api"]
+    assert "Circuit breaker slskd-api is OPEN, blocking request." in text[1]
+    assert (entry["job_id"], entry["actor"]) == (job_id, "search_track")
+    assert entry["reason"].startswith("Circuit breaker slskd-api is OPEN")
 
 
 def test_deferred_with_an_unknown_service_is_one_line_and_exit_2(cli: Cli) -> None:

@@ -1,4 +1,5 @@
-"""``honcho start`` runs the Procfile: the web process answers /health, the worker runs jobs.
+"""``.venv/bin/honcho start`` runs the Procfile as docs/deploying.md says: from the checkout, with
+no virtualenv activated; the web process answers /health on 127.0.0.1 only, the worker runs jobs.
 
 Needs the ``soulspot-jobs serve`` and ``soulspot-jobs worker`` commands the Procfile names.
 """
@@ -7,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -16,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+import psutil
 import pytest
 
 from soulspot_jobs.fakes.catalog import CATALOG
@@ -26,6 +29,8 @@ from soulspot_jobs.settings import load_settings
 from tests.polling import wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
+#: The virtualenv's scripts: honcho, soulspot-jobs, python.
+VENV_BIN = Path(sys.executable).parent
 #: Seconds honcho gets to stop its processes after SIGTERM.
 STOP_DEADLINE = 20
 #: Seconds the processes get to start and answer on this busy machine.
@@ -42,6 +47,22 @@ def _web_port(base: int) -> int:
     """honcho gives the first process type ``base`` and each next one 100 more."""
     names = [line.split(":", 1)[0] for line in (ROOT / "Procfile").read_text().splitlines()]
     return base + 100 * names.index("web")
+
+
+def _path_without_the_venv() -> str:
+    """PATH as a shell has it before ``source .venv/bin/activate``."""
+    entries = os.environ.get("PATH", "").split(os.pathsep)
+    kept = [entry for entry in entries if entry and Path(entry).resolve() != VENV_BIN.resolve()]
+    return os.pathsep.join(kept)
+
+
+def _listening_addresses(port: int) -> set[str]:
+    """The addresses a TCP socket listens on at ``port``, on this machine."""
+    return {
+        connection.laddr.ip
+        for connection in psutil.net_connections(kind="tcp")
+        if connection.status == psutil.CONN_LISTEN and connection.laddr.port == port
+    }
 
 
 @dataclass
@@ -61,26 +82,28 @@ class Honcho:
 
 @pytest.fixture
 def honcho(redis_url: str, tmp_path: Path) -> Iterator[Honcho]:
-    """``honcho start`` on the repository's Procfile, loopback only, stopped after the test;
-    the worker's MusicBrainz is a fake."""
+    """``.venv/bin/honcho start`` in the checkout, as a terminal without an activated virtualenv
+    runs it (no WEB_HOST: the Procfile's default address), stopped after the test; the worker's
+    MusicBrainz is a fake."""
     base = _free_port()
     no_env_file = tmp_path / "empty.env"
     no_env_file.write_text("")
     output = tmp_path / "honcho.log"
+    path = _path_without_the_venv()
+    assert shutil.which("soulspot-jobs", path=path) is None, "soulspot-jobs on PATH already"
     with FakeMusicBrainz(min_interval=0) as musicbrainz, open(output, "wb") as log:
         env = {
-            **os.environ,
-            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+            **{k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "WEB_HOST")},
+            "PATH": path,
             "REDIS_URL": redis_url,
-            "WEB_HOST": "127.0.0.1",
             "MUSICBRAINZ_URL": musicbrainz.url,
             "MUSICBRAINZ_MIN_INTERVAL": "0.1",
             "LOG_LEVEL": "WARNING",
         }
-        command = [sys.executable, "-m", "honcho", "start"]
-        options = ["-f", str(ROOT / "Procfile"), "-e", str(no_env_file), "-p", str(base)]
+        # The documented command, with a private .env and ports of the test's own
+        command = [str(VENV_BIN / "honcho"), "start", "-e", str(no_env_file), "-p", str(base)]
         process = subprocess.Popen(
-            [*command, *options],
+            command,
             cwd=ROOT,
             env=env,
             stdout=log,
@@ -98,10 +121,10 @@ def honcho(redis_url: str, tmp_path: Path) -> Iterator[Honcho]:
             process.wait()
 
 
-def test_honcho_start_runs_the_web_process_answering_health_and_the_worker_running_jobs(
+def test_honcho_start_from_the_venv_serves_health_on_loopback_and_runs_jobs(
     honcho: Honcho, redis_url: str
 ) -> None:
-    # Given the Procfile started by honcho, on the test Redis
+    # Given the Procfile started by the virtualenv's honcho, with .venv/bin not on PATH
 
     # When /health is asked over loopback
     def health() -> httpx.Response | None:
@@ -113,11 +136,13 @@ def test_honcho_start_runs_the_web_process_answering_health_and_the_worker_runni
 
     wait_until(lambda: health() is not None, "the web process to answer", START_DEADLINE)
 
-    # Then the web process answers with the breakers' health document
+    # Then the web process answers with the breakers' health document ...
     answer = health()
     assert answer is not None and answer.status_code == 200, answer
     assert answer.json()["status"] == "healthy"
     assert set(answer.json()["services"]) >= {"slskd", "spotify", "musicbrainz"}
+    # ... and listens on 127.0.0.1 only, as `soulspot-jobs serve` does by default
+    assert _listening_addresses(honcho.web_port) == {"127.0.0.1"}
 
     # And when a job is enqueued, the worker process runs it to done
     producer = SoulspotJobs(load_settings(REDIS_URL=redis_url))

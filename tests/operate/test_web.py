@@ -173,7 +173,7 @@ def test_health_and_metrics_follow_the_breakers_and_deferrals_of_every_worker(
 def test_an_unknown_path_is_404(server: OperatorServer) -> None:
     status, _, body = get(f"{server.url}/healthz")
     assert status == 404
-    assert "try /health or /metrics" in json.loads(body)["error"]
+    assert "try /, /health or /metrics" in json.loads(body)["error"]
 
 
 def test_serve_answers_on_its_port_and_stops_cleanly_on_sigterm(
@@ -210,4 +210,5 @@ def test_serve_answers_on_its_port_and_stops_cleanly_on_sigterm(
         process.send_signal(signal.SIGTERM)
         _, stderr = process.communicate(timeout=20)
     assert process.returncode == 0, stderr
-    assert f"serving http://127.0.0.1:{port}/health" in stderr
+    assert f"serving http://127.0.0.1:{port}/ (read-only" in stderr
+    assert f"http://127.0.0.1:{port}/health" in stderr

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import signal
+import socket
 import sys
 from pathlib import Path
 
@@ -170,7 +171,7 @@ def test_worker_watch_restarts_the_workers_when_a_py_file_changes(
     ],
 )
 def test_only_changes_to_py_files_reload(event: object, reloads: bool) -> None:
-    # Given an absolute path, which Dramatiq's own "**.py" pattern misses under watchdog 7
+    # Given an absolute path (as watchdog reports it for an absolute --watch-dir)
     # Then the suffix decides
     assert is_source_change(event) is reloads  # type: ignore[arg-type]
 
@@ -197,3 +198,55 @@ def test_the_worker_refuses_to_send_the_real_musicbrainz_a_user_agent_without_a_
     assert len(printed) == 1, printed
     assert printed[0].startswith("error: invalid setting MUSICBRAINZ_CONTACT='soulspot-jobs@")
     assert "set MUSICBRAINZ_CONTACT" in printed[0]
+
+
+@pytest.mark.parametrize(
+    ("name", "command", "status"),
+    [
+        ("soulspot-jobs worker", [SOULSPOT_JOBS, "worker", "-p", "1", "-t", "1"], 1),
+        (
+            "dramatiq soulspot_jobs.worker",
+            [sys.executable, "-m", "dramatiq", "soulspot_jobs.worker", "-p", "1", "-t", "1"],
+            3,
+        ),
+    ],
+    ids=["soulspot-jobs worker", "dramatiq soulspot_jobs.worker"],
+)
+def test_an_unreachable_redis_ends_each_worker_command_with_the_status_the_docs_give(
+    tmp_path: Path, data_dir: Path, name: str, command: list[str], status: int
+) -> None:
+    # Given a REDIS_URL where no Redis listens
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    env = environment(data_dir, REDIS_URL=f"redis://127.0.0.1:{port}/0")
+
+    # When the worker command starts
+    worker = Spawned(command, env=env, cwd=tmp_path)
+    try:
+        code = worker.wait(START_DEADLINE)
+    finally:
+        worker.kill_group()
+
+    # Then it exits with its own status, one error line naming the server, no traceback
+    assert code == status, "".join(worker.stderr[-20:])
+    errors = [line for line in worker.stderr if line.startswith("error: ")]
+    assert len(errors) == 1 and f"127.0.0.1:{port}" in errors[0], errors
+    assert "Traceback" not in "".join(worker.stderr)
+    # And the exit-status table of docs/operating.md names this command on that status's row,
+    # and on no other
+    documented = _exit_status_rows()
+    assert f"`{name}`" in documented[status], documented
+    assert [code for code, row in documented.items() if f"`{name}`" in row] == [status]
+
+
+def _exit_status_rows() -> dict[int, str]:
+    """The rows of the "Exit statuses" table of docs/operating.md: status -> its text."""
+    page = (Path(__file__).resolve().parents[2] / "docs" / "operating.md").read_text()
+    section = page.split("## Exit statuses", 1)[1].split("\n## ", 1)[0]
+    rows = {}
+    for line in section.splitlines():
+        cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
+        if line.startswith("|") and cells[0].isdigit():
+            rows[int(cells[0])] = " | ".join(cells[1:])
+    return rows

@@ -10,6 +10,7 @@ pub/sub (see :mod:`.local_view`), so it costs no round trip.
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import threading
 import time
@@ -260,10 +261,10 @@ class RedisBackend(Backend):
         view = self._views.get(name)
         if view is not None:
             view.update(
-                _STATES[state],
-                int(float(failure_count)),
-                float(last_failure_at),
-                float(open_until),
+                _state(state),
+                _whole(failure_count),
+                _number(last_failure_at),
+                _number(open_until),
                 int(version),
             )
 
@@ -413,10 +414,10 @@ def _forget_after_fork(backend: RedisBackend) -> None:
 
 def _view_parts(reply: list[Any]) -> tuple[CircuitState, int, float, float, int]:
     return (
-        _STATES[_text(reply[6])],
-        int(float(reply[7])),
-        float(reply[8]),
-        float(reply[9]),
+        _state(_text(reply[6])),
+        _whole(_text(reply[7])),
+        _number(_text(reply[8])),
+        _number(_text(reply[9])),
         int(reply[10]),
     )
 
@@ -425,34 +426,64 @@ def _transition(reply: list[Any]) -> Transition | None:
     from_state = _text(reply[2])
     if not from_state:
         return None
-    return Transition(_STATES[from_state], _STATES[_text(reply[3])], float(reply[4]))
+    return Transition(_state(from_state), _state(_text(reply[3])), _number(_text(reply[4])))
 
 
 def _decision_parts(
     reply: list[Any],
 ) -> tuple[Verdict, float, Transition | None, CircuitState]:
-    state = _STATES[_text(reply[6])]
-    return _VERDICTS[_text(reply[0])], float(reply[1]), _transition(reply), state
+    state = _state(_text(reply[6]))
+    verdict = _VERDICTS[_text(reply[0])]
+    retry_after = _number(_text(reply[1]))
+    if verdict is Verdict.REJECTED:  # bounded, whatever open_until the hash held
+        retry_after = policy.positive(retry_after)
+    return verdict, retry_after, _transition(reply), state
 
 
 def _record_from_hash(flat: list[Any]) -> BreakerRecord:
-    """Build a :class:`BreakerRecord` from a breaker hash as HGETALL returns it."""
+    """Build a :class:`BreakerRecord` from a breaker hash as HGETALL returns it.
+
+    Whatever the hash holds (an older version's fields, a hand edit), it is read as the Lua
+    scripts read it (``load_record`` in ``lua/_lib.lua``): a number that does not parse, or is
+    NaN, counts as 0, and a state the scripts do not know as CLOSED (they admit calls in it).
+    An infinite ``open_until`` stays infinite: an OPEN period without end, until a reset.
+    """
     record = BreakerRecord()
     for field, value in zip(flat[::2], flat[1::2], strict=True):
         field, value = _text(field), _text(value)
         if field.startswith("trial:"):
-            record.trials[field[6:]] = float(value)
+            record.trials[field[6:]] = _number(value)
         elif field.startswith("transitions:"):
-            record.transitions[field[12:]] = int(value)
+            record.transitions[field[12:]] = _whole(value)
         elif field == "state":
-            record.state = _STATES[value]
+            record.state = _state(value)
         elif field == "reason":
             record.reason = value
         elif field in _FLOAT_FIELDS:
-            setattr(record, field, float(value))
+            setattr(record, field, _number(value))
         elif field in _INT_FIELDS:
-            setattr(record, field, int(float(value)))
+            setattr(record, field, _whole(value))
     return record
+
+
+def _state(text: str) -> CircuitState:
+    """The state named ``text``; CLOSED for a name no script writes (see ``_record_from_hash``)."""
+    return _STATES.get(text, _CLOSED)
+
+
+def _number(text: str) -> float:
+    """``text`` as a float; 0.0 when it is not a number or is NaN (see ``_record_from_hash``)."""
+    try:
+        value = float(text)
+    except ValueError:
+        return 0.0
+    return 0.0 if math.isnan(value) else value
+
+
+def _whole(text: str) -> int:
+    """``text`` as an int (a count); 0 when it is not a finite number."""
+    value = _number(text)
+    return int(value) if math.isfinite(value) else 0
 
 
 _FLOAT_FIELDS = frozenset({"last_failure_at", "open_until", "last_state_change", "forced_until"})

@@ -13,6 +13,8 @@
 --   transitions:<state>  times the circuit moved into <state> ("open", "half_open", "closed")
 --   trial:<token>    lease end of one HALF_OPEN trial slot
 --   reason           why the circuit is not CLOSED (text; "" once it closes)
+-- A field that does not hold a number where one belongs (or holds NaN) is read as 0; a state
+-- other than the three is neither OPEN nor HALF_OPEN, so calls are admitted as if CLOSED.
 --
 -- ARGV (same for every script):
 --   [1] now: seconds as a float, or "" for the Redis server clock (TIME)
@@ -55,6 +57,14 @@ local function num(x)
   return string.format('%.17g', x)
 end
 
+-- A stored number as the scripts use it: one that does not parse (a hand edit) or is NaN counts
+-- as 0, as the Python side reads it (RedisBackend's _record_from_hash); inf stays inf.
+local function number(text)
+  local value = tonumber(text)
+  if value == nil or value ~= value then return 0 end
+  return value
+end
+
 -- The hash as HGETALL returned it (the snapshot script hands it back unchanged).
 local raw_fields = redis.call('HGETALL', key)
 
@@ -68,11 +78,11 @@ local function load_record()
   for i = 1, #flat, 2 do
     local field, value = flat[i], flat[i + 1]
     if string.sub(field, 1, 6) == 'trial:' then
-      rec.trials[string.sub(field, 7)] = tonumber(value)
+      rec.trials[string.sub(field, 7)] = number(value)
     elseif field == 'state' or field == 'reason' then
       rec[field] = value
     else
-      rec[field] = tonumber(value)
+      rec[field] = number(value)
     end
   end
   return rec

@@ -12,31 +12,41 @@
 -- ARGV[6] most entries the history keeps
 -- ARGV[7] the final states, a JSON array of strings (a job in one keeps its state)
 -- ARGV[8] JSON written as deferred_until when the new state is written, or "" (a new state
---         other than "deferred" clears the deferral unless the caller set deferred_until)
+--         other than "deferred" clears the deferral, and its deferred_message_id, unless the
+--         caller set deferred_until)
 -- ARGV[9] a JSON object merged into details, or "" for none
--- ARGV[10], ARGV[11], ... field name, JSON value; the fields to set (state, service, ...)
+-- ARGV[10] the state, as JSON, of a record no update writes ("cancelled": the job was stopped)
+-- ARGV[11] "1" to write only a record in no final state, else ""
+-- ARGV[12] a note as JSON, or "": the note of the history entry (appended even when nothing
+--          else changes) unless a new last_error is its note
+-- ARGV[13], ARGV[14], ... field name, JSON value; the fields to set (state, service, ...)
 --
--- Returns 0 when there is no such record (nothing is written), 1 when it was updated, 2 when
--- this update finished the job (its new state is final).
+-- Returns 0 when there is no such record, 3 when the record is in the state of ARGV[10], 4 when
+-- it is final and ARGV[11] is "1" (nothing is written in these three cases); else 1 when it was
+-- updated, 2 when this update finished the job (its new state is final).
 
 local job, unfinished = KEYS[1], KEYS[2]
 local id, now, score, ttl = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local limit, finals, deferral_default, details = tonumber(ARGV[6]), ARGV[7], ARGV[8], ARGV[9]
+local frozen, only_unfinished, note = ARGV[10], ARGV[11] == '1', ARGV[12]
 
 local record = redis.call('HMGET', job, 'state', 'service', 'last_error', 'attempts',
   'details', 'history')
 local state = record[1]
 if not state then return 0 end
+if state == frozen then return 3 end
 local service, last_error = record[2] or 'null', record[3] or 'null'
 local was_final = among(state, finals)
+if was_final and only_unfinished then return 4 end
 
 local changes = {}
-for i = 10, #ARGV, 2 do changes[ARGV[i]] = ARGV[i + 1] end
+for i = 13, #ARGV, 2 do changes[ARGV[i]] = ARGV[i + 1] end
 changes.updated_at = now
 if was_final then
   changes.state = nil
 elseif changes.state and deferral_default ~= '' then
   changes.deferred_until = deferral_default
+  changes.deferred_message_id = 'null'
 end
 if details ~= '' then changes.details = merged(record[5] or '{}', details) end
 if ARGV[5] == '1' then
@@ -46,8 +56,10 @@ end
 local to_state, to_service = changes.state or state, changes.service or service
 local err = changes.last_error
 local new_error = err ~= nil and err ~= 'null' and err ~= last_error
-if to_state ~= state or to_service ~= service or new_error then
-  local entry = history_entry(now, to_state, to_service, new_error and err or 'null')
+if to_state ~= state or to_service ~= service or new_error or note ~= '' then
+  local said = 'null'
+  if new_error then said = err elseif note ~= '' then said = note end
+  local entry = history_entry(now, to_state, to_service, said)
   changes.history = appended(record[6] or '[]', entry, limit)
 end
 

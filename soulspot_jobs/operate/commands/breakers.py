@@ -2,7 +2,11 @@
 
 ``reset`` and ``open`` change the breaker in Redis with one atomic script that also publishes
 the change, so every worker's local view follows at once; both are logged
-(``circuit_breaker.reset``, ``circuit_breaker.forced_open``).
+(``circuit_breaker.reset``, ``circuit_breaker.forced_open``). ``open --for`` takes a finite
+number of seconds, more than 0 and at most ``MAX_FORCE_OPEN`` (7 days); anything else exits 2.
+
+``status`` shows whatever the breaker hashes hold (see :mod:`soulspot_jobs.operate.health`): a
+forced period whose end is no date (an older version's ``inf``) is ``forced indefinitely``.
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ import time
 
 import typer
 
+from soulspot_jobs.circuit_breaker import validate_open_duration
 from soulspot_jobs.operate.commands.common import (
     JSON_OPTION,
     connected,
@@ -46,7 +51,8 @@ def status(as_json: bool = JSON_OPTION) -> None:
         s = stats[name]
         state = s.state.value
         if s.forced_until is not None:
-            state += f" (forced until {utc(s.forced_until)})"
+            until = utc(s.forced_until)
+            state += f" (forced until {until})" if until else " (forced indefinitely)"
         retry_after = f"{s.retry_after:.1f}s" if s.retry_after is not None else None
         rows.append(
             [
@@ -99,17 +105,22 @@ def force_open(
     seconds: float = typer.Option(
         DEFAULT_OPEN_SECONDS,
         "--for",
-        help="Seconds to keep it OPEN; then it turns HALF_OPEN and tries the service.",
+        help=(
+            "Seconds to keep it OPEN (more than 0, at most 604800: 7 days); then it turns "
+            "HALF_OPEN and tries the service."
+        ),
     ),
     as_json: bool = JSON_OPTION,
 ) -> None:
     """Force a service's breaker OPEN for maintenance, cluster-wide: its jobs are deferred.
 
-    `soulspot-jobs reset SERVICE` ends it early.
+    `soulspot-jobs reset SERVICE` ends it early; a longer maintenance than 7 days is renewed.
     """
     name = service_name(service)
-    if not seconds > 0:
-        fail(f"--for must be a positive number of seconds, got {seconds:g}")
+    try:
+        validate_open_duration(seconds)
+    except ValueError as exc:
+        fail(f"--for: {exc}")
     with connected() as jobs:
         breaker = jobs.breakers[name]
         breaker.force_open_sync(seconds)

@@ -12,7 +12,12 @@ import redis
 import typer
 
 from soulspot_jobs.circuit_breaker import BackendUnavailableError
-from soulspot_jobs.embedded.connection import RedisUnavailable, redis_for
+from soulspot_jobs.embedded.connection import (
+    RedisUnavailable,
+    creates_data_dir,
+    redis_for,
+    redis_in_use,
+)
 from soulspot_jobs.logging import configure_logging
 from soulspot_jobs.operate.health import SERVICES
 from soulspot_jobs.settings import SettingsError, load_settings
@@ -38,6 +43,9 @@ def connected() -> Iterator[Any]:
     """A :class:`~soulspot_jobs.jobs.app.SoulspotJobs` on the configured Redis, closed afterwards.
 
     A bad setting exits with 2; an unreachable Redis, or Redis failing mid-command, with 1.
+    Once connected it prints on stderr which Redis it uses (``using Redis at ...``, ``using
+    embedded Redis in ...``, saying when that data directory was created just now), so stdout
+    stays the command's own (``--json`` included).
     """
     from soulspot_jobs.deferral.dead_letters import DeadLettersUnsupported
     from soulspot_jobs.jobs.app import SoulspotJobs
@@ -47,8 +55,10 @@ def connected() -> Iterator[Any]:
     except SettingsError as exc:
         fail(str(exc), EXIT_BAD_INPUT)
     configure_logging(settings)
+    created = creates_data_dir(settings)
     try:
         with redis_for(settings) as url:
+            typer.echo(redis_in_use(settings, created=created), err=True)
             # the broker follows BROKER_URL when set (RabbitMQ), else this Redis
             jobs = SoulspotJobs(settings.model_copy(update={"redis_url": url}))
             try:
@@ -90,7 +100,11 @@ def print_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
 
 
 def utc(epoch_seconds: float | None) -> str | None:
-    """``2026-05-01T12:00:00Z`` for an epoch time in seconds; None for None or 0."""
+    """``2026-05-01T12:00:00Z`` for an epoch time in seconds; None for None or 0, and for a time
+    no date can show (infinite, NaN, past the year 9999: a stored value no operation writes)."""
     if not epoch_seconds:
         return None
-    return datetime.fromtimestamp(epoch_seconds, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    try:
+        return datetime.fromtimestamp(epoch_seconds, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    except (OverflowError, OSError, ValueError):
+        return None

@@ -1,4 +1,8 @@
-"""``soulspot-jobs deferred [--service NAME]``: messages waiting for a breaker, and counts."""
+"""``soulspot-jobs deferred [--service NAME]``: messages waiting for a breaker, and counts.
+
+Each message is shown with its job (the job record whose deferred message it is: ``-`` for a
+message that is no job's step) and the reason it was last deferred.
+"""
 
 from __future__ import annotations
 
@@ -20,7 +24,8 @@ def deferred(
     service: str | None = typer.Option(None, help="Only this service's (slskd, slskd-api...)."),
     as_json: bool = JSON_OPTION,
 ) -> None:
-    """Deferred messages: id, actor, service, deferrals, first deferred, runs again in.
+    """Deferred messages: id, its job, actor, service, deferrals, first deferred, runs again
+    in, and why.
 
     Ends with how many messages each service holds back.
     """
@@ -29,6 +34,7 @@ def deferred(
         index = jobs.deferred
         found = index.jobs(name)
         counts = index.counts()
+        job_of = jobs.store.deferred_message_jobs() if found else {}
     if name is not None:
         counts = {name: counts.get(name, 0)}
     now_ms = time.time() * 1000
@@ -36,6 +42,7 @@ def deferred(
         entries = [
             {
                 "message_id": job.message_id,
+                "job_id": job_of.get(job.message_id),
                 "actor": job.actor,
                 "queue": job.queue,
                 "service": job.service,
@@ -52,15 +59,26 @@ def deferred(
     rows = [
         [
             job.message_id,
+            job_of.get(job.message_id),
             job.actor,
             job.service,
             job.deferrals,
             utc(job.first_deferred_at / 1000),
             f"{max(job.eta - now_ms, 0) / 1000:.1f}s",
+            job.reason,
         ]
         for job in found
     ]
-    headers = ["message_id", "actor", "service", "deferrals", "first_deferred", "runs_again_in"]
+    headers = [
+        "message_id",
+        "job",
+        "actor",
+        "service",
+        "deferrals",
+        "first_deferred",
+        "runs_again_in",
+        "reason",
+    ]
     print_table(headers, rows)
     totals = ", ".join(f"{svc}: {n}" for svc, n in sorted(counts.items())) or "none"
     typer.echo(f"deferred per service: {totals}")

@@ -1,9 +1,13 @@
-"""``soulspot-jobs jobs [--state S] [--limit N]`` and ``jobs show ID`` (with its history)."""
+"""``soulspot-jobs jobs [--state S] [--limit N]``, ``jobs show ID`` (with its history) and
+``jobs cancel ID``."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import typer
 
+from soulspot_jobs.errors import JobAlreadyFinal, JobNotFound
 from soulspot_jobs.jobs.records import Job, JobState
 from soulspot_jobs.operate.commands.common import (
     EXIT_NOT_FOUND,
@@ -15,7 +19,7 @@ from soulspot_jobs.operate.commands.common import (
     utc,
 )
 
-app = typer.Typer(help="List job records, or show one with its history.")
+app = typer.Typer(help="List job records, show one with its history, or cancel one.")
 
 
 def _summary(job: Job) -> str:
@@ -87,7 +91,7 @@ def show(
     if job.deferred_until:
         typer.echo(f"deferred until  {utc(job.deferred_until / 1000)}")
     if job.last_error:
-        typer.echo(f"last error  {job.last_error}")
+        typer.echo(f"{_last_error_label(job)}  {job.last_error}")
     typer.echo(f"created   {utc(job.created_at)}")
     typer.echo(f"updated   {utc(job.updated_at)}")
     for key, value in job.details.items():
@@ -98,3 +102,40 @@ def show(
         for entry in job.history
     ]
     print_table(["at", "state", "service", "note"], rows)
+
+
+@app.command()
+def cancel(
+    job_id: str = typer.Argument(..., help="The job id."), as_json: bool = JSON_OPTION
+) -> None:
+    """Cancel a job that is not finished: its record becomes cancelled, and its pending
+    message (queued, delayed or deferred) ends without calling any upstream.
+
+    Exits 1 when there is no such job, or when it is already done, failed or cancelled.
+    """
+    with connected() as app_:
+        try:
+            job = app_.cancel_job(job_id)
+        except (JobNotFound, JobAlreadyFinal) as exc:
+            fail(str(exc), EXIT_NOT_FOUND)
+    if as_json:
+        print_json(job.as_dict())
+    else:
+        typer.echo(f"job {job.id} cancelled")
+
+
+def _last_error_label(job: Job) -> str:
+    """What ``last_error`` holds: why the job waits now (``deferred because``), why it waited
+    before it resumed (``was deferred because``: a deferral writes its reason there too), or a
+    real error (``last error``)."""
+    if job.state is JobState.DEFERRED:
+        return "deferred because"
+    entry = _last_entry_saying(job.history, job.last_error)
+    if entry is not None and entry.get("state") == JobState.DEFERRED.value:
+        return "was deferred because"
+    return "last error"
+
+
+def _last_entry_saying(history: list[dict[str, Any]], note: str | None) -> dict[str, Any] | None:
+    """The latest history entry whose note is ``note``."""
+    return next((entry for entry in reversed(history) if entry.get("note") == note), None)
