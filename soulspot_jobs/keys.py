@@ -52,7 +52,7 @@ class Keys:
         self.deferral_totals = f"{prefix}:deferred:deferrals_total"
         #: Sorted set of every job id, scored by creation time.
         self.job_index = f"{prefix}:jobs:all"
-        #: Sorted set of the jobs not yet done, failed or cancelled, scored by their last sign of life.
+        #: Sorted set of the jobs not yet done, failed or cancelled, by their last sign of life.
         self.unfinished_jobs = f"{prefix}:jobs:unfinished"
         #: Marker that Redis kept its data since a worker last looked.
         self.recovery_marker = f"{prefix}:recovery:alive"

@@ -268,6 +268,9 @@ class Settings(BaseSettings):
     job_ttl: float = Field(7 * 24 * 3600.0, gt=0, validation_alias="SOULSPOT_JOB_TTL")
     #: Where the embedded Redis (used while ``REDIS_URL`` is unset) keeps its socket and data.
     data_dir: Path = Field(Path(".soulspot"), validation_alias="SOULSPOT_DATA_DIR")
+    #: Seconds a worker waits at start for its Redis (and RabbitMQ) to answer; ``inf``: until
+    #: they do; ``0``: exit at once when one does not answer.
+    startup_wait: float = Field(float("inf"), ge=0, validation_alias="SOULSPOT_STARTUP_WAIT")
     #: What an operator presents to the web page to reset or open breakers, requeue, delete
     #: and cancel; unset (or empty): the page is read-only and refuses every action.
     admin_token: SecretStr = Field(SecretStr(""), validation_alias="SOULSPOT_ADMIN_TOKEN")
@@ -350,6 +353,7 @@ _ENV_ALIASES = {
     "job_ttl": "SOULSPOT_JOB_TTL",
     "data_dir": "SOULSPOT_DATA_DIR",
     "admin_token": "SOULSPOT_ADMIN_TOKEN",
+    "startup_wait": "SOULSPOT_STARTUP_WAIT",
 }
 
 

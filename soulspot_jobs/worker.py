@@ -5,10 +5,13 @@ worker process shares (``REDIS_URL``, or the embedded server of ``SOULSPOT_DATA_
 this process then uses until it exits) and declares the actors on the broker. This module exists
 for the worker command; programs should build :class:`SoulspotJobs` themselves.
 
-A setting that cannot be used (among them a ``MUSICBRAINZ_CONTACT`` that reaches no one while
-``MUSICBRAINZ_URL`` is the real MusicBrainz), or a Redis that does not answer, stops each worker
-process with one line on stderr (``error: invalid setting ...``, as ``soulspot-jobs`` prints
-it) instead of a traceback; the command then exits with that process's status.
+A Redis (or RabbitMQ) that does not answer yet is waited for, with a line every few seconds,
+for up to ``SOULSPOT_STARTUP_WAIT`` seconds (default: until it answers; see
+:mod:`soulspot_jobs.broker.startup`). A setting that cannot be used (among them a
+``MUSICBRAINZ_CONTACT`` that reaches no one while ``MUSICBRAINZ_URL`` is the real MusicBrainz),
+or a Redis that still does not answer, stops each worker process with one line on stderr
+(``error: invalid setting ...``, as ``soulspot-jobs`` prints it) instead of a traceback; the
+command then exits with that process's status.
 """
 
 import atexit
@@ -17,13 +20,20 @@ from contextlib import ExitStack
 
 import dramatiq
 
+from soulspot_jobs.broker.startup import wait_for
 from soulspot_jobs.clients.musicbrainz import contact_problem
-from soulspot_jobs.embedded.connection import EXIT_BAD_URL, RedisUnavailable, redis_for
+from soulspot_jobs.embedded.connection import (
+    EXIT_BAD_URL,
+    RedisUnavailable,
+    redis_for,
+    redis_in_use,
+)
 from soulspot_jobs.errors import ConfigurationError
 from soulspot_jobs.jobs.app import SoulspotJobs
 from soulspot_jobs.logging import configure_logging
 from soulspot_jobs.middleware.exit_guard import guard_worker_process
 from soulspot_jobs.settings import load_settings
+from soulspot_jobs.urls import redact_url
 
 #: Exit status of a worker process refused because of an invalid setting (as ``soulspot-jobs``).
 EXIT_BAD_SETTINGS = 2
@@ -49,12 +59,24 @@ try:
     refused = contact_problem(settings.musicbrainz)
     if refused is not None:
         raise ConfigurationError(refused)
-    redis_url = _redis.enter_context(redis_for(settings))
-    jobs = SoulspotJobs(settings, url=redis_url)
+    redis_url = wait_for(
+        redis_in_use(settings).removeprefix("using "),
+        lambda: _redis.enter_context(redis_for(settings)),
+        waits_out=lambda exc: isinstance(exc, RedisUnavailable) and exc.unreachable,
+        patience=settings.startup_wait,
+    )
+    jobs = wait_for(
+        f"the broker at {redact_url(settings.broker_url or redis_url)}",
+        lambda: SoulspotJobs(settings, url=redis_url),
+        waits_out=lambda exc: isinstance(exc, dramatiq.errors.ConnectionError),
+        patience=settings.startup_wait,
+    )
 except ConfigurationError as exc:
     raise _refusal(str(exc), EXIT_BAD_SETTINGS) from None
 except RedisUnavailable as exc:
     status = EXIT_BAD_SETTINGS if exc.exit_code == EXIT_BAD_URL else EXIT_NO_REDIS
     raise _refusal(str(exc), status) from None
+except dramatiq.errors.ConnectionError as exc:
+    raise _refusal(f"cannot reach the broker: {exc}", EXIT_NO_REDIS) from None
 broker = jobs.broker
 dramatiq.set_broker(broker)

@@ -434,7 +434,10 @@ def test_the_settings_command_prints_what_is_set_then_the_defaults() -> None:
     assert "# REDIS_URL unset: an embedded redis-server is used" in lines
     assert "CIRCUIT_BREAKER_FAILURE_THRESHOLD=5" in lines
     assert "MUSICBRAINZ_URL=https://musicbrainz.org" in lines
-    assert lines[-1] == "# Empty: SPOTIFY_CLIENT_ID, SPOTIFY_CLIENT_SECRET, SPOTIFY_REFRESH_TOKEN"
+    assert lines[-1] == (
+        "# Empty: SOULSPOT_ADMIN_TOKEN, SPOTIFY_CLIENT_ID, SPOTIFY_CLIENT_SECRET, "
+        "SPOTIFY_REFRESH_TOKEN"
+    )
     assert "null" not in result.stdout
     assert "hunter2" not in result.stdout and "k3y-that-is-secret" not in result.stdout
     assert len(lines) < 50  # one line per setting in force: no nulls, no nested dumps

@@ -21,11 +21,15 @@ Two more gaps of Dramatiq's Redis broker while Redis is away are closed here:
   would be acknowledged all the same and the job lost, or, when the failed enqueue made it fail
   (a deferral the broker refused), dead-lettered once Redis is back while its job waits for
   ever. Its acknowledgement or rejection is withheld instead: the message stays in the ack set,
-  becomes a stray and runs again once Redis is back. Only connection errors count (Redis
-  unavailable); a command Redis refuses fails the message as usual.
-* A consumer that fails to requeue its delayed messages on its way to a restart would die of the
-  raw ``redis.ConnectionError``; it is reported as Dramatiq's ``ConnectionClosed``, which the
-  consumer survives.
+  becomes a stray and runs again once Redis is back. Only Redis away or refusing writes for a
+  while counts (below); a command Redis refuses for what it is fails the message as usual.
+* Redis refusing writes for a while (``maxmemory`` reached under ``noeviction``, a disk too
+  full for the append-only file, a replica, a server loading) is treated as Redis away, not as
+  a failure: a consumer's fetch, acknowledgement, requeue, or a delay queue's move of a due
+  message, failing so is reported as Dramatiq's ``ConnectionClosed``, which its consumer
+  threads survive (they retry an acknowledgement, and restart after a failed fetch), where the
+  raw error killed the thread for good. A consumer restarting again and again backs off (1, 2,
+  4 ... 30 s more) and says so in a few lines.
 
 Messages are read with Dramatiq's encoder (``dramatiq.set_encoder``): JSON, pickle or any other.
 A fetched payload the encoder cannot decode would crash Dramatiq's consumer on every restart; it
@@ -34,6 +38,7 @@ is moved to the queue's dead letters at once instead, and logged with why it can
 
 from __future__ import annotations
 
+import re
 import threading
 from collections import Counter, defaultdict
 from collections.abc import Iterable
@@ -49,6 +54,31 @@ from dramatiq.errors import ConnectionClosed, DecodeError
 log = structlog.get_logger("soulspot_jobs.recovery")
 
 
+#: Errors that mean Redis cannot take writes now but will again: unreachable, or refusing them
+#: (``maxmemory`` reached under ``noeviction``, a disk too full for the append-only file, a
+#: replica, a server loading its data). Their messages wait; nothing is failed over them.
+_REFUSALS_THAT_PASS = (
+    redis.exceptions.OutOfMemoryError,
+    redis.exceptions.ReadOnlyError,
+    redis.exceptions.BusyLoadingError,
+    redis.exceptions.MasterDownError,
+    redis.exceptions.TryAgainError,
+)
+#: The same refusals as redis-py reports them in a plain ``ResponseError``: a reply's error
+#: code, also where a Lua script passes it on (``... @user_script:58: -MISCONF ...``).
+_PASSING_CODES = re.compile(r"(?:^|[-: ])(?:MISCONF|OOM|READONLY|LOADING|MASTERDOWN|NOREPLICAS)\b")
+
+
+def redis_unavailable(exc: BaseException) -> bool:
+    """Whether ``exc`` says Redis is away or refuses writes for a while, rather than that the
+    command itself is wrong."""
+    if isinstance(exc, (redis.ConnectionError, redis.TimeoutError, *_REFUSALS_THAT_PASS)):
+        return True
+    return isinstance(exc, redis.ResponseError) and _PASSING_CODES.search(str(exc)) is not None
+
+
+#: Most seconds a restarting consumer waits beyond Dramatiq's own 3 s.
+RESTART_BACKOFF_MAX = 30.0
 #: Seconds a look for strays waits for the fetches begun before it to be noted.
 FETCH_WAIT = 5.0
 #: How Dramatiq's JSON encoder writes the option, followed by the 36-character id.
@@ -104,6 +134,10 @@ class RecoveringRedisBroker(RedisBroker):
         self._processing = threading.local()
         #: Fetched payloads the encoder cannot decode, with their Redis ids.
         self._unreadable: dict[bytes, str] = {}
+        #: Restarts in a row of each (thread, queue)'s consumer, without a fetch in between.
+        self._restarts: dict[tuple[int, str], int] = {}
+        #: Set when the worker stops: no consumer waits to restart any more.
+        self._stopping = threading.Event()
 
     def processing(self, message: Any | None) -> None:
         """Note the message the calling worker thread processes now (``None``: done)."""
@@ -112,10 +146,16 @@ class RecoveringRedisBroker(RedisBroker):
     def enqueue(self, message: Any, *, delay: int | None = None) -> Any:
         try:
             return super().enqueue(message, delay=delay)
-        except (redis.ConnectionError, redis.TimeoutError):
+        except redis.RedisError as exc:
+            if not redis_unavailable(exc):
+                raise
             current = getattr(self._processing, "message", None)
             if current is not None:
                 self._withheld.add(current.options["redis_message_id"])
+            if self._in_consumer_thread():
+                # a delay queue's consumer moving a due message: it restarts on this, and
+                # the message, still in its ack set, is a stray requeued once Redis takes it
+                raise ConnectionClosed(exc) from None
             raise
 
     # -- the dispatch commands that move messages in and out of this process's ack sets --
@@ -124,7 +164,8 @@ class RecoveringRedisBroker(RedisBroker):
         with self._fetches_noted:
             self._fetches_begun[queue_name] += 1
         try:
-            fetched = super().__getattr__("do_fetch")(queue_name, prefetch)
+            fetched = self._dispatch_or_closed("do_fetch", queue_name, prefetch)
+            self._restarts.pop((threading.get_ident(), queue_name), None)
             held = self._held[queue_name]
             for raw in fetched:
                 if not raw:
@@ -193,16 +234,27 @@ class RecoveringRedisBroker(RedisBroker):
     def do_ack(self, queue_name: str, redis_id: str) -> Any:
         if self._withholds(queue_name, redis_id, "acknowledged"):
             return None
-        reply = super().__getattr__("do_ack")(queue_name, redis_id)
+        reply = self._dispatch_or_closed("do_ack", queue_name, redis_id)
         self._forget(queue_name, (redis_id,))
         return reply
 
     def do_nack(self, queue_name: str, redis_id: str) -> Any:
         if self._withholds(queue_name, redis_id, "dead-lettered"):
             return None
-        reply = super().__getattr__("do_nack")(queue_name, redis_id)
+        reply = self._dispatch_or_closed("do_nack", queue_name, redis_id)
         self._forget(queue_name, (redis_id,))
         return reply
+
+    def _dispatch_or_closed(self, command: str, queue_name: str, *args: Any) -> Any:
+        """Run one of Dramatiq's dispatch commands; Redis away or refusing writes is reported
+        as Dramatiq's ``ConnectionClosed``, which its consumer threads survive (they retry an
+        acknowledgement, and restart after a failed fetch) instead of dying of it."""
+        try:
+            return super().__getattr__(command)(queue_name, *args)
+        except redis.RedisError as exc:
+            if redis_unavailable(exc):
+                raise ConnectionClosed(exc) from None
+            raise
 
     def _withholds(self, queue_name: str, redis_id: str, outcome: str) -> bool:
         """Whether the ack or nack of ``redis_id`` is withheld (see the module doc); if so, the
@@ -225,10 +277,8 @@ class RecoveringRedisBroker(RedisBroker):
         return True
 
     def do_requeue(self, queue_name: str, *redis_ids: str) -> Any:
-        try:
-            reply = super().__getattr__("do_requeue")(queue_name, *redis_ids)
-        except redis.ConnectionError as exc:  # left in the ack set: strays, requeued later
-            raise ConnectionClosed(exc) from None
+        # on failure they are left in the ack set: strays, requeued later
+        reply = self._dispatch_or_closed("do_requeue", queue_name, *redis_ids)
         self._forget(queue_name, redis_ids)
         return reply
 
@@ -236,9 +286,11 @@ class RecoveringRedisBroker(RedisBroker):
         """A consumer for ``queue_name`` (Dramatiq's own, fetching through a
         :class:`_ConsumerSide` of this broker); when it replaces one of the same thread, what
         the old one held only in its own memory is no longer held."""
-        consumer = self.consumer_class(_ConsumerSide(self), queue_name, prefetch, timeout)
         key = (threading.get_ident(), queue_name)
         previous = self._consumers.get(key)
+        if previous is not None:
+            self._back_off(key, queue_name)
+        consumer = self.consumer_class(_ConsumerSide(self), queue_name, prefetch, timeout)
         self._consumers[key] = consumer
         if previous is not None:
             self._forget_what_was_lost(queue_name, previous)
@@ -300,6 +352,33 @@ class RecoveringRedisBroker(RedisBroker):
         return requeued
 
     # -- internals ----------------------------------------------------------------------
+
+    def emit_before(self, signal: str, *args: Any, **kwargs: Any) -> None:
+        if signal == "worker_shutdown":
+            self._stopping.set()  # a consumer waiting to restart stops waiting
+        super().emit_before(signal, *args, **kwargs)
+
+    def _in_consumer_thread(self) -> bool:
+        ident = threading.get_ident()
+        return any(thread == ident for thread, _ in list(self._consumers))
+
+    def _back_off(self, key: tuple[int, str], queue_name: str) -> None:
+        """A consumer restarts (Dramatiq waits 3 s first): the second restart in a row without
+        a fetch in between waits 1 s more, then 2, 4, ... up to :data:`RESTART_BACKOFF_MAX`,
+        so a long Redis outage costs few restarts and few log lines; a fetch resets it."""
+        restarts = self._restarts[key] = self._restarts.get(key, 0) + 1
+        if restarts < 2:
+            return
+        delay = min(2.0 ** (restarts - 2), RESTART_BACKOFF_MAX)
+        if restarts == 2 or delay < RESTART_BACKOFF_MAX or restarts % 10 == 0:
+            log.warning(
+                f"Consumer of {queue_name} restarted {restarts} times in a row (Redis "
+                f"unavailable or refusing writes); the next restart waits {delay:g} s more",
+                event_name="recovery.consumer_backoff",
+                queue=queue_name,
+                restarts=restarts,
+            )
+        self._stopping.wait(delay)
 
     def _ids_of(self, raw_messages: Iterable[bytes | None]) -> set[str]:
         """The Redis ids of fetched payloads, the undecodable ones included."""

@@ -49,11 +49,16 @@ class RedisUnavailable(SoulspotJobsError):
 
     ``exit_code`` is the status a command should exit with: ``EXIT_BAD_URL`` for a malformed
     ``REDIS_URL``, ``EXIT_NO_REDIS`` for a server that cannot be reached or started.
+    ``unreachable``: the server did not answer (not there yet, or down), so it may come; a
+    malformed URL or refused credentials will not mend themselves.
     """
 
-    def __init__(self, message: str, *, exit_code: int = EXIT_NO_REDIS) -> None:
+    def __init__(
+        self, message: str, *, exit_code: int = EXIT_NO_REDIS, unreachable: bool = False
+    ) -> None:
         super().__init__(" ".join(message.split()))
         self.exit_code = exit_code
+        self.unreachable = unreachable
 
 
 def data_dir(settings: Settings) -> Path:
@@ -130,11 +135,13 @@ def check_redis_url(url: str, *, timeout: float = CONNECT_TIMEOUT) -> None:
         raise RedisUnavailable(f"Redis at {shown} refused the credentials: {exc}") from None
     except redis.TimeoutError:
         raise RedisUnavailable(
-            f"cannot reach Redis at {shown}: no answer within {timeout:g} s"
+            f"cannot reach Redis at {shown}: no answer within {timeout:g} s", unreachable=True
         ) from None
     except (redis.RedisError, OSError) as exc:
         reason = redact_url(str(exc)) or type(exc).__name__
-        raise RedisUnavailable(f"cannot reach Redis at {shown}: {reason}") from None
+        raise RedisUnavailable(
+            f"cannot reach Redis at {shown}: {reason}", unreachable=True
+        ) from None
     finally:
         client.close()
 

@@ -6,7 +6,10 @@ the server outlives whoever happened to start it. It runs redis-server as its ch
 append-only file on (``appendfsync everysec``: a write acknowledged to a client is in the file,
 at worst one second from the disk), records it in ``redis.json`` once it answers PING, and
 then looks at the users every ``POLL_INTERVAL`` seconds: when none is alive any more, it shuts
-the server down (SHUTDOWN flushes the append-only file) and exits. If the supervisor itself is
+the server down (SHUTDOWN flushes the append-only file) and exits. When the server dies while
+users are alive (``kill -9``, the kernel's out-of-memory killer), it starts it again on the same
+socket from its append-only file, within a second; a server that died ``MAX_RESTARTS`` times
+in ``RESTART_WINDOW`` seconds is left down. If the supervisor itself is
 killed, the kernel sends redis-server SIGTERM (parent-death signal), which also shuts it down
 cleanly.
 """
@@ -38,6 +41,8 @@ from soulspot_jobs.embedded.users import Users
 
 #: Seconds between two looks at the users (how long the server outlives its last user).
 POLL_INTERVAL = 0.25
+#: Most restarts of a redis-server that died under its users within RESTART_WINDOW seconds.
+MAX_RESTARTS, RESTART_WINDOW = 5, 60.0
 #: Seconds between two PINGs while the server starts.
 _PING_INTERVAL = 0.02
 
@@ -88,7 +93,7 @@ class Supervisor:
             self.process = self._start()
             if self.process is None:
                 return 1
-            self._watch(self.process)
+            self._watch()
         except _Stop:
             _log("SIGTERM: stopping redis-server")
             self._stop()
@@ -145,21 +150,33 @@ class Supervisor:
             client.close()
         return f"redis-server did not answer PING within {STARTUP_TIMEOUT} s"
 
-    def _watch(self, process: subprocess.Popen[bytes]) -> None:
-        """Until the server ends, or no user is left (then shut it down)."""
-        while True:
+    def _watch(self) -> None:
+        """Until no user is left (then shut the server down), or the server cannot run."""
+        restarts: list[float] = []
+        while self.process is not None:
             try:
-                process.wait(timeout=POLL_INTERVAL)
+                self.process.wait(timeout=POLL_INTERVAL)
             except subprocess.TimeoutExpired:
-                pass
-            else:
-                _log(f"redis-server exited with code {process.returncode}")
-                return
-            with self.data.locked(timeout=0) as held:
-                if held and not self.users.live():
-                    _log("no user left: stopping redis-server")
-                    self._stop()
+                with self.data.locked(timeout=0) as held:
+                    if held and not self.users.live():
+                        _log("no user left: stopping redis-server")
+                        self._stop()
+                        return
+                continue
+            _log(f"redis-server exited with code {self.process.returncode}")
+            # It died under its users (killed, out of memory): start it again from its
+            # append-only file, under the lock so that no command starts another meanwhile.
+            with self.data.locked(timeout=STOP_TIMEOUT) as held:
+                if not (held and self.users.live()):
                     return
+                now = time.monotonic()
+                restarts = [at for at in restarts if now - at < RESTART_WINDOW] + [now]
+                if len(restarts) > MAX_RESTARTS:
+                    _log(f"redis-server died {len(restarts)} times in {RESTART_WINDOW:g} s: "
+                         "not starting it again")
+                    return
+                _log("restarting redis-server from its append-only file for its users")
+                self.process = self._start()
 
     def _stop(self) -> None:
         process = self.process

@@ -88,7 +88,8 @@ class WorkerPresence(Middleware):
             return
         now = time.time()
         entry = json.dumps({**asdict(info), "seen_at": now})
-        stale = [field for field, _ in _entries(self.client.hgetall(self.key), now, gone=True)]
+        entries = dict(self.client.hscan_iter(self.key))
+        stale = [field for field, _ in _entries(entries, now, gone=True)]
         pipe = self.client.pipeline(transaction=False)
         pipe.hset(self.key, info.id, entry)
         if stale:

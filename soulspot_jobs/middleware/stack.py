@@ -4,7 +4,7 @@
 
 The list is Dramatiq's default middleware with two of them replaced and two added:
 
-    (Prometheus), (Recovery), AgeLimit, TimeLimit, ShutdownNotifications,
+    (Prometheus), (Recovery), WorkerPresence, AgeLimit, TimeLimit, ShutdownNotifications,
     DeferralAwareCallbacks, Pipelines, DeferringRetries, CircuitBreakerMiddleware,
     DaemonAsyncIO, ExitGuard
 

@@ -21,6 +21,7 @@ from soulspot_jobs.settings import load_settings
 #: its behalf).
 EXPECTED_ORDER = [
     "Recovery",
+    "WorkerPresence",
     "AgeLimit",
     "TimeLimit",
     "ShutdownNotifications",

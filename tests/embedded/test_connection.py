@@ -46,11 +46,12 @@ def silent_port() -> Iterator[int]:
 
 
 def _worker_with(redis_url: str, data_dir: Path) -> tuple[subprocess.CompletedProcess[str], float]:
-    """``soulspot-jobs worker`` run with ``REDIS_URL=redis_url``; its result and its duration."""
+    """``soulspot-jobs worker`` run with ``REDIS_URL=redis_url`` and no start-up wait; its
+    result and its duration."""
     started = time.monotonic()
     result = subprocess.run(
         [SOULSPOT_JOBS, "worker", "--processes", "1"],
-        env=environment(data_dir, REDIS_URL=redis_url),
+        env=environment(data_dir, REDIS_URL=redis_url, SOULSPOT_STARTUP_WAIT="0"),
         capture_output=True,
         text=True,
         timeout=60,

@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import redis
@@ -22,6 +23,8 @@ from tests.processes import SOULSPOT_JOBS, Spawned, environment
 
 #: Seconds a test waits for a server to end.
 EXIT_DEADLINE = 10.0
+#: Seconds within which a server that died under its users runs again (docs/operating.md).
+RESTART_PROMISE = 5.0
 
 #: A process using the embedded server through ``redis_for`` until its stdin is closed; it
 #: prints the URL and the server's pid.
@@ -162,6 +165,34 @@ def test_a_killed_server_is_replaced_with_its_data_by_the_next_process(data_dir:
             holder.close_stdin()
             holder.wait()
             holder.kill_group()
+
+
+def test_a_server_killed_under_a_live_user_is_restarted_with_its_data_within_5_s(
+    data_dir: Path,
+) -> None:
+    # Given a user of the server (this process) and a key written to it
+    settings = load_settings(REDIS_URL=None, SOULSPOT_DATA_DIR=str(data_dir))
+    with redis_for(settings) as url, redis.Redis.from_url(url) as client:
+        client.set("kept", "yes")
+        killed = client.info("server")["process_id"]
+        _wait_for_the_append_only_file(client)
+
+        # When the server is killed outright, and no other process comes along
+        os.kill(killed, signal.SIGKILL)
+        assert wait_for_exit(killed, EXIT_DEADLINE)
+        died_at = time.monotonic()
+
+        # Then its supervisor starts it again on the same socket within 5 s, with the key
+        def back() -> bool:
+            try:
+                return client.info("server")["process_id"] != killed
+            except redis.ConnectionError:
+                return False
+
+        wait_until(back, "the server to be restarted", RESTART_PROMISE)
+        assert time.monotonic() - died_at < RESTART_PROMISE
+        assert client.get("kept") == b"yes"
+        assert "restarting redis-server" in DataDir(data_dir).log_path.read_text()
 
 
 def test_the_server_ends_when_its_supervisor_is_killed(data_dir: Path) -> None:

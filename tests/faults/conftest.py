@@ -136,6 +136,46 @@ class Stage:
         time.sleep(down_for)
         self.redis = EmbeddedRedis(port=port, appendonly=True, data_dir=data_dir).start()
 
+    def refuse_writes(self, how: str) -> None:
+        """Make Redis refuse writes as it does in production: ``"oom"``, ``maxmemory`` below
+        what it uses under ``noeviction``; ``"misconf"``, a snapshot that failed to reach the
+        disk (``stop-writes-on-bgsave-error``), as when the disk is full."""
+        client = redis.Redis.from_url(self.redis.url)
+        try:
+            if how == "oom":
+                client.config_set("maxmemory-policy", "noeviction")
+                client.config_set("maxmemory", 1)  # bytes: less than any Redis uses
+            else:
+                gone = self.logs / "gone"
+                gone.mkdir()
+                client.config_set("stop-writes-on-bgsave-error", "yes")
+                client.config_set("save", "3600 1")  # only a server that saves refuses
+                client.config_set("dir", str(gone))
+                gone.rmdir()  # the snapshot cannot be written where Redis now works
+                client.bgsave()
+                wait_until(
+                    lambda: client.info("persistence")["rdb_last_bgsave_status"] == "err",
+                    "the snapshot to fail",
+                )
+        finally:
+            client.close()
+
+    def accept_writes(self) -> None:
+        """Free what :meth:`refuse_writes` took: memory, or a disk that takes the snapshot."""
+        client = redis.Redis.from_url(self.redis.url)
+        try:
+            client.config_set("maxmemory", 0)
+            if client.info("persistence")["rdb_last_bgsave_status"] == "err":
+                client.config_set("dir", str(self.redis.data_dir))
+                client.config_set("save", "")
+                client.bgsave()
+                wait_until(
+                    lambda: client.info("persistence")["rdb_last_bgsave_status"] == "ok",
+                    "a snapshot on the disk",
+                )
+        finally:
+            client.close()
+
     def heartbeats(self) -> set[bytes]:
         """Broker ids whose heartbeat is fresh (the last 2 s)."""
         now = int(time.time() * 1000)
@@ -227,6 +267,12 @@ class Stage:
                 command.wait()
         for child in _orphaned_children:
             _kill(child)
+
+    def log_text(self) -> str:
+        """Everything the worker commands wrote."""
+        return "\n".join(
+            path.read_text(errors="replace") for path in sorted(self.logs.glob("worker-*.log"))
+        )
 
     def log_tail(self, lines: int = 40) -> str:
         out = []

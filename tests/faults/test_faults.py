@@ -12,6 +12,7 @@ import signal
 import time
 
 import pytest
+import redis
 
 from soulspot_jobs.jobs.records import JobState
 from tests.faults.conftest import Figures, Stage, worker_processes
@@ -164,6 +165,46 @@ def test_a_redis_restart_with_an_append_only_file_loses_no_job_and_needs_no_work
     )
     assert lost == 0
     assert recovered_in < RECOVERY_DEADLINE
+
+
+@pytest.mark.parametrize(
+    ("how", "fault"),
+    [
+        ("oom", "Redis at `maxmemory` (`noeviction`) for 8 s"),
+        ("misconf", "Redis refusing writes (`MISCONF`: disk full) for 8 s"),
+    ],
+    ids=["out of memory", "disk full"],
+)
+def test_redis_refusing_writes_for_a_while_strands_no_job_and_kills_no_consumer(
+    stage: Stage, how: str, fault: str
+) -> None:
+    # Given a worker command with two processes, busy with downloads
+    workers = stage.start_workers(processes=2)
+    job_ids = stage.enqueue_downloads(JOBS)
+    wait_until(lambda: _in_flight(stage, job_ids) >= JOBS // 2, "jobs in flight", 20.0)
+
+    # When Redis refuses every write for 8 s (the fault itself)
+    stage.refuse_writes(how)
+    # Then a producer is told so clearly
+    with pytest.raises(redis.ResponseError, match="maxmemory|MISCONF"):
+        stage.enqueue_downloads(1)
+    time.sleep(8.0)
+    # And once Redis takes writes again, with the workers untouched, every job is done
+    stage.accept_writes()
+    back_at = time.monotonic()
+    stage.wait_all_final(job_ids, RECOVERY_DEADLINE)
+    recovered_in = time.monotonic() - back_at
+    assert workers.poll() is None, "the worker command must not have exited"
+    lost, duplicates = stage.lost(job_ids), stage.duplicates(job_ids)
+    failed = sum(1 for s in stage.states(job_ids).values() if s is JobState.FAILED)
+    stage.record(Figures(fault, JOBS, lost, duplicates, recovered_in, f"{failed} failed"))
+    assert lost == 0
+    assert recovered_in < RECOVERY_DEADLINE
+    # And no consumer thread died: Dramatiq logs an unexpected consumer error with a traceback
+    # and, when the thread dies, Python's "Exception in thread"
+    logs = stage.log_text()
+    assert "Exception in thread" not in logs
+    assert "Consumer encountered an unexpected error" not in logs
 
 
 # -- an upstream outage -------------------------------------------------------------------------

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import redis
 from watchdog.events import (
     DirModifiedEvent,
     FileClosedNoWriteEvent,
@@ -21,6 +22,7 @@ from watchdog.events import (
 
 from soulspot_jobs.embedded import SharedRedis
 from soulspot_jobs.embedded.processes import is_alive, wait_for_exit
+from soulspot_jobs.embedded.server import EmbeddedRedis
 from soulspot_jobs.operate.source_watch import is_source_change
 from tests.polling import wait_until
 from tests.processes import SOULSPOT_JOBS, Spawned, environment
@@ -219,7 +221,10 @@ def test_an_unreachable_redis_ends_each_worker_command_with_the_status_the_docs_
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    env = environment(data_dir, REDIS_URL=f"redis://127.0.0.1:{port}/0")
+    # And no wait for it at start
+    env = environment(
+        data_dir, REDIS_URL=f"redis://127.0.0.1:{port}/0", SOULSPOT_STARTUP_WAIT="0"
+    )
 
     # When the worker command starts
     worker = Spawned(command, env=env, cwd=tmp_path)
@@ -238,6 +243,62 @@ def test_an_unreachable_redis_ends_each_worker_command_with_the_status_the_docs_
     documented = _exit_status_rows()
     assert f"`{name}`" in documented[status], documented
     assert [code for code, row in documented.items() if f"`{name}`" in row] == [status]
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        [SOULSPOT_JOBS, "worker", "-p", "1", "-t", "1"],
+        [sys.executable, "-m", "dramatiq", "soulspot_jobs.worker", "-p", "1", "-t", "1"],
+    ],
+    ids=["soulspot-jobs worker", "dramatiq soulspot_jobs.worker"],
+)
+def test_a_worker_started_before_its_redis_waits_for_it_and_then_works(
+    tmp_path: Path, data_dir: Path, command: list[str]
+) -> None:
+    # Given a REDIS_URL whose server is not running yet, and the default start-up wait
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    env = environment(data_dir, REDIS_URL=f"redis://127.0.0.1:{port}/0")
+
+    # When the worker command starts
+    worker = Spawned(command, env=env, cwd=tmp_path)
+    try:
+        # Then it says what it waits for, and again a few seconds later, and stays up
+        worker.wait_for("worker.waiting", count=2, timeout=START_DEADLINE)
+        assert any(f"127.0.0.1:{port}" in line for line in worker.lines("worker.waiting"))
+        # And when Redis comes, the worker starts and heartbeats on it
+        with EmbeddedRedis(port=port) as server, redis.Redis.from_url(server.url) as client:
+            wait_until(
+                lambda: client.zcard("soulspot:dramatiq:__heartbeats__") > 0,
+                "the worker's first heartbeat",
+                START_DEADLINE,
+            )
+            assert worker.stop() == 0
+    finally:
+        worker.kill_group()
+
+
+def test_a_worker_gives_up_waiting_for_its_redis_after_soulspot_startup_wait(
+    tmp_path: Path, data_dir: Path
+) -> None:
+    # Given a REDIS_URL where no Redis listens, and a start-up wait of 2 s
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    env = environment(
+        data_dir, REDIS_URL=f"redis://127.0.0.1:{port}/0", SOULSPOT_STARTUP_WAIT="2"
+    )
+
+    # When the worker command starts, it waits, then exits with the unreachable-Redis status
+    worker = Spawned([SOULSPOT_JOBS, "worker", "-p", "1"], env=env, cwd=tmp_path)
+    try:
+        assert worker.wait(START_DEADLINE) == 1
+    finally:
+        worker.kill_group()
+    assert worker.lines("worker.waiting")
+    assert [line for line in worker.stderr if line.startswith("error: ")]
 
 
 def _exit_status_rows() -> dict[int, str]:

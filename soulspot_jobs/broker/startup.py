@@ -1,0 +1,64 @@
+"""Waiting at start for the servers a worker needs: its Redis, and RabbitMQ when it is the broker.
+
+A worker started before its Redis (a shell, honcho, a systemd unit without ``Restart=``, a
+machine booting) waits for it instead of exiting, as Celery's workers do: it tries again every
+second or so and says once every :data:`SAY_EVERY` seconds what it waits for, for up to
+``SOULSPOT_STARTUP_WAIT`` seconds (default: until it comes; ``0``: not at all, the exit status
+says what was missing). Only a server that does not answer is waited for; a malformed URL or
+refused credentials end the start at once.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from typing import TypeVar
+
+import structlog
+
+log = structlog.get_logger("soulspot_jobs.worker")
+
+T = TypeVar("T")
+
+#: Seconds between two tries.
+RETRY_EVERY = 1.0
+#: Seconds between two log lines saying what the worker waits for.
+SAY_EVERY = 5.0
+
+
+def wait_for(
+    what: str,
+    attempt: Callable[[], T],
+    *,
+    waits_out: Callable[[BaseException], bool],
+    patience: float,
+    clock: Callable[[], float] = time.monotonic,
+    sleep: Callable[[float], None] = time.sleep,
+) -> T:
+    """``attempt()``'s result, trying again while it raises an error ``waits_out`` accepts,
+    for up to ``patience`` seconds (``inf``: for ever); then that error is raised."""
+    started = clock()
+    said_at = -math.inf
+    while True:
+        try:
+            result = attempt()
+        except Exception as exc:
+            waited = clock() - started
+            if not waits_out(exc) or waited + RETRY_EVERY > patience:
+                raise
+            if clock() - said_at >= SAY_EVERY:
+                said_at = clock()
+                limit = "until it answers" if math.isinf(patience) else f"up to {patience:g} s"
+                log.warning(
+                    f"Waiting for {what} ({exc}); {waited:.0f} s so far, {limit} "
+                    "(SOULSPOT_STARTUP_WAIT)",
+                    event_name="worker.waiting",
+                    waiting_for=what,
+                    waited=round(waited, 1),
+                )
+            sleep(RETRY_EVERY)
+            continue
+        if said_at > -math.inf:
+            log.info(f"{what} answers: starting", event_name="worker.waited", waiting_for=what)
+        return result
