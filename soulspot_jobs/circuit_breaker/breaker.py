@@ -8,6 +8,8 @@ sync and async call forms, and the store-error policy (fail open or closed).
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import dataclasses
 import functools
 import inspect
 import uuid
@@ -91,13 +93,16 @@ class Permit:
     ``release*`` or ``record_outcome*``; later reports of the same permit are ignored.
     """
 
-    __slots__ = ("token", "local", "done")
+    __slots__ = ("token", "local", "done", "stand_in")
 
-    def __init__(self, token: str | None, local: bool) -> None:
+    def __init__(self, token: str | None, local: bool, stand_in: bool = False) -> None:
         #: The HALF_OPEN trial slot this call holds, if it is a trial.
         self.token = token
         #: Admitted from the local view; its success may be counted without a round trip.
         self.local = local
+        #: Admitted by this process's own breaker while the store was unreachable; its outcome
+        #: is counted there.
+        self.stand_in = stand_in
         self.done = False
 
     @property
@@ -131,6 +136,9 @@ class CircuitBreaker:
         self._failure_exceptions = failure_exceptions
         self._exclude = (HoldBack, *exclude)
         self._is_failure = is_failure
+        #: This process's own breaker, with the same settings, while the shared store is
+        #: unreachable and the policy is "allow" (see :meth:`_standing_in`).
+        self._stand_in: MemoryBackend | None = None
 
     def __repr__(self) -> str:
         return f"CircuitBreaker({self.name!r}, backend={type(self.backend).__name__})"
@@ -139,8 +147,21 @@ class CircuitBreaker:
 
     @property
     def stats(self) -> BreakerStats:
-        """A snapshot of this breaker's state and totals (one round trip on Redis)."""
-        return self.backend.stats(self.name, self.config)
+        """A snapshot of this breaker's state and totals (one round trip on Redis). While the
+        store is unreachable and this process stands in for it, the stand-in's snapshot, marked
+        ``local``."""
+        try:
+            return self.backend.stats(self.name, self.config)
+        except BackendUnavailableError:
+            stand_in = self._stand_in
+            if stand_in is None:
+                raise
+            return dataclasses.replace(stand_in.stats(self.name, self.config), local=True)
+
+    @property
+    def standing_in(self) -> bool:
+        """Whether this process decides alone now, its store being unreachable."""
+        return self._stand_in is not None
 
     @property
     def state(self) -> CircuitState:
@@ -168,11 +189,15 @@ class CircuitBreaker:
 
     def acquire_sync(self) -> Permit:
         """Ask before a call; raises :class:`CircuitBreakerError` when the call must not run."""
+        if self._stand_in is not None:
+            return self._admit_standing_in()
         decision = self.backend.admit_locally(self.name, self.config)
         if decision is ADMITTED_LOCALLY:
             return Permit(None, True)  # the healthy path, kept short
         if decision is None:
             decision = self._admit_remotely()
+            if self._stand_in is not None:
+                return self._admit_standing_in()
         return self._permit(decision)
 
     def record_success_sync(self, permit: Permit) -> None:
@@ -180,6 +205,9 @@ class CircuitBreaker:
         if permit.done:
             return
         permit.done = True
+        if permit.stand_in:
+            self._stand_in_report("record_success", permit.token)
+            return
         if permit.local and self.backend.record_success_locally(self.name, self.config):
             return
         self._report(self.backend.record_success, permit.token)
@@ -195,6 +223,8 @@ class CircuitBreaker:
         if permit.done:
             return None
         permit.done = True
+        if permit.stand_in:
+            return self._stand_in_report("record_failure", permit.token, hold_open, reason)
         return self._report(
             self.backend.record_failure, permit.token, hold_open, reason, reason=reason
         )
@@ -204,7 +234,9 @@ class CircuitBreaker:
         if permit.done:
             return
         permit.done = True
-        if permit.token is not None:
+        if permit.token is not None and permit.stand_in:
+            self._stand_in_report("release", permit.token)
+        elif permit.token is not None:
             self._report(self.backend.release, permit.token)
 
     def record_outcome_sync(self, permit: Permit, exc: BaseException | None) -> Transition | None:
@@ -273,14 +305,15 @@ class CircuitBreaker:
 
     async def acquire(self) -> Permit:
         """Async :meth:`acquire_sync`; round trips run in a thread, never on the event loop."""
-        decision = self.backend.admit_locally(self.name, self.config)
-        if decision is None:
-            decision = await self._off_loop(self._admit_remotely)
-        return self._permit(decision)
+        if self._stand_in is None:
+            decision = self.backend.admit_locally(self.name, self.config)
+            if decision is not None:
+                return self._permit(decision)
+        return await self._off_loop(self.acquire_sync)
 
     async def record_success(self, permit: Permit) -> None:
         """Async :meth:`record_success_sync`."""
-        local = permit.local and not permit.done
+        local = permit.local and not permit.done and not permit.stand_in
         if local and self.backend.record_success_locally(self.name, self.config):
             permit.done = True
             return
@@ -379,8 +412,38 @@ class CircuitBreaker:
         try:
             transition = self._ask(operation, self.name, self.config, *args)
         except BackendUnavailableError:
-            return None
+            # the store went away during the call: the stand-in counts it (as no trial's)
+            if self._stand_in is None or operation.__name__ == "release":
+                return None
+            token, *rest = args
+            return self._stand_in_report(operation.__name__, None, *rest)
         if transition is not None:
+            self._log_transition(transition, reason)
+        return transition
+
+    def _admit_standing_in(self) -> Permit:
+        """Admit by this process's own breaker; once a second, the store is asked first (one
+        snapshot), and when it answers its shared state is used again."""
+        if not self.backend.store_suspended():
+            with contextlib.suppress(BackendUnavailableError):
+                self._ask(self.backend.stats, self.name, self.config)
+        stand_in = self._stand_in
+        if stand_in is None:  # the store is back
+            return self.acquire_sync()
+        decision = stand_in.admit(self.name, self.config, uuid.uuid4().hex)
+        if decision.transition is not None:
+            self._log_transition(decision.transition)
+        if decision.verdict is Verdict.REJECTED:
+            raise CircuitBreakerError(self.name, decision.retry_after, decision.state)
+        return Permit(decision.token, False, stand_in=True)
+
+    def _stand_in_report(self, operation: str, token: str | None, *args: Any) -> Transition | None:
+        stand_in = self._stand_in
+        if stand_in is None:  # the store came back during the call: it was one call
+            return None
+        transition = getattr(stand_in, operation)(self.name, self.config, token, *args)
+        if transition is not None:
+            reason = args[1] if operation == "record_failure" and len(args) > 1 else ""
             self._log_transition(transition, reason)
         return transition
 
@@ -391,31 +454,46 @@ class CircuitBreaker:
         between fail at once, so a dead store costs no timeout per call.
         """
         if self.backend.store_suspended():
+            self._stand_in_if_allowed()
             raise BackendUnavailableError("the store failed moments ago; not asking it yet")
         try:
             result = operation(*args)
         except BackendUnavailableError as exc:
-            if self.backend.begin_outage():
+            first = self.backend.begin_outage()
+            if self._stand_in_if_allowed() or first:
                 if self.config.on_backend_error == "allow":
-                    policy = "admitting calls (fail open)"
+                    policy = (
+                        "deciding alone with a breaker of this process's own (same settings) "
+                        "until it is back"
+                    )
                 else:
                     policy = "refusing calls (fail closed)"
                 log.error(
                     f"Circuit breaker {self.name} cannot reach its store; {policy}.",
                     event_name="circuit_breaker.store_unavailable",
                     circuit_breaker=self.name,
-                    state="unknown",
+                    state="local" if self._stand_in is not None else "unknown",
                     error=str(exc),
                 )
             raise
-        if self.backend.end_outage():
+        ended = self.backend.end_outage()
+        if self._stand_in is not None or ended:
+            self._stand_in = None
             log.info(
-                f"Circuit breaker {self.name} reached its store again.",
+                f"Circuit breaker {self.name} reached its store again; its shared state is "
+                "used from now on.",
                 event_name="circuit_breaker.store_available",
                 circuit_breaker=self.name,
                 state="unknown",
             )
         return result
+
+    def _stand_in_if_allowed(self) -> bool:
+        """Under the "allow" policy, start standing in for the store; True if this started it."""
+        if self.config.on_backend_error != "allow" or self._stand_in is not None:
+            return False
+        self._stand_in = MemoryBackend()
+        return True
 
     def _log_blocked(self, exc: CircuitBreakerError) -> None:
         log.warning(

@@ -130,3 +130,6 @@ class BreakerStats:
     #: ``"unauthorized (check SLSKD_API_KEY)"``, ``"forced open by an operator"``, a failure's
     #: own words); ``None`` while CLOSED.
     reason: str | None = None
+    #: True when this is one process's own breaker, standing in while the shared store is
+    #: unreachable (``on_backend_error="allow"``), not the shared state.
+    local: bool = False

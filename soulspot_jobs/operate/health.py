@@ -11,7 +11,9 @@ only while the breaker is OPEN; ``"forced": true`` only while an operator holds 
 (``soulspot-jobs open``); ``reason`` (why it opened: ``"not logged in to Soulseek"``,
 ``"unauthorized (check SLSKD_API_KEY)"``, ``"forced open by an operator"``, or the last
 failure's own words) only while it is not CLOSED. The document is read from Redis, so it is the
-same whichever process builds it.
+same whichever process builds it. ``"local": true`` marks a breaker read from a worker process
+standing in for an unreachable store; when no shared state can be read at all and the breakers
+fail open, the document says so (``"store"``, every ``circuit_breaker`` ``"local"``, 503).
 
 Any breaker hash renders, whatever an older version or a hand edit left in it: a number that
 does not parse counts as 0 and an unknown state as CLOSED (as the breaker's scripts read them),
@@ -25,13 +27,24 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
-from soulspot_jobs.circuit_breaker import MAX_FORCE_OPEN, Breakers, BreakerStats, CircuitState
+from soulspot_jobs.circuit_breaker import (
+    MAX_FORCE_OPEN,
+    BackendUnavailableError,
+    Breakers,
+    BreakerStats,
+    CircuitState,
+)
 from soulspot_jobs.deferral.index import DeferredIndex
 
 #: The document's service keys and the breakers they stand for.
 SERVICES = {"slskd": "slskd-api", "spotify": "spotify-api", "musicbrainz": "musicbrainz-api"}
 #: HTTP status of ``GET /health`` when no breaker is OPEN, and when one is.
 HEALTHY_STATUS, UNAVAILABLE_STATUS = 200, 503
+#: What the document says while the breakers' store is unreachable and they fail open.
+LOCAL_BREAKERS = (
+    "the breakers' store is unreachable: each worker process decides with breakers of its own "
+    "(same settings) until it is back"
+)
 
 
 def read_stats(breakers: Breakers) -> dict[str, BreakerStats]:
@@ -56,6 +69,8 @@ def health_document(
             entry["forced"] = True
         if breaker.reason:
             entry["reason"] = breaker.reason
+        if breaker.local:
+            entry["local"] = True
         entry["name"] = name
         entry["deferred"] = deferred.get(name, 0)
         services[key] = entry
@@ -71,11 +86,37 @@ def whole_seconds(seconds: float) -> int:
 
 
 def read_health(breakers: Breakers, deferred: DeferredIndex) -> dict[str, Any]:
-    """The health document as Redis shows it now."""
-    return health_document(read_stats(breakers), deferred.counts())
+    """The health document as Redis shows it now; while the breakers' store is unreachable and
+    they fail open, a document saying so (every breaker ``local``, status 503)."""
+    counts = deferred.counts()
+    try:
+        return health_document(read_stats(breakers), counts)
+    except BackendUnavailableError as exc:
+        if not fails_open(breakers):
+            raise
+        return local_breakers_document(counts, str(exc))
+
+
+def fails_open(breakers: Breakers) -> bool:
+    """Whether every service's breaker fails open (decides locally) without its store."""
+    return all(breakers[name].config.on_backend_error == "allow" for name in SERVICES.values())
+
+
+def local_breakers_document(deferred: Mapping[str, int], error: str) -> dict[str, Any]:
+    """The health document while no breaker's shared state can be read."""
+    services = {
+        key: {
+            "status": "unknown",
+            "circuit_breaker": "local",
+            "name": name,
+            "deferred": deferred.get(name, 0),
+        }
+        for key, name in SERVICES.items()
+    }
+    return {"status": "degraded", "store": LOCAL_BREAKERS, "error": error, "services": services}
 
 
 def http_status(document: Mapping[str, Any]) -> int:
-    """503 while any breaker is OPEN (its jobs cannot run), else 200."""
-    states = (entry["circuit_breaker"] for entry in document["services"].values())
-    return UNAVAILABLE_STATUS if CircuitState.OPEN.value in states else HEALTHY_STATUS
+    """503 while any breaker is OPEN (its jobs cannot run) or only local, else 200."""
+    states = {entry["circuit_breaker"] for entry in document["services"].values()}
+    return UNAVAILABLE_STATUS if states & {CircuitState.OPEN.value, "local"} else HEALTHY_STATUS

@@ -11,6 +11,7 @@ from soulspot_jobs.circuit_breaker import (
     CircuitBreaker,
     CircuitBreakerConfig,
     CircuitBreakerError,
+    CircuitState,
     RedisBackend,
 )
 from soulspot_jobs.circuit_breaker.breaker import STORE_RETRY_AFTER
@@ -128,5 +129,45 @@ def test_an_unreachable_store_is_tried_at_most_once_per_retry_interval(
 
         # Then only the first one paid for trying the store
         assert attempts == ["admit"]
+    finally:
+        backend.close()
+
+
+def test_an_unreachable_store_under_allow_keeps_a_breaker_of_this_processs_own(
+    server: EmbeddedRedis,
+) -> None:
+    # Given a breaker (3 failures open it for 30 s) whose Redis has gone away, failing open
+    port = server.port
+    backend = RedisBackend.from_url(server.url, local_view=False)
+    config = CircuitBreakerConfig(failure_threshold=3, timeout=30.0, on_backend_error="allow")
+    breaker = CircuitBreaker("svc", config, backend=backend)
+    backend.store_retry_interval = 0.0  # ask the store on every call, so its return is seen
+    server.stop()
+    ran = []
+    try:
+        # When its service fails 3 times meanwhile
+        with structlog.testing.capture_logs() as logs:
+            for _ in range(3):
+                with pytest.raises(ConnectionError):
+                    breaker.call_sync(_failing_call)
+
+            # Then this process's own breaker opened, with the same settings, and refuses
+            with pytest.raises(CircuitBreakerError) as refused:
+                breaker.call_sync(ran.append, 1)
+        assert ran == []
+        assert 29 < refused.value.retry_after <= 30
+        stats = breaker.stats
+        assert (stats.state, stats.local, stats.total_failures) == (CircuitState.OPEN, True, 3)
+        (outage,) = [e for e in logs if e["event_name"] == "circuit_breaker.store_unavailable"]
+        assert "deciding alone" in outage["event"] and outage["state"] == "local"
+        assert [e["event_name"] for e in logs].count("circuit_breaker.opened") == 1
+
+        # When the store is back
+        with EmbeddedRedis(port=port, executable=server.executable):
+            breaker.call_sync(ran.append, 2)
+
+            # Then the shared state decides again: CLOSED there, so the call ran
+            assert ran == [2]
+            assert not breaker.stats.local and not breaker.standing_in
     finally:
         backend.close()

@@ -11,6 +11,7 @@ import textwrap
 import time
 from pathlib import Path
 
+import pytest
 import redis
 
 from soulspot_jobs.embedded import DataDir, SharedRedis
@@ -167,6 +168,7 @@ def test_a_killed_server_is_replaced_with_its_data_by_the_next_process(data_dir:
             holder.kill_group()
 
 
+@pytest.mark.faults
 def test_a_server_killed_under_a_live_user_is_restarted_with_its_data_within_5_s(
     data_dir: Path,
 ) -> None:

@@ -245,6 +245,7 @@ def test_an_unreachable_redis_ends_each_worker_command_with_the_status_the_docs_
     assert [code for code, row in documented.items() if f"`{name}`" in row] == [status]
 
 
+@pytest.mark.faults
 @pytest.mark.parametrize(
     "command",
     [

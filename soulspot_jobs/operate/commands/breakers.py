@@ -15,7 +15,7 @@ import time
 
 import typer
 
-from soulspot_jobs.circuit_breaker import validate_open_duration
+from soulspot_jobs.circuit_breaker import BackendUnavailableError, validate_open_duration
 from soulspot_jobs.operate.commands.common import (
     JSON_OPTION,
     connected,
@@ -25,7 +25,14 @@ from soulspot_jobs.operate.commands.common import (
     service_name,
     utc,
 )
-from soulspot_jobs.operate.health import SERVICES, health_document, read_stats
+from soulspot_jobs.operate.health import (
+    LOCAL_BREAKERS,
+    SERVICES,
+    fails_open,
+    health_document,
+    local_breakers_document,
+    read_stats,
+)
 
 #: Seconds a breaker stays forced OPEN when ``open`` is given no ``--for``.
 DEFAULT_OPEN_SECONDS = 3600.0
@@ -40,8 +47,19 @@ def status(as_json: bool = JSON_OPTION) -> None:
     --json prints the health document that GET /health serves.
     """
     with connected() as jobs:
-        stats = read_stats(jobs.breakers)
         deferred = jobs.deferred.counts()
+        try:
+            stats = read_stats(jobs.breakers)
+        except BackendUnavailableError as exc:
+            if not fails_open(jobs.breakers):
+                raise
+            document = local_breakers_document(deferred, str(exc))
+            if as_json:
+                print_json(document)
+            else:
+                typer.echo(f"breakers: {LOCAL_BREAKERS} ({exc})")
+                typer.echo(f"overall: {document['status']}")
+            return
     document = health_document(stats, deferred)
     if as_json:
         print_json(document)
