@@ -20,7 +20,8 @@ from contextlib import ExitStack
 
 import dramatiq
 
-from soulspot_jobs.broker.startup import wait_for
+from soulspot_jobs.broker import AMQP_SCHEMES
+from soulspot_jobs.broker.startup import check_rabbitmq, rabbitmq_unreachable, wait_for
 from soulspot_jobs.clients.musicbrainz import contact_problem
 from soulspot_jobs.embedded.connection import (
     EXIT_BAD_URL,
@@ -65,18 +66,22 @@ try:
         waits_out=lambda exc: isinstance(exc, RedisUnavailable) and exc.unreachable,
         patience=settings.startup_wait,
     )
-    jobs = wait_for(
-        f"the broker at {redact_url(settings.broker_url or redis_url)}",
-        lambda: SoulspotJobs(settings, url=redis_url),
-        waits_out=lambda exc: isinstance(exc, dramatiq.errors.ConnectionError),
-        patience=settings.startup_wait,
-    )
+    if settings.broker_url and settings.broker_url.startswith(AMQP_SCHEMES):
+        wait_for(
+            f"RabbitMQ at {redact_url(settings.broker_url)}",
+            lambda: check_rabbitmq(settings.broker_url),
+            waits_out=rabbitmq_unreachable,
+            patience=settings.startup_wait,
+        )
+    jobs = SoulspotJobs(settings, url=redis_url)
 except ConfigurationError as exc:
     raise _refusal(str(exc), EXIT_BAD_SETTINGS) from None
 except RedisUnavailable as exc:
     status = EXIT_BAD_SETTINGS if exc.exit_code == EXIT_BAD_URL else EXIT_NO_REDIS
     raise _refusal(str(exc), status) from None
-except dramatiq.errors.ConnectionError as exc:
-    raise _refusal(f"cannot reach the broker: {exc}", EXIT_NO_REDIS) from None
+except Exception as exc:
+    if not rabbitmq_unreachable(exc):
+        raise
+    raise _refusal(f"cannot reach RabbitMQ at BROKER_URL: {exc!r}", EXIT_NO_REDIS) from None
 broker = jobs.broker
 dramatiq.set_broker(broker)

@@ -27,6 +27,26 @@ RETRY_EVERY = 1.0
 SAY_EVERY = 5.0
 
 
+def check_rabbitmq(url: str) -> None:
+    """Connect to the RabbitMQ at ``url`` and leave; raises pika's ``AMQPConnectionError`` when
+    it does not answer (Dramatiq's RabbitMQ broker connects lazily, so building it proves
+    nothing)."""
+    import pika
+
+    pika.BlockingConnection(pika.URLParameters(url)).close()
+
+
+def rabbitmq_unreachable(exc: BaseException) -> bool:
+    """Whether ``exc`` says RabbitMQ did not answer (refused credentials do not count)."""
+    try:
+        import pika.exceptions
+    except ImportError:  # installed without the rabbitmq extra: no RabbitMQ to wait for
+        return False
+    return isinstance(exc, pika.exceptions.AMQPConnectionError) and not isinstance(
+        exc, pika.exceptions.ProbableAuthenticationError | pika.exceptions.ProbableAccessDeniedError
+    )
+
+
 def wait_for(
     what: str,
     attempt: Callable[[], T],
@@ -50,8 +70,9 @@ def wait_for(
             if clock() - said_at >= SAY_EVERY:
                 said_at = clock()
                 limit = "until it answers" if math.isinf(patience) else f"up to {patience:g} s"
+                why = str(exc) or type(exc).__name__
                 log.warning(
-                    f"Waiting for {what} ({exc}); {waited:.0f} s so far, {limit} "
+                    f"Waiting for {what} ({why}); {waited:.0f} s so far, {limit} "
                     "(SOULSPOT_STARTUP_WAIT)",
                     event_name="worker.waiting",
                     waiting_for=what,

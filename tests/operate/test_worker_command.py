@@ -302,6 +302,36 @@ def test_a_worker_gives_up_waiting_for_its_redis_after_soulspot_startup_wait(
     assert [line for line in worker.stderr if line.startswith("error: ")]
 
 
+def test_a_worker_waits_for_its_rabbitmq_too_for_as_long_as_soulspot_startup_wait(
+    tmp_path: Path, data_dir: Path
+) -> None:
+    # Given a BROKER_URL where no RabbitMQ listens, its Redis up, and a start-up wait of 2 s
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    with EmbeddedRedis() as server:
+        env = environment(
+            data_dir,
+            REDIS_URL=server.url,
+            BROKER_URL=f"amqp://guest:guest@127.0.0.1:{port}/%2F",
+            SOULSPOT_STARTUP_WAIT="2",
+        )
+
+        # When Dramatiq's worker command starts
+        command = [sys.executable, "-m", "dramatiq", "soulspot_jobs.worker", "-p", "1", "-t", "1"]
+        worker = Spawned(command, env=env, cwd=tmp_path)
+        try:
+            code = worker.wait(START_DEADLINE)
+        finally:
+            worker.kill_group()
+
+    # Then it said it waited for RabbitMQ, then gave up with the unreachable-broker status
+    waiting = worker.lines("worker.waiting")
+    assert waiting and all(f"RabbitMQ at amqp://guest:***@127.0.0.1:{port}" in w for w in waiting)
+    assert code == 3
+    assert any(line.startswith("error: cannot reach RabbitMQ") for line in worker.stderr)
+
+
 def _exit_status_rows() -> dict[int, str]:
     """The rows of the "Exit statuses" table of docs/operating.md: status -> its text."""
     page = (Path(__file__).resolve().parents[2] / "docs" / "operating.md").read_text()
