@@ -21,13 +21,16 @@ from contextlib import ExitStack
 import dramatiq
 
 from soulspot_jobs.broker import AMQP_SCHEMES
-from soulspot_jobs.broker.startup import check_rabbitmq, rabbitmq_unreachable, wait_for
+from soulspot_jobs.broker.startup import (
+    check_rabbitmq,
+    rabbitmq_unreachable,
+    wait_for,
+    wait_for_redis,
+)
 from soulspot_jobs.clients.musicbrainz import contact_problem
 from soulspot_jobs.embedded.connection import (
     EXIT_BAD_URL,
     RedisUnavailable,
-    redis_for,
-    redis_in_use,
 )
 from soulspot_jobs.errors import ConfigurationError
 from soulspot_jobs.jobs.app import SoulspotJobs
@@ -60,12 +63,7 @@ try:
     refused = contact_problem(settings.musicbrainz)
     if refused is not None:
         raise ConfigurationError(refused)
-    redis_url = wait_for(
-        redis_in_use(settings).removeprefix("using "),
-        lambda: _redis.enter_context(redis_for(settings)),
-        waits_out=lambda exc: isinstance(exc, RedisUnavailable) and exc.unreachable,
-        patience=settings.startup_wait,
-    )
+    redis_url = wait_for_redis(settings, _redis)
     if settings.broker_url and settings.broker_url.startswith(AMQP_SCHEMES):
         wait_for(
             f"RabbitMQ at {redact_url(settings.broker_url)}",

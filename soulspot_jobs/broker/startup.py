@@ -13,9 +13,13 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
+from contextlib import ExitStack
 from typing import TypeVar
 
 import structlog
+
+from soulspot_jobs.embedded.connection import RedisUnavailable, redis_for, redis_in_use
+from soulspot_jobs.settings import Settings
 
 log = structlog.get_logger("soulspot_jobs.worker")
 
@@ -25,6 +29,17 @@ T = TypeVar("T")
 RETRY_EVERY = 1.0
 #: Seconds between two log lines saying what the worker waits for.
 SAY_EVERY = 5.0
+
+
+def wait_for_redis(settings: Settings, using: ExitStack) -> str:
+    """The URL of the Redis of ``settings``, entered into ``using`` (the embedded server is used
+    until ``using`` closes), waiting for it as the module docstring says."""
+    return wait_for(
+        redis_in_use(settings).removeprefix("using "),
+        lambda: using.enter_context(redis_for(settings)),
+        waits_out=lambda exc: isinstance(exc, RedisUnavailable) and exc.unreachable,
+        patience=settings.startup_wait,
+    )
 
 
 def check_rabbitmq(url: str) -> None:

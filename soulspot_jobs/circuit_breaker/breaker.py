@@ -189,16 +189,22 @@ class CircuitBreaker:
 
     def acquire_sync(self) -> Permit:
         """Ask before a call; raises :class:`CircuitBreakerError` when the call must not run."""
-        if self._stand_in is not None:
-            return self._admit_standing_in()
-        decision = self.backend.admit_locally(self.name, self.config)
-        if decision is ADMITTED_LOCALLY:
-            return Permit(None, True)  # the healthy path, kept short
-        if decision is None:
-            decision = self._admit_remotely()
-            if self._stand_in is not None:
-                return self._admit_standing_in()
-        return self._permit(decision)
+        if self._stand_in is None:
+            decision = self.backend.admit_locally(self.name, self.config)
+            if decision is ADMITTED_LOCALLY:
+                return Permit(None, True)  # the healthy path, kept short
+            try:
+                if decision is None:
+                    token = uuid.uuid4().hex
+                    decision = self._ask(self.backend.admit, self.name, self.config, token)
+            except BackendUnavailableError:
+                if self.config.on_backend_error == "reject":
+                    decision = Decision(Verdict.REJECTED, CircuitState.OPEN, STORE_RETRY_AFTER)
+            else:
+                return self._permit(decision)
+            if self._stand_in is None:  # "reject": refused while the store is away
+                return self._permit(decision)
+        return self._admit_standing_in()
 
     def record_success_sync(self, permit: Permit) -> None:
         """Report that the call admitted by ``permit`` succeeded."""
@@ -388,14 +394,6 @@ class CircuitBreaker:
         except CircuitBreakerError as exc:
             self._log_blocked(exc)
             raise
-
-    def _admit_remotely(self) -> Decision:
-        try:
-            return self._ask(self.backend.admit, self.name, self.config, uuid.uuid4().hex)
-        except BackendUnavailableError:
-            if self.config.on_backend_error == "reject":
-                return Decision(Verdict.REJECTED, CircuitState.OPEN, STORE_RETRY_AFTER)
-            return Decision(Verdict.ADMITTED, CircuitState.CLOSED)
 
     def _permit(self, decision: Decision) -> Permit:
         if decision.transition is not None:

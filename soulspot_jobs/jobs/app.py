@@ -200,7 +200,7 @@ class SoulspotJobs:
         """A job step deferred: its job shows ``deferred``, with why and which message waits.
         Cancelled meanwhile, the job keeps its record and the message leaves the index (it
         will be skipped when it comes up)."""
-        job_id = _job_id(message)
+        job_id = job_id_of(message)
         if job_id is None:
             return
         updated = self.store.update(
@@ -217,26 +217,26 @@ class SoulspotJobs:
     def _on_dead_letter(self, message: Any, reason: str) -> None:
         """A job step dead-lettered with a reason (its deferral budget spent, say) ends its job
         as ``failed`` with the reason; requeueing the dead letter reopens it."""
-        job_id = _job_id(message)
+        job_id = job_id_of(message)
         job = None if job_id is None else self.store.get(job_id)
         if job is not None and job.state not in FINAL_STATES:
             self.store.update(job.id, state=JobState.FAILED, last_error=f"dead-lettered: {reason}")
 
     def _on_requeue(self, message: Any) -> None:
-        job_id = _job_id(message)
+        job_id = job_id_of(message)
         if job_id is not None:
             self.store.reopen(job_id, REQUEUED_NOTE)
 
     def _on_delete(self, letter: DeadLetter) -> None:
         """A dead letter deleted: its job stays (or, unfinished, becomes) ``failed``, with the
         deletion in its history; a done or cancelled job keeps its state."""
-        job_id = None if letter.message is None else _job_id(letter.message)
+        job_id = None if letter.message is None else job_id_of(letter.message)
         if job_id is not None:
             note = f"dead letter {letter.message_id} deleted"
             self.store.update(job_id, state=JobState.FAILED, note=note)
 
 
-def _job_id(message: Any) -> str | None:
+def job_id_of(message: Any) -> str | None:
     """The job a message of one of the job actors is a step of (``None``: not a job step)."""
     if message.actor_name in JOB_ACTORS and message.args and isinstance(message.args[0], str):
         return message.args[0]

@@ -126,9 +126,9 @@ def worker(
     SIGTERM or Ctrl-C stops the workers cleanly (exit status 0); a second one kills them.
     """
     import soulspot_jobs
-    from soulspot_jobs.broker.startup import wait_for
+    from soulspot_jobs.broker.startup import wait_for_redis
     from soulspot_jobs.clients.musicbrainz import contact_problem
-    from soulspot_jobs.embedded.connection import data_dir, redis_for, redis_in_use
+    from soulspot_jobs.embedded.connection import data_dir
     from soulspot_jobs.jobs.credentials import start_credential_check
     from soulspot_jobs.operate.dramatiq_runner import WorkerRunner, dramatiq_command
 
@@ -141,12 +141,7 @@ def worker(
     if watch and watch_dir is None:
         watch_dir = Path(soulspot_jobs.__file__).parent
     with ExitStack() as using:
-        url = wait_for(
-            redis_in_use(settings).removeprefix("using "),
-            lambda: using.enter_context(redis_for(settings)),
-            waits_out=lambda exc: isinstance(exc, RedisUnavailable) and exc.unreachable,
-            patience=settings.startup_wait,
-        )
+        url = wait_for_redis(settings, using)
         env = {**os.environ, "SOULSPOT_DATA_DIR": str(data_dir(settings))}
         start_credential_check(settings, url)
         command = dramatiq_command(processes, threads)

@@ -29,14 +29,6 @@ REFUSAL_DEADLINE = CONNECT_TIMEOUT + 12.0
 
 
 @pytest.fixture
-def closed_port() -> int:
-    """A loopback port nothing listens on (it was free a moment ago)."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
-@pytest.fixture
 def silent_port() -> Iterator[int]:
     """A loopback port that accepts connections and never answers."""
     with socket.socket() as listener:

@@ -4,8 +4,6 @@ real Worker, its breakers in a Redis that is down, the fake upstreams over loopb
 
 from __future__ import annotations
 
-import socket
-
 import httpx
 import pytest
 from structlog.testing import capture_logs
@@ -24,19 +22,13 @@ JOBS = 8
 OUTAGE = 4.0
 
 
-def _closed_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 @pytest.mark.faults
 def test_an_upstream_outage_while_the_breaker_store_is_down_still_defers_the_jobs(
-    redis_url: str, fakes: Fakes, caplog: pytest.LogCaptureFixture
+    redis_url: str, fakes: Fakes, closed_port: int, caplog: pytest.LogCaptureFixture
 ) -> None:
     # Given workers whose breakers live in a Redis of their own that is down (policy "allow"),
     # two failures opening a breaker for 1 s
-    store = RedisBackend.from_url(f"redis://127.0.0.1:{_closed_port()}/0")
+    store = RedisBackend.from_url(f"redis://127.0.0.1:{closed_port}/0")
     settings = settings_for(redis_url, fakes, failure_threshold=2, timeout=1.0)
     app = SoulspotJobs(settings, backend=store)
     try:
@@ -69,10 +61,10 @@ def test_an_upstream_outage_while_the_breaker_store_is_down_still_defers_the_job
 
 
 def test_health_and_the_page_say_the_breakers_are_local_while_their_store_is_down(
-    redis_url: str, fakes: Fakes
+    redis_url: str, fakes: Fakes, closed_port: int
 ) -> None:
     # Given the jobs app with its breakers in a Redis that is down (policy "allow")
-    store = RedisBackend.from_url(f"redis://127.0.0.1:{_closed_port()}/0")
+    store = RedisBackend.from_url(f"redis://127.0.0.1:{closed_port}/0")
     app = SoulspotJobs(settings_for(redis_url, fakes), backend=store)
     server = OperatorServer(app, "127.0.0.1", 0)
     server.start()

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import signal
-import socket
 import sys
 from pathlib import Path
 
@@ -215,15 +214,17 @@ def test_the_worker_refuses_to_send_the_real_musicbrainz_a_user_agent_without_a_
     ids=["soulspot-jobs worker", "dramatiq soulspot_jobs.worker"],
 )
 def test_an_unreachable_redis_ends_each_worker_command_with_the_status_the_docs_give(
-    tmp_path: Path, data_dir: Path, name: str, command: list[str], status: int
+    tmp_path: Path,
+    data_dir: Path,
+    closed_port: int,
+    name: str,
+    command: list[str],
+    status: int,
 ) -> None:
     # Given a REDIS_URL where no Redis listens
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
     # And no wait for it at start
     env = environment(
-        data_dir, REDIS_URL=f"redis://127.0.0.1:{port}/0", SOULSPOT_STARTUP_WAIT="0"
+        data_dir, REDIS_URL=f"redis://127.0.0.1:{closed_port}/0", SOULSPOT_STARTUP_WAIT="0"
     )
 
     # When the worker command starts
@@ -236,7 +237,7 @@ def test_an_unreachable_redis_ends_each_worker_command_with_the_status_the_docs_
     # Then it exits with its own status, one error line naming the server, no traceback
     assert code == status, "".join(worker.stderr[-20:])
     errors = [line for line in worker.stderr if line.startswith("error: ")]
-    assert len(errors) == 1 and f"127.0.0.1:{port}" in errors[0], errors
+    assert len(errors) == 1 and f"127.0.0.1:{closed_port}" in errors[0], errors
     assert "Traceback" not in "".join(worker.stderr)
     # And the exit-status table of docs/operating.md names this command on that status's row,
     # and on no other
@@ -255,22 +256,22 @@ def test_an_unreachable_redis_ends_each_worker_command_with_the_status_the_docs_
     ids=["soulspot-jobs worker", "dramatiq soulspot_jobs.worker"],
 )
 def test_a_worker_started_before_its_redis_waits_for_it_and_then_works(
-    tmp_path: Path, data_dir: Path, command: list[str]
+    tmp_path: Path, data_dir: Path, closed_port: int, command: list[str]
 ) -> None:
     # Given a REDIS_URL whose server is not running yet, and the default start-up wait
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    env = environment(data_dir, REDIS_URL=f"redis://127.0.0.1:{port}/0")
+    env = environment(data_dir, REDIS_URL=f"redis://127.0.0.1:{closed_port}/0")
 
     # When the worker command starts
     worker = Spawned(command, env=env, cwd=tmp_path)
     try:
         # Then it says what it waits for, and again a few seconds later, and stays up
         worker.wait_for("worker.waiting", count=2, timeout=START_DEADLINE)
-        assert any(f"127.0.0.1:{port}" in line for line in worker.lines("worker.waiting"))
+        assert any(f"127.0.0.1:{closed_port}" in line for line in worker.lines("worker.waiting"))
         # And when Redis comes, the worker starts and heartbeats on it
-        with EmbeddedRedis(port=port) as server, redis.Redis.from_url(server.url) as client:
+        with (
+            EmbeddedRedis(port=closed_port) as server,
+            redis.Redis.from_url(server.url) as client,
+        ):
             wait_until(
                 lambda: client.zcard("soulspot:dramatiq:__heartbeats__") > 0,
                 "the worker's first heartbeat",
@@ -282,14 +283,11 @@ def test_a_worker_started_before_its_redis_waits_for_it_and_then_works(
 
 
 def test_a_worker_gives_up_waiting_for_its_redis_after_soulspot_startup_wait(
-    tmp_path: Path, data_dir: Path
+    tmp_path: Path, data_dir: Path, closed_port: int
 ) -> None:
     # Given a REDIS_URL where no Redis listens, and a start-up wait of 2 s
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
     env = environment(
-        data_dir, REDIS_URL=f"redis://127.0.0.1:{port}/0", SOULSPOT_STARTUP_WAIT="2"
+        data_dir, REDIS_URL=f"redis://127.0.0.1:{closed_port}/0", SOULSPOT_STARTUP_WAIT="2"
     )
 
     # When the worker command starts, it waits, then exits with the unreachable-Redis status
@@ -303,17 +301,14 @@ def test_a_worker_gives_up_waiting_for_its_redis_after_soulspot_startup_wait(
 
 
 def test_a_worker_waits_for_its_rabbitmq_too_for_as_long_as_soulspot_startup_wait(
-    tmp_path: Path, data_dir: Path
+    tmp_path: Path, data_dir: Path, closed_port: int
 ) -> None:
     # Given a BROKER_URL where no RabbitMQ listens, its Redis up, and a start-up wait of 2 s
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
     with EmbeddedRedis() as server:
         env = environment(
             data_dir,
             REDIS_URL=server.url,
-            BROKER_URL=f"amqp://guest:guest@127.0.0.1:{port}/%2F",
+            BROKER_URL=f"amqp://guest:guest@127.0.0.1:{closed_port}/%2F",
             SOULSPOT_STARTUP_WAIT="2",
         )
 
@@ -327,7 +322,8 @@ def test_a_worker_waits_for_its_rabbitmq_too_for_as_long_as_soulspot_startup_wai
 
     # Then it said it waited for RabbitMQ, then gave up with the unreachable-broker status
     waiting = worker.lines("worker.waiting")
-    assert waiting and all(f"RabbitMQ at amqp://guest:***@127.0.0.1:{port}" in w for w in waiting)
+    shown = f"RabbitMQ at amqp://guest:***@127.0.0.1:{closed_port}"
+    assert waiting and all(shown in line for line in waiting)
     assert code == 3
     assert any(line.startswith("error: cannot reach RabbitMQ") for line in worker.stderr)
 

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, TypeVar
 from soulspot_jobs.circuit_breaker import CircuitState
 from soulspot_jobs.deferral.dead_letters import DeadLetter
 from soulspot_jobs.deferral.index import DeferredJob
-from soulspot_jobs.jobs.app import JOB_ACTORS
+from soulspot_jobs.jobs.app import job_id_of
 from soulspot_jobs.jobs.records import Job, JobState
 from soulspot_jobs.middleware.presence import WorkerInfo, live_workers
 from soulspot_jobs.operate.health import SERVICES
@@ -129,9 +129,9 @@ def _dead_letter_jobs(letters: list[DeadLetter]) -> dict[str, str]:
     """The job each dead letter is a step of, from the message's own arguments."""
     found = {}
     for letter in letters:
-        message = letter.message
-        if message is not None and message.actor_name in JOB_ACTORS and message.args:
-            found[letter.message_id] = str(message.args[0])
+        job_id = None if letter.message is None else job_id_of(letter.message)
+        if job_id is not None:
+            found[letter.message_id] = job_id
     return found
 
 
