@@ -440,7 +440,10 @@ def test_the_settings_command_prints_what_is_set_then_the_defaults() -> None:
     )
     assert "null" not in result.stdout
     assert "hunter2" not in result.stdout and "k3y-that-is-secret" not in result.stdout
-    assert len(lines) < 50  # one line per setting in force: no nulls, no nested dumps
+    # one line per setting in force: no nulls, no nested dumps, none twice
+    assert all(line.startswith("#") or line.count("=") >= 1 for line in lines)
+    assert not [line for line in lines if line.endswith(("={}", "=None"))]
+    assert len(lines) <= len(set(lines)), "a setting is listed twice"
 
 
 def test_the_settings_command_json_hides_secrets_too() -> None:

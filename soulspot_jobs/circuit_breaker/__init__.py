@@ -23,13 +23,14 @@ from soulspot_jobs.circuit_breaker.config import CircuitBreakerConfig
 from soulspot_jobs.circuit_breaker.errors import BackendUnavailableError, CircuitBreakerError
 from soulspot_jobs.circuit_breaker.policy import MAX_FORCE_OPEN, validate_open_duration
 from soulspot_jobs.circuit_breaker.registry import Breakers
-from soulspot_jobs.circuit_breaker.state import BreakerStats, CircuitState
+from soulspot_jobs.circuit_breaker.state import BreakerMode, BreakerStats, CircuitState
 
 __all__ = [
     "FORCED_REASON",
     "MAX_FORCE_OPEN",
     "Backend",
     "BackendUnavailableError",
+    "BreakerMode",
     "BreakerStats",
     "Breakers",
     "CircuitBreaker",

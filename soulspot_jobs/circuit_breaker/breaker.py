@@ -12,6 +12,7 @@ import contextlib
 import dataclasses
 import functools
 import inspect
+import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
@@ -24,9 +25,10 @@ from soulspot_jobs.circuit_breaker.backends.base import Backend
 from soulspot_jobs.circuit_breaker.backends.memory import MemoryBackend
 from soulspot_jobs.circuit_breaker.config import CircuitBreakerConfig
 from soulspot_jobs.circuit_breaker.errors import BackendUnavailableError, CircuitBreakerError
-from soulspot_jobs.circuit_breaker.policy import validate_open_duration
+from soulspot_jobs.circuit_breaker.policy import SETTABLE_MODES, validate_open_duration
 from soulspot_jobs.circuit_breaker.state import (
     ADMITTED_LOCALLY,
+    BreakerMode,
     BreakerStats,
     CircuitState,
     Decision,
@@ -34,6 +36,7 @@ from soulspot_jobs.circuit_breaker.state import (
     Verdict,
 )
 from soulspot_jobs.errors import (
+    ConfigurationError,
     HoldBack,
     ServiceOutage,
     ServiceUnavailableError,
@@ -55,6 +58,7 @@ FORCED_REASON = "forced open by an operator"
 #: middleware holds the actor's own service for the whole message, so a client guarded by the
 #: same breaker inside the actor neither takes a second permit nor counts its outcome twice.
 _held: ContextVar[frozenset[str]] = ContextVar("soulspot_held_breakers", default=frozenset())
+_monotonic = time.monotonic
 
 
 @contextmanager
@@ -93,9 +97,11 @@ class Permit:
     ``release*`` or ``record_outcome*``; later reports of the same permit are ignored.
     """
 
-    __slots__ = ("token", "local", "done", "stand_in")
+    __slots__ = ("token", "local", "done", "stand_in", "disabled", "started")
 
-    def __init__(self, token: str | None, local: bool, stand_in: bool = False) -> None:
+    def __init__(
+        self, token: str | None, local: bool, stand_in: bool = False, disabled: bool = False
+    ) -> None:
         #: The HALF_OPEN trial slot this call holds, if it is a trial.
         self.token = token
         #: Admitted from the local view; its success may be counted without a round trip.
@@ -103,7 +109,11 @@ class Permit:
         #: Admitted by this process's own breaker while the store was unreachable; its outcome
         #: is counted there.
         self.stand_in = stand_in
-        self.done = False
+        #: Admitted by a disabled breaker: its outcome counts nowhere.
+        self.disabled = disabled
+        #: ``time.monotonic()`` when the call was admitted: tells a slow call.
+        self.started = _monotonic()
+        self.done = disabled
 
     @property
     def is_trial(self) -> bool:
@@ -139,6 +149,7 @@ class CircuitBreaker:
         #: This process's own breaker, with the same settings, while the shared store is
         #: unreachable and the policy is "allow" (see :meth:`_standing_in`).
         self._stand_in: MemoryBackend | None = None
+        self.backend.listen(name, self._log_transition)
 
     def __repr__(self) -> str:
         return f"CircuitBreaker({self.name!r}, backend={type(self.backend).__name__})"
@@ -207,16 +218,25 @@ class CircuitBreaker:
         return self._admit_standing_in()
 
     def record_success_sync(self, permit: Permit) -> None:
-        """Report that the call admitted by ``permit`` succeeded."""
+        """Report that the call admitted by ``permit`` succeeded (a slow success when it took
+        ``slow_call_duration`` or more)."""
         if permit.done:
             return
         permit.done = True
         if permit.stand_in:
             self._stand_in_report("record_success", permit.token)
             return
+        if self._slow(permit):
+            self._report(self.backend.record_success, permit.token, slow=True)
+            return
         if permit.local and self.backend.record_success_locally(self.name, self.config):
             return
         self._report(self.backend.record_success, permit.token)
+
+    def _slow(self, permit: Permit) -> bool:
+        """Whether the call of ``permit`` took ``slow_call_duration`` or more."""
+        limit = self.config.slow_call_duration
+        return limit is not None and _monotonic() - permit.started >= limit
 
     def record_failure_sync(
         self, permit: Permit, *, hold_open: float | None = None, reason: str = ""
@@ -232,7 +252,12 @@ class CircuitBreaker:
         if permit.stand_in:
             return self._stand_in_report("record_failure", permit.token, hold_open, reason)
         return self._report(
-            self.backend.record_failure, permit.token, hold_open, reason, reason=reason
+            self.backend.record_failure,
+            permit.token,
+            hold_open,
+            reason,
+            reason=reason,
+            slow=self._slow(permit),
         )
 
     def release_sync(self, permit: Permit) -> None:
@@ -294,6 +319,30 @@ class CircuitBreaker:
             retry_after=round(float(seconds), 3),
         )
 
+    def set_mode_sync(self, mode: str, *, seconds: float | None = None) -> None:
+        """Set this breaker's mode for every process sharing it, within a second:
+        ``normal``; ``disabled`` (admit everything, count nothing); ``metrics_only`` (count and
+        log the openings it would make, never refuse); ``forced_open`` (refuse for ``seconds``,
+        as :meth:`force_open_sync`). ``normal`` also ends a forced OPEN period. An unknown mode
+        raises :class:`~soulspot_jobs.errors.ConfigurationError` and changes nothing."""
+        if mode == BreakerMode.FORCED_OPEN.value:
+            if seconds is None:
+                raise ConfigurationError("forced_open needs a period: give seconds")
+            self.force_open_sync(seconds)
+            return
+        if mode not in SETTABLE_MODES:
+            known = ", ".join((*SETTABLE_MODES, BreakerMode.FORCED_OPEN.value))
+            raise ConfigurationError(f"unknown breaker mode {mode!r}: use one of {known}")
+        transition = self._ask(self.backend.set_mode, self.name, self.config, mode)
+        log.warning(
+            f"Circuit breaker {self.name} mode set to {mode}.",
+            event_name="circuit_breaker.mode",
+            circuit_breaker=self.name,
+            mode=mode,
+        )
+        if transition is not None:
+            self._log_transition(transition)
+
     def call_sync(self, fn: Callable[P, R], /, *args: P.args, **kwargs: P.kwargs) -> R:
         """Run ``fn(*args, **kwargs)`` behind the breaker, from a worker thread."""
         if self.name in _held.get():
@@ -319,7 +368,9 @@ class CircuitBreaker:
 
     async def record_success(self, permit: Permit) -> None:
         """Async :meth:`record_success_sync`."""
-        local = permit.local and not permit.done and not permit.stand_in
+        if permit.done:
+            return
+        local = permit.local and not permit.stand_in and not self._slow(permit)
         if local and self.backend.record_success_locally(self.name, self.config):
             permit.done = True
             return
@@ -358,6 +409,10 @@ class CircuitBreaker:
     async def force_open(self, seconds: float, *, reason: str = FORCED_REASON) -> None:
         """Async :meth:`force_open_sync`."""
         await self._off_loop(functools.partial(self.force_open_sync, reason=reason), seconds)
+
+    async def set_mode(self, mode: str, *, seconds: float | None = None) -> None:
+        """Async :meth:`set_mode_sync`."""
+        await self._off_loop(functools.partial(self.set_mode_sync, seconds=seconds), mode)
 
     async def call(
         self, fn: Callable[P, Awaitable[R] | R], /, *args: P.args, **kwargs: P.kwargs
@@ -400,15 +455,26 @@ class CircuitBreaker:
             self._log_transition(decision.transition)
         if decision.verdict is Verdict.REJECTED:
             raise CircuitBreakerError(self.name, decision.retry_after, decision.state)
-        return Permit(decision.token, decision.local)
+        return Permit(decision.token, decision.local, disabled=decision.disabled)
 
     def _report(
-        self, operation: Callable[..., Transition | None], *args: Any, reason: str = ""
+        self,
+        operation: Callable[..., Transition | None],
+        *args: Any,
+        reason: str = "",
+        slow: bool = False,
     ) -> Transition | None:
         """Run an outcome report; a store failure is logged once per episode, never raised.
-        ``reason`` goes into the log line of a transition to OPEN."""
+        ``reason`` goes into the log line of a transition to OPEN; ``slow`` is passed on only
+        when set (a backend of an older shape takes no such argument)."""
+        extra = {"slow": True} if slow else {}
         try:
-            transition = self._ask(operation, self.name, self.config, *args)
+            transition = self._ask(
+                functools.partial(operation, **extra) if extra else operation,
+                self.name,
+                self.config,
+                *args,
+            )
         except BackendUnavailableError:
             # the store went away during the call: the stand-in counts it (as no trial's)
             if self._stand_in is None or operation.__name__ == "release":
@@ -505,6 +571,17 @@ class CircuitBreaker:
     def _log_transition(self, transition: Transition, reason: str = "") -> None:
         to_state = transition.to_state
         fields: dict[str, Any] = {"circuit_breaker": self.name, "state": to_state.value}
+        if transition.would:
+            log.warning(
+                f"Circuit breaker {self.name} would have transitioned to OPEN state "
+                f"(metrics_only mode: calls are still admitted).",
+                event_name="circuit_breaker.would_open",
+                circuit_breaker=self.name,
+                state=CircuitState.CLOSED.value,
+                mode=BreakerMode.METRICS_ONLY.value,
+                **({"reason": reason} if reason else {}),
+            )
+            return
         if to_state is CircuitState.OPEN:
             if reason:
                 fields["reason"] = reason

@@ -11,6 +11,13 @@ from soulspot_jobs.errors import ConfigurationError
 #: What a breaker does when its shared store cannot be reached: admit calls ("allow", fail open)
 #: or refuse them with a short ``retry_after`` ("reject", fail closed).
 BackendErrorPolicy = Literal["allow", "reject"]
+#: How failures are judged in CLOSED: ``consecutive`` (the design's ``failure_threshold``), or a
+#: failure rate over the last ``sliding_window_size`` calls (``count``) or seconds (``time``).
+SlidingWindowType = Literal["consecutive", "count", "time"]
+#: Largest window: calls of a count window, seconds of a time window (an hour).
+MAX_WINDOW_SIZE = 10_000
+#: A time window is kept as at most this many buckets (one a second up to a minute, wider after).
+TIME_WINDOW_BUCKETS = 60
 
 
 class CircuitBreakerFields(BaseModel):
@@ -41,6 +48,21 @@ class CircuitBreakerFields(BaseModel):
     max_timeout: float | None = Field(None, gt=0)
     #: Fail open ("allow") or closed ("reject") while the shared store is unreachable.
     on_backend_error: BackendErrorPolicy = "allow"
+    #: ``consecutive`` (``failure_threshold`` failures in a row open the circuit), ``count`` (a
+    #: failure rate over the last ``sliding_window_size`` calls) or ``time`` (over the last
+    #: ``sliding_window_size`` seconds). The window is shared by every process.
+    sliding_window_type: SlidingWindowType = "consecutive"
+    #: Calls (``count``) or seconds (``time``) the window covers.
+    sliding_window_size: int = Field(100, gt=0, le=MAX_WINDOW_SIZE)
+    #: Calls the window must hold before its rates are judged: fewer never open the circuit.
+    minimum_calls: int = Field(10, gt=0, le=MAX_WINDOW_SIZE)
+    #: Percent of the window's calls that failed at or above which the circuit opens.
+    failure_rate_threshold: float = Field(50.0, gt=0, le=100)
+    #: Seconds at or above which a call counts as slow (``None``: calls are never slow). Needs a
+    #: ``count`` or ``time`` window.
+    slow_call_duration: float | None = Field(None, gt=0)
+    #: Percent of the window's calls that were slow at or above which the circuit opens.
+    slow_call_rate_threshold: float = Field(100.0, gt=0, le=100)
 
 
 class CircuitBreakerConfig(CircuitBreakerFields):
@@ -58,7 +80,27 @@ class CircuitBreakerConfig(CircuitBreakerFields):
             raise ValueError(
                 f"max_timeout ({self.max_timeout}) must not be below timeout ({self.timeout})"
             )
+        if self.sliding_window_type == "consecutive" and self.slow_call_duration is not None:
+            raise ValueError(
+                f"slow_call_duration ({self.slow_call_duration}) needs a sliding window: set "
+                "sliding_window_type to 'count' or 'time'"
+            )
+        if self.sliding_window_type == "count" and self.minimum_calls > self.sliding_window_size:
+            raise ValueError(
+                f"minimum_calls ({self.minimum_calls}) must not be above sliding_window_size "
+                f"({self.sliding_window_size}) in a count window: the rate would never be judged"
+            )
         return self
+
+    @property
+    def windowed(self) -> bool:
+        """True when failures are judged by rate over a sliding window, not by a count."""
+        return self.sliding_window_type != "consecutive"
+
+    @property
+    def bucket_width(self) -> float:
+        """Seconds of one bucket of a time window (at most :data:`TIME_WINDOW_BUCKETS` buckets)."""
+        return max(1.0, self.sliding_window_size / TIME_WINDOW_BUCKETS)
 
     def __init__(self, **values: object) -> None:
         try:

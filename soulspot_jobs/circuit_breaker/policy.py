@@ -10,8 +10,11 @@ from __future__ import annotations
 
 import math
 
+from soulspot_jobs.circuit_breaker import window
 from soulspot_jobs.circuit_breaker.config import CircuitBreakerConfig
 from soulspot_jobs.circuit_breaker.state import (
+    ADMITTED_DISABLED,
+    BreakerMode,
     BreakerRecord,
     BreakerStats,
     CircuitState,
@@ -22,6 +25,10 @@ from soulspot_jobs.circuit_breaker.state import (
 from soulspot_jobs.errors import ConfigurationError
 
 CLOSED, OPEN, HALF_OPEN = CircuitState.CLOSED, CircuitState.OPEN, CircuitState.HALF_OPEN
+#: The stored modes (a record's ``mode``); normal is stored as "".
+DISABLED, METRICS_ONLY = BreakerMode.DISABLED.value, BreakerMode.METRICS_ONLY.value
+#: The modes an operator sets with :func:`set_mode` (forced_open is :func:`force_open`).
+SETTABLE_MODES = (BreakerMode.NORMAL.value, DISABLED, METRICS_ONLY)
 
 #: Smallest ``retry_after`` ever given, in seconds, so that a refusal never says "retry now".
 MIN_RETRY_AFTER = 0.001
@@ -68,7 +75,13 @@ def pending_failures(record: BreakerRecord, config: CircuitBreakerConfig, now: f
 
 
 def admit(record: BreakerRecord, config: CircuitBreakerConfig, now: float, token: str) -> Decision:
-    """Decide whether a call may run now; in HALF_OPEN, take a trial slot leased to ``token``."""
+    """Decide whether a call may run now; in HALF_OPEN, take a trial slot leased to ``token``.
+
+    A disabled breaker admits without counting; in ``metrics_only`` mode the circuit never
+    leaves CLOSED, so every call is admitted (and counted).
+    """
+    if record.mode == DISABLED:
+        return ADMITTED_DISABLED
     record.total_requests += 1
     transition = None
     if record.state is OPEN:
@@ -90,20 +103,58 @@ def admit(record: BreakerRecord, config: CircuitBreakerConfig, now: float, token
 
 
 def record_success(
-    record: BreakerRecord, config: CircuitBreakerConfig, now: float, token: str | None
+    record: BreakerRecord,
+    config: CircuitBreakerConfig,
+    now: float,
+    token: str | None,
+    *,
+    slow: bool = False,
+    batched: int = 0,
 ) -> Transition | None:
-    """Count a success: it clears pending failures in CLOSED and counts as a trial in HALF_OPEN."""
+    """Count a success: it clears pending failures in CLOSED and counts as a trial in HALF_OPEN.
+
+    With a sliding window it is added to the window instead, after ``batched`` earlier successes
+    a process counted locally, and a ``slow`` one may open the circuit by the slow-call rate. A
+    slow trial counts as a failed one: the service answers, but not yet well.
+    """
+    if record.mode == DISABLED:
+        return None
     record.total_successes += 1
+    transition = record_successes(record, config, now, batched)
+    if transition is not None:  # the batch decided already
+        return transition
     if record.state is CLOSED:
+        if config.windowed:
+            kind = window.SLOW_SUCCESS if slow else window.SUCCESS
+            _add_to_window(record, config, now, kind, 1)
+            return _judge_window(record, config, now, "")
         if record.failure_count:
             record.failure_count = 0
             record.version += 1
         return None
     if record.state is HALF_OPEN and _end_trial(record, now, token):
+        if slow and config.slow_call_duration is not None:
+            record.reason = f"trial call took {config.slow_call_duration:g} s or more"
+            return _open(record, config, now, reopens=record.reopens + 1)
         record.trial_successes += 1
         if record.trial_successes >= config.success_threshold:
             return _close(record, now)
     return None
+
+
+def record_successes(
+    record: BreakerRecord, config: CircuitBreakerConfig, now: float, count: int
+) -> Transition | None:
+    """Count ``count`` successes of ordinary calls a process counted locally and now flushes:
+    totals always, the window only while CLOSED (the window of an earlier CLOSED period is gone).
+    They may complete ``minimum_calls`` and so open the circuit by rate."""
+    if record.mode == DISABLED or count <= 0:
+        return None
+    record.total_successes += count
+    if record.state is not CLOSED or not config.windowed:
+        return None
+    _add_to_window(record, config, now, window.SUCCESS, count)
+    return _judge_window(record, config, now, "")
 
 
 def record_failure(
@@ -113,27 +164,63 @@ def record_failure(
     token: str | None,
     hold_open: float | None = None,
     reason: str = "",
+    *,
+    slow: bool = False,
+    batched: int = 0,
 ) -> Transition | None:
-    """Count a failure; open the circuit at the threshold or when a trial fails.
+    """Count a failure; open the circuit at the threshold (or failure rate) or when a trial fails.
 
     ``hold_open`` (seconds) is the service's own "retry after": the circuit opens at once and stays
     OPEN at least that long, whatever the failure count. ``reason`` (the failure's, when given)
-    becomes the breaker's reason.
+    becomes the breaker's reason. ``batched`` successes this process counted locally are added to
+    the window first, so that the rate is judged on every outcome known here. In
+    ``metrics_only`` mode an opening is only counted and returned as ``would``.
     """
+    if record.mode == DISABLED:
+        return None
     record.total_failures += 1
+    transition = record_successes(record, config, now, batched)
+    if transition is not None:  # the batch decided already
+        return transition
     if reason:
         record.reason = reason
     if hold_open is not None:
+        if record.mode == METRICS_ONLY:
+            return _would_open(record, now, hold_open)
         return _hold_open(record, config, now, hold_open)
     if record.state is CLOSED:
+        if config.windowed:
+            kind = window.SLOW_FAILURE if slow else window.FAILURE
+            _add_to_window(record, config, now, kind, 1)
+            return _judge_window(record, config, now, reason)
         record.failure_count = pending_failures(record, config, now) + 1
         record.last_failure_at = now
         record.version += 1
         if record.failure_count >= config.failure_threshold:
-            return _open(record, config, now, reopens=0)
+            return _trip(record, config, now)
         return None
     if record.state is HALF_OPEN and _end_trial(record, now, token):
         return _open(record, config, now, reopens=record.reopens + 1)
+    return None
+
+
+def set_mode(record: BreakerRecord, now: float, mode: str) -> Transition | None:
+    """An operator's mode for every process: ``normal``, ``disabled`` or ``metrics_only``.
+
+    Disabling or watching (``metrics_only``) starts from a CLOSED circuit with nothing counted;
+    ``normal`` also ends an operator's forced OPEN period. Returns the transition, if any.
+    """
+    stored = "" if mode == BreakerMode.NORMAL.value else mode
+    forced = record.state is OPEN and now < record.forced_until
+    if record.mode == stored and not (forced and not stored):
+        return None
+    record.mode = stored
+    record.version += 1
+    if stored or forced:
+        if record.state is not CLOSED:
+            return _close(record, now)
+        record.failure_count = 0
+        record.window = ""
     return None
 
 
@@ -161,6 +248,7 @@ def force_open(
     transition = None if record.state is OPEN else _move(record, OPEN, now, seconds)
     record.open_until = now + seconds
     record.forced_until = now + seconds
+    record.mode = ""  # forced_open replaces any other mode
     if reason:
         record.reason = reason
     record.version += 1
@@ -173,6 +261,8 @@ def stats(
     """A monitoring snapshot of ``record`` as seen at ``now``."""
     state = effective_state(record, now)
     live_trials = sum(1 for lease in record.trials.values() if lease > now)
+    forced = state is OPEN and now < record.forced_until
+    calls, failures, slow = window.counts(record.window, config, now)
     return BreakerStats(
         name=name,
         state=state,
@@ -187,9 +277,14 @@ def stats(
         retry_after=positive(record.open_until - now) if state is OPEN else None,
         trials_in_flight=live_trials if state is HALF_OPEN else 0,
         reopens=record.reopens,
-        forced_until=(record.forced_until if state is OPEN and now < record.forced_until else None),
+        forced_until=record.forced_until if forced else None,
         transitions=dict(record.transitions),
         reason=(record.reason or None) if state is not CLOSED else None,
+        mode=BreakerMode.FORCED_OPEN.value if forced else (record.mode or BreakerMode.NORMAL.value),
+        window_calls=calls,
+        window_failures=failures,
+        window_slow_calls=slow,
+        would_opens=record.would_opens,
     )
 
 
@@ -210,6 +305,7 @@ def _move(
     record.trial_successes = 0
     record.trials.clear()
     record.forced_until = 0.0
+    record.window = ""
     record.transitions[state.value] = record.transitions.get(state.value, 0) + 1
     record.version += 1
     return transition
@@ -222,6 +318,42 @@ def _open(
     record.reopens = reopens
     record.open_until = now + duration
     return _move(record, OPEN, now, duration)
+
+
+def _trip(record: BreakerRecord, config: CircuitBreakerConfig, now: float) -> Transition:
+    """Open the circuit from CLOSED, or in ``metrics_only`` mode say that it would have."""
+    if record.mode == METRICS_ONLY:
+        return _would_open(record, now, config.open_duration(0))
+    return _open(record, config, now, reopens=0)
+
+
+def _would_open(record: BreakerRecord, now: float, duration: float) -> Transition:
+    """``metrics_only``: count the opening and start counting afresh, as if it had opened and
+    closed again; the circuit stays CLOSED."""
+    record.would_opens += 1
+    record.failure_count = 0
+    record.window = ""
+    record.version += 1
+    return Transition(CLOSED, OPEN, duration, would=True)
+
+
+def _add_to_window(
+    record: BreakerRecord, config: CircuitBreakerConfig, now: float, kind: str, count: int
+) -> None:
+    if count > 0:
+        record.window = window.add(record.window, config, now, kind, count)
+        record.version += 1
+
+
+def _judge_window(
+    record: BreakerRecord, config: CircuitBreakerConfig, now: float, reason: str
+) -> Transition | None:
+    """Open the circuit when the window's rates say so (see :func:`.window.verdict`)."""
+    why = window.verdict(record.window, config, now, reason)
+    if why is None:
+        return None
+    record.reason = why
+    return _trip(record, config, now)
 
 
 def _hold_open(

@@ -18,6 +18,20 @@ class CircuitState(enum.StrEnum):
     HALF_OPEN = "half_open"
 
 
+class BreakerMode(enum.StrEnum):
+    """How a breaker acts on what it counts; set by an operator for every process at once."""
+
+    #: Count outcomes, open and refuse as configured.
+    NORMAL = "normal"
+    #: Admit every call and count nothing.
+    DISABLED = "disabled"
+    #: Count outcomes and log the openings it would make, but never refuse a call: for trying
+    #: thresholds out on live traffic.
+    METRICS_ONLY = "metrics_only"
+    #: Refuse every call until the operator's period ends (``force_open``).
+    FORCED_OPEN = "forced_open"
+
+
 class Verdict(enum.StrEnum):
     """What a backend answers when asked whether a call may run."""
 
@@ -37,6 +51,8 @@ class Transition:
     to_state: CircuitState
     #: Seconds the circuit stays OPEN when ``to_state`` is OPEN, else 0.
     open_for: float = 0.0
+    #: True when the circuit did not move: in ``metrics_only`` mode it only would have.
+    would: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,6 +70,8 @@ class Decision:
     transition: Transition | None = None
     #: True when answered from the process's local view, without asking the shared store.
     local: bool = False
+    #: True when the breaker is disabled: the call runs and its outcome counts nowhere.
+    disabled: bool = False
 
     @property
     def admitted(self) -> bool:
@@ -62,6 +80,8 @@ class Decision:
 
 #: The answer given on the healthy path: CLOSED, no failures pending, decided without I/O.
 ADMITTED_LOCALLY = Decision(Verdict.ADMITTED, CircuitState.CLOSED, local=True)
+#: The answer of a disabled breaker: run, and report nothing.
+ADMITTED_DISABLED = Decision(Verdict.ADMITTED, CircuitState.CLOSED, local=True, disabled=True)
 
 
 @dataclass(slots=True)
@@ -98,6 +118,13 @@ class BreakerRecord:
     #: Why the circuit is not CLOSED: the latest counted failure's reason, or the operator's
     #: (``""`` while CLOSED: closing clears it).
     reason: str = ""
+    #: The operator's mode: ``""`` (normal), ``"disabled"`` or ``"metrics_only"``. A forced
+    #: OPEN period is ``forced_until``, not a mode here.
+    mode: str = ""
+    #: The sliding window's outcomes (see :mod:`.window`); emptied by every transition.
+    window: str = ""
+    #: Openings that ``metrics_only`` mode logged instead of making.
+    would_opens: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,3 +160,12 @@ class BreakerStats:
     #: True when this is one process's own breaker, standing in while the shared store is
     #: unreachable (``on_backend_error="allow"``), not the shared state.
     local: bool = False
+    #: The operator's mode (:class:`BreakerMode` value): ``normal``, ``disabled``,
+    #: ``metrics_only`` or ``forced_open``.
+    mode: str = BreakerMode.NORMAL.value
+    #: Calls, failures and slow calls in the sliding window now (0 without a window).
+    window_calls: int = 0
+    window_failures: int = 0
+    window_slow_calls: int = 0
+    #: Openings ``metrics_only`` mode would have made, since the breaker exists.
+    would_opens: int = 0

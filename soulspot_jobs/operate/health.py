@@ -10,7 +10,9 @@ is. ``retry_after`` (whole seconds, rounded up, at most ``MAX_FORCE_OPEN``: 7 da
 only while the breaker is OPEN; ``"forced": true`` only while an operator holds it OPEN
 (``soulspot-jobs open``); ``reason`` (why it opened: ``"not logged in to Soulseek"``,
 ``"unauthorized (check SLSKD_API_KEY)"``, ``"forced open by an operator"``, or the last
-failure's own words) only while it is not CLOSED. The document is read from Redis, so it is the
+failure's own words) only while it is not CLOSED; ``"mode"`` (``"disabled"`` or
+``"metrics_only"``, with ``"would_opens"``) only while an operator set one
+(``soulspot-jobs mode``). The document is read from Redis, so it is the
 same whichever process builds it. ``"local": true`` marks a breaker read from a worker process
 standing in for an unreachable store; when no shared state can be read at all and the breakers
 fail open, the document says so (``"store"``, every ``circuit_breaker`` ``"local"``, 503).
@@ -34,6 +36,7 @@ from soulspot_jobs.circuit_breaker import (
     BreakerStats,
     CircuitState,
 )
+from soulspot_jobs.circuit_breaker.state import BreakerMode
 from soulspot_jobs.deferral.index import DeferredIndex
 
 #: The document's service keys and the breakers they stand for.
@@ -67,6 +70,10 @@ def health_document(
             entry["retry_after"] = whole_seconds(breaker.retry_after)
         if breaker.forced_until is not None:
             entry["forced"] = True
+        if breaker.mode in (BreakerMode.DISABLED, BreakerMode.METRICS_ONLY):
+            entry["mode"] = breaker.mode
+        if breaker.mode == BreakerMode.METRICS_ONLY:
+            entry["would_opens"] = breaker.would_opens
         if breaker.reason:
             entry["reason"] = breaker.reason
         if breaker.local:

@@ -28,6 +28,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from soulspot_jobs.circuit_breaker import CircuitState
+from soulspot_jobs.circuit_breaker.state import BreakerMode
 from soulspot_jobs.deferral.dead_letters import DeadLetters
 from soulspot_jobs.operate.health import SERVICES, read_stats
 
@@ -107,6 +108,23 @@ class SoulspotCollector(Collector):
         rejections = CounterMetricFamily(
             f"{name}_rejections", "Calls refused (and deferred) by the breaker.", labels=["service"]
         )
+        modes = GaugeMetricFamily(
+            f"{name}_mode",
+            "1 for the operator's mode of the breaker (normal, disabled, metrics_only, "
+            "forced_open), 0 for the others.",
+            labels=["service", "mode"],
+        )
+        would_open = CounterMetricFamily(
+            f"{name}_would_open",
+            "Openings metrics_only mode counted instead of making.",
+            labels=["service"],
+        )
+        window = GaugeMetricFamily(
+            f"{name}_window_calls",
+            "Calls in the failure-rate window now, by outcome (all, failure, slow); 0 without "
+            "a window.",
+            labels=["service", "outcome"],
+        )
         reasons = GaugeMetricFamily(
             f"{name}_reason",
             "1 for why a breaker that is not CLOSED opened (an outage's reason, unauthorized, "
@@ -128,8 +146,14 @@ class SoulspotCollector(Collector):
             calls.add_metric([service, "success"], stats.total_successes)
             calls.add_metric([service, "failure"], stats.total_failures)
             rejections.add_metric([service], stats.total_rejections)
+            for candidate in BreakerMode:
+                modes.add_metric([service, candidate.value], float(stats.mode == candidate))
+            would_open.add_metric([service], stats.would_opens)
+            window.add_metric([service, "all"], stats.window_calls)
+            window.add_metric([service, "failure"], stats.window_failures)
+            window.add_metric([service, "slow"], stats.window_slow_calls)
         yield from (state, retry_after, forced, failures, transitions, requests, calls, rejections)
-        yield reasons
+        yield from (modes, would_open, window, reasons)
 
     def _deferrals(self) -> Iterator[Metric]:
         index = self.app.deferred

@@ -10,6 +10,7 @@ from __future__ import annotations
 import threading
 import time
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 
 from soulspot_jobs.circuit_breaker.config import CircuitBreakerConfig
 from soulspot_jobs.circuit_breaker.state import BreakerStats, Decision, Transition
@@ -31,6 +32,18 @@ class Backend(ABC):
         self._outage_lock = threading.Lock()
         self._in_outage = False
         self._retry_store_at = 0.0
+        self._listeners: dict[str, Callable[[Transition], None]] = {}
+
+    def listen(self, name: str, callback: Callable[[Transition], None]) -> None:
+        """Have ``callback`` told of transitions of ``name`` that no caller's report returned
+        (those caused by successes this backend flushed in a batch)."""
+        self._listeners[name] = callback
+
+    def notify(self, name: str, transition: Transition) -> None:
+        """Tell ``name``'s listener of ``transition``, if it has one."""
+        callback = self._listeners.get(name)
+        if callback is not None:
+            callback(transition)
 
     def admit_locally(self, name: str, config: CircuitBreakerConfig) -> Decision | None:
         """Answer "may a call run?" without I/O, or ``None`` when the store must decide."""
@@ -46,9 +59,10 @@ class Backend(ABC):
 
     @abstractmethod
     def record_success(
-        self, name: str, config: CircuitBreakerConfig, token: str | None
+        self, name: str, config: CircuitBreakerConfig, token: str | None, *, slow: bool = False
     ) -> Transition | None:
-        """Count a success (of the trial ``token``, if any); return the transition it caused."""
+        """Count a success (of the trial ``token``, if any; ``slow``: it took at least
+        ``slow_call_duration``); return the transition it caused."""
 
     @abstractmethod
     def record_failure(
@@ -58,6 +72,8 @@ class Backend(ABC):
         token: str | None,
         hold_open: float | None = None,
         reason: str = "",
+        *,
+        slow: bool = False,
     ) -> Transition | None:
         """Count a failure; with ``hold_open`` the circuit opens for at least that many seconds.
         A non-empty ``reason`` becomes the breaker's reason (shown while it is not CLOSED)."""
@@ -76,6 +92,11 @@ class Backend(ABC):
     ) -> Transition | None:
         """Force the circuit OPEN for exactly ``seconds`` (maintenance), with ``reason``;
         totals are kept."""
+
+    @abstractmethod
+    def set_mode(self, name: str, config: CircuitBreakerConfig, mode: str) -> Transition | None:
+        """Set the operator's mode (``normal``, ``disabled``, ``metrics_only``) for every
+        process sharing the breaker; returns the transition to CLOSED it caused, if any."""
 
     @abstractmethod
     def stats(self, name: str, config: CircuitBreakerConfig) -> BreakerStats:

@@ -17,7 +17,7 @@ import time
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import redis
 import structlog
@@ -84,11 +84,17 @@ class LocalView:
     last_failure_at: float
     open_until: float
     version: int
+    #: The operator's mode as stored: "" (normal), "disabled" or "metrics_only".
+    mode: str = ""
     #: In HALF_OPEN with every slot taken: refuse locally until this backend-clock time.
     busy_until: float = 0.0
     requests: Tally = field(default_factory=Tally)
     successes: Tally = field(default_factory=Tally)
     rejections: Tally = field(default_factory=Tally)
+    #: Successes counted here for a sliding window, flushed in batches through its script.
+    window_successes: Tally = field(default_factory=Tally)
+    #: The config of the breaker whose window successes are counted (what the flush needs).
+    config: Any = None
 
     def update(
         self,
@@ -97,10 +103,12 @@ class LocalView:
         last_failure_at: float,
         open_until: float,
         version: int,
+        mode: str = "",
     ) -> None:
         """Take a newer version of the shared state; older or equal versions are ignored."""
         if version <= self.version:
             return
+        self.mode = mode
         self.state = state
         self.failure_count = failure_count
         self.last_failure_at = last_failure_at
@@ -174,6 +182,7 @@ class ViewWatcher(threading.Thread):
             backend.trust_views()
             self.live.set()
             next_refresh = time.monotonic() + self._interval
+            next_flush = time.monotonic() + backend.outcome_flush_interval
             while not self._stopping.is_set():
                 message = pubsub.get_message(
                     ignore_subscribe_messages=True,
@@ -181,6 +190,9 @@ class ViewWatcher(threading.Thread):
                 )
                 if message is not None and message["type"] == "message":
                     backend.apply_event(json.loads(message["data"]))
+                if time.monotonic() >= next_flush:
+                    backend.flush_outcomes()
+                    next_flush = time.monotonic() + backend.outcome_flush_interval
                 if time.monotonic() >= next_refresh:
                     backend.refresh()
                     backend.trust_views()

@@ -10,6 +10,7 @@ from soulspot_jobs.circuit_breaker import policy
 from soulspot_jobs.circuit_breaker.backends.base import Backend
 from soulspot_jobs.circuit_breaker.config import CircuitBreakerConfig
 from soulspot_jobs.circuit_breaker.state import (
+    ADMITTED_DISABLED,
     ADMITTED_LOCALLY,
     BreakerRecord,
     BreakerStats,
@@ -45,6 +46,8 @@ class MemoryBackend(Backend):
     def admit_locally(self, name: str, config: CircuitBreakerConfig) -> Decision | None:
         with self._lock:
             record = self._record(name)
+            if record.mode == policy.DISABLED:
+                return ADMITTED_DISABLED
             if record.state is CircuitState.CLOSED:
                 record.total_requests += 1
                 return ADMITTED_LOCALLY
@@ -57,6 +60,8 @@ class MemoryBackend(Backend):
         return None
 
     def record_success_locally(self, name: str, config: CircuitBreakerConfig) -> bool:
+        if config.windowed:  # the window needs the outcome, and it costs no I/O here
+            return False
         with self._lock:
             record = self._record(name)
             if record.state is CircuitState.CLOSED and not record.failure_count:
@@ -69,10 +74,11 @@ class MemoryBackend(Backend):
             return policy.admit(self._record(name), config, self.clock(), token)
 
     def record_success(
-        self, name: str, config: CircuitBreakerConfig, token: str | None
+        self, name: str, config: CircuitBreakerConfig, token: str | None, *, slow: bool = False
     ) -> Transition | None:
         with self._lock:
-            return policy.record_success(self._record(name), config, self.clock(), token)
+            record = self._record(name)
+            return policy.record_success(record, config, self.clock(), token, slow=slow)
 
     def record_failure(
         self,
@@ -81,10 +87,16 @@ class MemoryBackend(Backend):
         token: str | None,
         hold_open: float | None = None,
         reason: str = "",
+        *,
+        slow: bool = False,
     ) -> Transition | None:
         with self._lock:
-            record = self._record(name)
-            return policy.record_failure(record, config, self.clock(), token, hold_open, reason)
+            record, now = self._record(name), self.clock()
+            return policy.record_failure(record, config, now, token, hold_open, reason, slow=slow)
+
+    def set_mode(self, name: str, config: CircuitBreakerConfig, mode: str) -> Transition | None:
+        with self._lock:
+            return policy.set_mode(self._record(name), self.clock(), mode)
 
     def release(self, name: str, config: CircuitBreakerConfig, token: str) -> None:
         with self._lock:

@@ -27,6 +27,7 @@ from soulspot_jobs.circuit_breaker.backends.scripts import register_scripts
 from soulspot_jobs.circuit_breaker.config import CircuitBreakerConfig
 from soulspot_jobs.circuit_breaker.errors import BackendUnavailableError
 from soulspot_jobs.circuit_breaker.state import (
+    ADMITTED_DISABLED,
     ADMITTED_LOCALLY,
     BreakerRecord,
     BreakerStats,
@@ -40,6 +41,9 @@ from soulspot_jobs.circuit_breaker.state import (
 DEFAULT_PREFIX = "soulspot:breaker"
 #: Seconds between two refreshes of the local views (and flushes of local counts).
 DEFAULT_REFRESH_INTERVAL = 1.0
+#: Seconds between two flushes of the successes counted locally for sliding windows: short
+#: enough that a window which crosses its threshold by them opens well within a second.
+OUTCOME_FLUSH_INTERVAL = 0.25
 #: A view older than this many refresh intervals is not trusted (the watcher is stuck).
 STALE_AFTER_INTERVALS = 3
 #: Socket timeouts, in seconds, of clients made by :meth:`RedisBackend.from_url`.
@@ -63,6 +67,10 @@ class RedisBackend(Backend):
 
     ``clock`` replaces the Redis server clock (tests move time with it); ``local_view=False``
     sends every decision to Redis (no pub/sub, no background thread).
+
+    With a sliding window, the successes of ordinary calls are counted in this process and
+    flushed every ``outcome_flush_interval`` seconds in one pipeline (and with any failure this
+    process reports, before it), so a healthy call costs a fraction of a round trip.
     """
 
     def __init__(
@@ -73,9 +81,11 @@ class RedisBackend(Backend):
         clock: Callable[[], float] | None = None,
         local_view: bool = True,
         refresh_interval: float = DEFAULT_REFRESH_INTERVAL,
+        outcome_flush_interval: float = OUTCOME_FLUSH_INTERVAL,
     ) -> None:
         super().__init__()
         self.client = client
+        self.outcome_flush_interval = outcome_flush_interval
         self.prefix = prefix
         self.channel = f"{prefix}:events"
         self.refresh_interval = refresh_interval
@@ -126,6 +136,8 @@ class RedisBackend(Backend):
             return None
         state = view.state
         if state is _CLOSED:
+            if view.mode == "disabled":
+                return ADMITTED_DISABLED
             view.requests.add_one()
             return ADMITTED_LOCALLY
         now = self._clock() if self._clock else mono + self._offset
@@ -147,6 +159,10 @@ class RedisBackend(Backend):
             return False
         if _monotonic() >= self._trusted_until:
             return False
+        if config.windowed:
+            view.config = config
+            view.window_successes.add_one()
+            return True
         if view.failure_count:
             # Even lapsed failures go to Redis once: the success resets the shared count, which
             # an OPEN period reached through a ``hold_open`` would otherwise report.
@@ -169,12 +185,13 @@ class RedisBackend(Backend):
             retry_after=retry_after,
             token=token if verdict is Verdict.TRIAL else None,
             transition=transition,
+            disabled=_text(reply[11]) == "disabled",
         )
 
     def record_success(
-        self, name: str, config: CircuitBreakerConfig, token: str | None
+        self, name: str, config: CircuitBreakerConfig, token: str | None, *, slow: bool = False
     ) -> Transition | None:
-        return _transition(self._run("record_success", name, config, token))
+        return _transition(self._report("record_success", name, config, token, slow=slow))
 
     def record_failure(
         self,
@@ -183,8 +200,14 @@ class RedisBackend(Backend):
         token: str | None,
         hold_open: float | None = None,
         reason: str = "",
+        *,
+        slow: bool = False,
     ) -> Transition | None:
-        return _transition(self._run("record_failure", name, config, token, hold_open, reason))
+        reply = self._report("record_failure", name, config, token, hold_open, reason, slow=slow)
+        return _transition(reply)
+
+    def set_mode(self, name: str, config: CircuitBreakerConfig, mode: str) -> Transition | None:
+        return _transition(self._run("set_mode", name, config, None, mode=mode))
 
     def release(self, name: str, config: CircuitBreakerConfig, token: str) -> None:
         self._run("release", name, config, token)
@@ -205,6 +228,7 @@ class RedisBackend(Backend):
             if view is not None:
                 with self._lock:
                     requests, successes, rejections = view.pending_counts()
+                    successes += view.window_successes.pending()
                 record.total_requests += requests
                 record.total_successes += successes
                 record.total_rejections += rejections
@@ -220,6 +244,7 @@ class RedisBackend(Backend):
             self._watcher.join(timeout=self.refresh_interval + SOCKET_TIMEOUT)
             self._watcher = None
         with contextlib.suppress(redis.RedisError):
+            self.flush_outcomes()
             self._flush_counts()
         if self._owns_client:
             self.client.close()
@@ -252,12 +277,46 @@ class RedisBackend(Backend):
                 record.last_failure_at,
                 record.open_until,
                 record.version,
+                record.mode,
             )
         self._refreshed_at = time.monotonic()
 
+    def flush_outcomes(self) -> None:
+        """Send the successes counted locally for sliding windows, one script per breaker, in
+        one round trip; a transition they cause is handed to the breaker's listener."""
+        batches = []
+        with self._lock:
+            for name, view in self._views.items():
+                if view.config is not None:
+                    count = view.window_successes.take()
+                    if count:
+                        batches.append((name, view, count))
+        if not batches:
+            return
+        pipe = self.client.pipeline(transaction=False)
+        for name, view, count in batches:
+            self._scripts["record_outcomes"](
+                keys=[self.key(name)],
+                args=self._args(name, view.config, None, None, "", batched=count),
+                client=pipe,
+            )
+        try:
+            replies = pipe.execute()
+        except redis.RedisError:
+            with self._lock:
+                for _, view, count in batches:
+                    view.window_successes.give_back(count)
+            raise
+        for (name, view, _), reply in zip(batches, replies, strict=True):
+            view.update(*_view_parts(reply))
+            transition = _transition(reply)
+            if transition is not None:
+                self.notify(name, transition)
+
     def apply_event(self, event: Sequence[str]) -> None:
-        """Apply a view change published by a Lua script: ``[name, now, state, ..., version]``."""
-        name, _now, state, failure_count, last_failure_at, open_until, version = event
+        """Apply a view change published by a Lua script:
+        ``[name, now, state, failure_count, last_failure_at, open_until, version, mode]``."""
+        name, _now, state, failure_count, last_failure_at, open_until, version = event[:7]
         view = self._views.get(name)
         if view is not None:
             view.update(
@@ -266,6 +325,7 @@ class RedisBackend(Backend):
                 _number(last_failure_at),
                 _number(open_until),
                 int(version),
+                event[7] if len(event) > 7 else "",
             )
 
     def note_watcher_error(self, exc: redis.RedisError) -> None:
@@ -298,6 +358,10 @@ class RedisBackend(Backend):
         token: str | None,
         hold_open: float | None,
         reason: str,
+        *,
+        slow: bool = False,
+        batched: int = 0,
+        mode: str = "",
     ) -> list[str | int | float]:
         return [
             repr(self._clock()) if self._clock else "",
@@ -315,6 +379,15 @@ class RedisBackend(Backend):
             "" if config.max_timeout is None else repr(config.max_timeout),
             "" if hold_open is None else repr(hold_open),
             reason,
+            config.sliding_window_type,
+            config.sliding_window_size,
+            config.minimum_calls,
+            repr(config.failure_rate_threshold),
+            "" if config.slow_call_duration is None else repr(config.slow_call_duration),
+            repr(config.slow_call_rate_threshold),
+            "1" if slow else "",
+            batched or "",
+            mode,
         ]
 
     def _call(
@@ -325,11 +398,13 @@ class RedisBackend(Backend):
         token: str | None,
         hold_open: float | None,
         reason: str = "",
+        **extra: Any,
     ) -> list[Any]:
         """Run one script; Redis errors become :class:`BackendUnavailableError` here, only here."""
         try:
             return self._scripts[operation](
-                keys=[self.key(name)], args=self._args(name, config, token, hold_open, reason)
+                keys=[self.key(name)],
+                args=self._args(name, config, token, hold_open, reason, **extra),
             )
         except redis.RedisError as exc:
             raise BackendUnavailableError(f"Redis failed during {operation}: {exc}") from exc
@@ -342,20 +417,47 @@ class RedisBackend(Backend):
         token: str | None,
         hold_open: float | None = None,
         reason: str = "",
+        **extra: Any,
     ) -> list[Any]:
         """Run a decision script and take the view it returns into the local view."""
-        reply = self._call(operation, name, config, token, hold_open, reason)
+        reply = self._call(operation, name, config, token, hold_open, reason, **extra)
         self._offset = float(reply[5]) - time.monotonic()
-        state, failure_count, last_failure_at, open_until, version = _view_parts(reply)
+        parts = _view_parts(reply)
         view = self._views.get(name)
         if view is None:
             with self._lock:
-                view = self._views.setdefault(
-                    name, LocalView(state, failure_count, last_failure_at, open_until, version)
-                )
-        view.update(state, failure_count, last_failure_at, open_until, version)
+                view = self._views.setdefault(name, LocalView(*parts[:5], mode=parts[5]))
+        view.update(*parts)
         self._ensure_watcher()
         return reply
+
+    def _report(
+        self,
+        operation: str,
+        name: str,
+        config: CircuitBreakerConfig,
+        token: str | None,
+        hold_open: float | None = None,
+        reason: str = "",
+        *,
+        slow: bool,
+    ) -> list[Any]:
+        """Run an outcome script; with a sliding window, the successes counted locally go first
+        (given back if Redis fails)."""
+        view = self._views.get(name)
+        batched = 0
+        if config.windowed and view is not None:
+            with self._lock:
+                batched = view.window_successes.take()
+        try:
+            return self._run(
+                operation, name, config, token, hold_open, reason, slow=slow, batched=batched
+            )
+        except BackendUnavailableError:
+            if batched and view is not None:
+                with self._lock:
+                    view.window_successes.give_back(batched)
+            raise
 
     def _queue_counts(self, pipe: redis.client.Pipeline) -> dict[str, tuple[int, int, int]]:
         flushed = {}
@@ -412,13 +514,14 @@ def _forget_after_fork(backend: RedisBackend) -> None:
     os.register_at_fork(after_in_child=after_fork_in_child)
 
 
-def _view_parts(reply: list[Any]) -> tuple[CircuitState, int, float, float, int]:
+def _view_parts(reply: list[Any]) -> tuple[CircuitState, int, float, float, int, str]:
     return (
         _state(_text(reply[6])),
         _whole(_text(reply[7])),
         _number(_text(reply[8])),
         _number(_text(reply[9])),
         int(reply[10]),
+        _text(reply[11]),
     )
 
 
@@ -426,7 +529,10 @@ def _transition(reply: list[Any]) -> Transition | None:
     from_state = _text(reply[2])
     if not from_state:
         return None
-    return Transition(_state(from_state), _state(_text(reply[3])), _number(_text(reply[4])))
+    would = _text(reply[12]) == "1"
+    return Transition(
+        _state(from_state), _state(_text(reply[3])), _number(_text(reply[4])), would=would
+    )
 
 
 def _decision_parts(
@@ -457,8 +563,8 @@ def _record_from_hash(flat: list[Any]) -> BreakerRecord:
             record.transitions[field[12:]] = _whole(value)
         elif field == "state":
             record.state = _state(value)
-        elif field == "reason":
-            record.reason = value
+        elif field in ("reason", "mode", "window"):
+            setattr(record, field, value)
         elif field in _FLOAT_FIELDS:
             setattr(record, field, _number(value))
         elif field in _INT_FIELDS:
@@ -497,5 +603,6 @@ _INT_FIELDS = frozenset(
         "total_successes",
         "total_failures",
         "total_rejections",
+        "would_opens",
     }
 )

@@ -11,6 +11,8 @@ OPERATIONS = (
     "admit",
     "record_success",
     "record_failure",
+    "record_outcomes",
+    "set_mode",
     "release",
     "reset",
     "force_open",

@@ -1,6 +1,9 @@
 -- admit: may a call run now? Takes a HALF_OPEN trial slot leased to ARGV[4] when one is free.
 -- Turns an OPEN circuit whose timeout has passed into HALF_OPEN (lazily, on this first look).
+-- In metrics_only mode the circuit never leaves CLOSED, so every call is admitted.
 -- Verdict: "admitted" (CLOSED), "trial" (HALF_OPEN slot taken), "rejected" (retry_after > 0).
+-- A disabled breaker admits everything and counts nothing.
+if rec.mode == 'disabled' then return finish('admitted', 0) end
 count('total_requests')
 if rec.state == 'open' then
   if now < rec.open_until then

@@ -6,5 +6,6 @@ local seconds = cfg.hold_open
 if rec.state ~= 'open' then move('open', seconds) end
 set('open_until', now + seconds)
 set('forced_until', now + seconds)
+if rec.mode ~= '' then set('mode', '') end  -- forced_open replaces any other mode
 if reason ~= '' then set('reason', reason) end
 return finish('ok', 0)

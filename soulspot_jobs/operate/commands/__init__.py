@@ -1,4 +1,4 @@
-"""The operators' commands of ``soulspot-jobs``: enqueue, status, reset, open, jobs, deferred,
+"""The operators' commands of ``soulspot-jobs``: enqueue, status, reset, open, mode, jobs, deferred,
 dead-letters and serve. :func:`register` adds them to the command line's Typer app."""
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ def register(app: typer.Typer) -> None:
     app.command("status")(breakers.status)
     app.command("reset")(breakers.reset)
     app.command("open")(breakers.force_open)
+    app.command("mode")(breakers.mode)
     app.add_typer(jobs.app, name="jobs")
     app.command("deferred")(deferred.deferred)
     app.add_typer(dead_letters.app, name="dead-letters")

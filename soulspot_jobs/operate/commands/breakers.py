@@ -1,9 +1,14 @@
-"""``soulspot-jobs status``, ``reset SERVICE`` and ``open SERVICE [--for SECONDS]``.
+"""``soulspot-jobs status``, ``reset SERVICE``, ``open SERVICE [--for SECONDS]`` and
+``mode SERVICE MODE``.
 
 ``reset`` and ``open`` change the breaker in Redis with one atomic script that also publishes
 the change, so every worker's local view follows at once; both are logged
 (``circuit_breaker.reset``, ``circuit_breaker.forced_open``). ``open --for`` takes a finite
 number of seconds, more than 0 and at most ``MAX_FORCE_OPEN`` (7 days); anything else exits 2.
+
+``mode`` sets an operator's mode for every worker (they follow within a second): ``normal``,
+``disabled`` (admit every job, count nothing), ``metrics_only`` (count, log the openings it
+would make, never defer), ``forced_open`` (as ``open``, with ``--for``).
 
 ``status`` shows whatever the breaker hashes hold (see :mod:`soulspot_jobs.operate.health`): a
 forced period whose end is no date (an older version's ``inf``) is ``forced indefinitely``.
@@ -16,6 +21,7 @@ import time
 import typer
 
 from soulspot_jobs.circuit_breaker import BackendUnavailableError, validate_open_duration
+from soulspot_jobs.circuit_breaker.state import BreakerMode
 from soulspot_jobs.operate.commands.common import (
     JSON_OPTION,
     connected,
@@ -102,7 +108,51 @@ def status(as_json: bool = JSON_OPTION) -> None:
     for key, name in SERVICES.items():
         if stats[name].reason:
             typer.echo(f"{key}: {stats[name].reason}")
+        if stats[name].mode not in (BreakerMode.NORMAL, BreakerMode.FORCED_OPEN):
+            typer.echo(f"{key}: mode {describe_mode(stats[name])}")
     typer.echo(f"overall: {document['status']}")
+
+
+def describe_mode(stats: object) -> str:
+    """``metrics_only (would have opened 2 times)`` or just the mode's name."""
+    mode = getattr(stats, "mode", BreakerMode.NORMAL.value)
+    if mode == BreakerMode.METRICS_ONLY:
+        return f"{mode} (would have opened {getattr(stats, 'would_opens', 0)} times)"
+    return str(mode)
+
+
+def mode(
+    service: str = SERVICE_ARGUMENT,
+    new_mode: str = typer.Argument(
+        ..., metavar="MODE", help="normal, disabled, metrics_only or forced_open (with --for)."
+    ),
+    seconds: float = typer.Option(
+        DEFAULT_OPEN_SECONDS, "--for", help="forced_open only: seconds to keep it OPEN."
+    ),
+    as_json: bool = JSON_OPTION,
+) -> None:
+    """Set a service's breaker mode for every worker (each follows within a second).
+
+    normal: count and defer as configured. disabled: run every job, count nothing.
+    metrics_only: count, and log the openings it would make, but never defer a job.
+    forced_open: defer every job for --for seconds (as `open`).
+    """
+    name = service_name(service)
+    if new_mode not in {m.value for m in BreakerMode}:
+        fail(f"unknown breaker mode {new_mode!r}: use one of {', '.join(BreakerMode)}")
+    if new_mode == BreakerMode.FORCED_OPEN:
+        try:
+            validate_open_duration(seconds)
+        except ValueError as exc:
+            fail(f"--for: {exc}")
+    with connected() as jobs:
+        breaker = jobs.breakers[name]
+        breaker.set_mode_sync(new_mode, seconds=seconds)
+        stats = breaker.stats
+    if as_json:
+        print_json({"service": name, "mode": stats.mode, "state": stats.state.value})
+    else:
+        typer.echo(f"Circuit breaker {name} is in mode {stats.mode} ({stats.state.value}).")
 
 
 def reset(service: str = SERVICE_ARGUMENT, as_json: bool = JSON_OPTION) -> None:

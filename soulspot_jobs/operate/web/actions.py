@@ -50,6 +50,20 @@ def open_breaker(app: SoulspotJobs, service: str, form: Mapping[str, str]) -> st
     return f"Circuit breaker {breaker.name} is OPEN for {seconds:g} s."
 
 
+def set_breaker_mode(app: SoulspotJobs, service: str, form: Mapping[str, str]) -> str:
+    """The form's ``mode`` (``normal``, ``disabled``, ``metrics_only``); ``forced_open`` is the
+    ``open`` action, with its period."""
+    mode = (form.get("mode") or "").strip()
+    if mode == "forced_open":
+        return open_breaker(app, service, form)
+    breaker = app.breakers[_breaker_name(service)]
+    try:
+        breaker.set_mode_sync(mode)
+    except ValueError as exc:
+        raise ActionFailed(400, f"mode={mode!r}: {exc}") from None
+    return f"Circuit breaker {breaker.name} is in mode {mode}."
+
+
 def requeue_dead_letter(app: SoulspotJobs, message_id: str, form: Mapping[str, str]) -> str:
     try:
         letter = app.dead_letters().requeue(message_id)
@@ -80,6 +94,7 @@ def cancel_job(app: SoulspotJobs, job_id: str, form: Mapping[str, str]) -> str:
 ACTIONS: dict[tuple[str, str], Action] = {
     ("breakers", "reset"): reset_breaker,
     ("breakers", "open"): open_breaker,
+    ("breakers", "mode"): set_breaker_mode,
     ("dead-letters", "requeue"): requeue_dead_letter,
     ("dead-letters", "delete"): delete_dead_letter,
     ("jobs", "cancel"): cancel_job,

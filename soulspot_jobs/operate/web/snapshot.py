@@ -48,6 +48,10 @@ class BreakerView:
     requests: int
     rejections: int
     deferred: int
+    #: The operator's mode: normal, disabled, metrics_only or forced_open.
+    mode: str = "normal"
+    #: Openings metrics_only mode counted instead of making.
+    would_opens: int = 0
 
 
 @dataclass(slots=True)
@@ -120,6 +124,8 @@ def _breakers(app: SoulspotJobs, now: float, deferred: dict[str, int]) -> list[B
                 requests=stats.total_requests,
                 rejections=stats.total_rejections,
                 deferred=deferred.get(name, 0),
+                mode=stats.mode,
+                would_opens=stats.would_opens,
             )
         )
     return views

@@ -116,9 +116,7 @@ def test_a_signed_in_session_acts_with_its_csrf_token_and_is_sent_back_to_the_pa
 def test_forcing_open_for_no_sensible_duration_is_a_400_and_changes_nothing(
     served: Served, seconds: str
 ) -> None:
-    answer = served.post(
-        "/actions/breakers/slskd/open", data={"seconds": seconds}, headers=BEARER
-    )
+    answer = served.post("/actions/breakers/slskd/open", data={"seconds": seconds}, headers=BEARER)
     assert answer.status_code == 400
     assert seconds in answer.json()["message"]
     assert served.app.breakers["slskd-api"].stats.state is CircuitState.CLOSED
@@ -158,3 +156,25 @@ def test_the_page_is_served_with_headers_that_keep_other_sites_out(served: Serve
     assert answer.status_code == 200
     assert "frame-ancestors 'none'" in answer.headers["content-security-policy"]
     assert answer.headers["x-content-type-options"] == "nosniff"
+
+
+@pytest.mark.parametrize("mode", ["disabled", "metrics_only"])
+def test_a_script_sets_a_breaker_mode_and_back_to_normal(served: Served, mode: str) -> None:
+    answer = served.post("/actions/breakers/slskd/mode", data={"mode": mode}, headers=BEARER)
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["message"] == f"Circuit breaker slskd-api is in mode {mode}."
+    assert served.app.breakers["slskd-api"].stats.mode == mode
+    served.post("/actions/breakers/slskd/mode", data={"mode": "normal"}, headers=BEARER)
+    assert served.app.breakers["slskd-api"].stats.mode == "normal"
+
+
+def test_a_mode_change_needs_the_token_and_a_known_mode(served: Served) -> None:
+    refused = served.post(
+        "/actions/breakers/slskd/mode",
+        data={"mode": "disabled"},
+        headers={"Accept": "application/json"},
+    )
+    assert refused.status_code == 401
+    unknown = served.post("/actions/breakers/slskd/mode", data={"mode": "off"}, headers=BEARER)
+    assert unknown.status_code == 400
+    assert served.app.breakers["slskd-api"].stats.mode == "normal"
