@@ -15,6 +15,8 @@ import traceback
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import pytest
+
 from soulspot_jobs.circuit_breaker import (
     CircuitBreaker,
     CircuitBreakerConfig,
@@ -43,6 +45,14 @@ PACE = 0.004
 #: Failures of each worker in the minimum-calls test: with each worker's first (healthy) call,
 #: the cluster stays below ``minimum_calls``.
 FEW_FAILURES = (WINDOW["minimum_calls"] - WORKERS) // WORKERS - 1
+#: ``slow_call_duration`` of the slow-call test, seconds.
+SLOW_CALL = 0.01
+#: The rules measured: a count window, a time window, slow calls in a count window.
+RULES = {
+    "count": WINDOW,
+    "time": {**WINDOW, "sliding_window_type": "time", "sliding_window_size": 2},
+    "slow": {**WINDOW, "slow_call_duration": SLOW_CALL, "slow_call_rate_threshold": 50.0},
+}
 #: Times the mode is switched in the propagation test.
 MODE_SWITCHES = 6
 SPAWN = multiprocessing.get_context("spawn")
@@ -56,15 +66,26 @@ def _fail() -> None:
     raise ServiceDown("down")
 
 
+def _slow() -> None:
+    """An upstream that answers, but slower than ``slow_call_duration``."""
+    time.sleep(SLOW_CALL * 1.5)
+
+
 # -- run in the child processes ----------------------------------------------------------------
 
 
-def _child(redis_url: str, name: str, body: Callable[..., dict[str, Any]], *shared: Any) -> None:
+def _child(
+    redis_url: str,
+    name: str,
+    fields: dict[str, Any],
+    body: Callable[..., dict[str, Any]],
+    *shared: Any,
+) -> None:
     results, barrier = shared[0], shared[1]
     try:
         backend = RedisBackend.from_url(redis_url, prefix=PREFIX)
         try:
-            breaker = CircuitBreaker(name, CircuitBreakerConfig(**WINDOW), backend=backend)
+            breaker = CircuitBreaker(name, CircuitBreakerConfig(**fields), backend=backend)
             results.put(body(breaker, backend, *shared[1:]))
         finally:
             backend.close()
@@ -84,10 +105,11 @@ def _healthy_then_failing(breaker: CircuitBreaker, backend: RedisBackend, barrie
     barrier.wait(WAIT)
     start = time.time()
     outcomes: list[tuple[float, bool]] = []
+    bad_call = _slow if breaker.config.slow_call_duration else _fail
     while time.time() - start < WAIT:
         failing = time.time() - start >= HEALTHY_FOR
         try:
-            breaker.call_sync(_fail if failing else (lambda: None))
+            breaker.call_sync(bad_call if failing else (lambda: None))
         except CircuitBreakerError:
             return {"outcomes": outcomes, "refused_at": time.time()}
         except ServiceDown:
@@ -127,11 +149,17 @@ def _follow_modes(
 
 @contextlib.contextmanager
 def _cluster(
-    redis_url: str, name: str, body: Callable[..., dict[str, Any]], *shared: Any
+    redis_url: str,
+    name: str,
+    body: Callable[..., dict[str, Any]],
+    *shared: Any,
+    fields: dict[str, Any] = WINDOW,
 ) -> Iterator[Callable[[], list[dict[str, Any]]]]:
     results = SPAWN.Queue()
     processes = [
-        SPAWN.Process(target=_child, args=(redis_url, name, body, results, *shared), daemon=True)
+        SPAWN.Process(
+            target=_child, args=(redis_url, name, fields, body, results, *shared), daemon=True
+        )
         for _ in range(WORKERS)
     ]
 
@@ -159,24 +187,36 @@ def _cluster(
                 process.join(10)
 
 
-def _crossing(outcomes: list[tuple[float, bool]]) -> float:
-    """When the cluster's last calls, in time order, first crossed the failure-rate threshold."""
-    window: list[bool] = []
-    for at, failed in sorted(outcomes):
-        window = [*window, failed][-WINDOW["sliding_window_size"] :]
-        enough = len(window) >= WINDOW["minimum_calls"]
-        if enough and sum(window) * 100 >= WINDOW["failure_rate_threshold"] * len(window):
+def _crossing(outcomes: list[tuple[float, bool]], fields: dict[str, Any]) -> float:
+    """When the cluster's last calls (or seconds), in time order, first met the opening rule."""
+    ordered = sorted(outcomes)
+    for i, (at, _) in enumerate(ordered):
+        if fields["sliding_window_type"] == "count":
+            window = [
+                bad for _, bad in ordered[max(0, i + 1 - fields["sliding_window_size"]) : i + 1]
+            ]
+        else:
+            window = [bad for t, bad in ordered[: i + 1] if t > at - fields["sliding_window_size"]]
+        threshold = (
+            fields.get("slow_call_rate_threshold", 100)
+            if fields.get("slow_call_duration")
+            else fields["failure_rate_threshold"]
+        )
+        enough = len(window) >= fields["minimum_calls"]
+        if enough and sum(window) * 100 >= threshold * len(window):
             return at
     raise AssertionError("the outcomes never crossed the threshold")
 
 
-def test_every_worker_is_refused_within_a_second_of_the_failure_rate_crossing_its_threshold(
-    redis_url: str,
+@pytest.mark.parametrize("rule", sorted(RULES))
+def test_every_worker_is_refused_within_a_second_of_the_cluster_crossing_the_threshold(
+    redis_url: str, rule: str
 ) -> None:
+    fields = RULES[rule]
     barrier = SPAWN.Barrier(WORKERS)
-    with _cluster(redis_url, "rate", _healthy_then_failing, barrier) as collect:
+    with _cluster(redis_url, rule, _healthy_then_failing, barrier, fields=fields) as collect:
         reports = collect()
-    crossed = _crossing([o for r in reports for o in r["outcomes"]])
+    crossed = _crossing([o for r in reports for o in r["outcomes"]], fields)
     refused = [r["refused_at"] for r in reports]
     assert None not in refused, "a worker was never refused"
     latencies = sorted(at - crossed for at in refused)

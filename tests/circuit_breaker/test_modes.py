@@ -3,6 +3,7 @@ normal. Each test runs once per backend (memory and Redis)."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 
 import pytest
@@ -126,8 +127,6 @@ def test_an_unknown_mode_or_a_forced_open_without_period_is_refused(
 
 
 def test_modes_are_set_from_async_code_too(make_breaker: MakeBreaker) -> None:
-    import asyncio
-
     breaker = make_breaker()
     asyncio.run(breaker.set_mode("disabled"))
     assert breaker.stats.mode == "disabled"
