@@ -49,6 +49,7 @@ from soulspot_jobs.circuit_breaker import (
     RedisBackend,
 )
 from soulspot_jobs.circuit_breaker.breaker import hold, release_hold
+from soulspot_jobs.circuit_breaker.state import Transition
 from soulspot_jobs.deferral.deferrals import Refusal
 from soulspot_jobs.errors import Failure, MalformedMessage, classify, is_service_failure
 from soulspot_jobs.keys import Keys
@@ -228,7 +229,7 @@ class CircuitBreakerMiddleware(Middleware):
             return None
         if isinstance(exc, TimeLimitExceeded):
             transition = breaker.record_failure_sync(permit)
-            return self._if_open(service, exc, transition.open_for if transition else None)
+            return self._if_open(service, exc, _opened_for(transition))
         failed_service = getattr(exc, "service", None) or service
         if failed_service != service:
             # Another service's client counted this failure on its own breaker already.
@@ -240,7 +241,7 @@ class CircuitBreakerMiddleware(Middleware):
             breaker.release_sync(permit)
             return None
         transition = breaker.record_outcome_sync(permit, exc)
-        return self._held_by(service, exc, transition.open_for if transition else None)
+        return self._held_by(service, exc, _opened_for(transition))
 
     def _held_by(
         self, service: str, exc: BaseException, opened_for: float | None
@@ -275,6 +276,14 @@ class CircuitBreakerMiddleware(Middleware):
             f"Retry after {retry_after:.1f} seconds."
         )
         return Refusal(service, retry_after, reason, CircuitState.OPEN.value)
+
+
+def _opened_for(transition: Transition | None) -> float | None:
+    """Seconds the failure opened the breaker for; ``None`` when it did not (``metrics_only``
+    mode only says it would have: the job is not held)."""
+    if transition is None or transition.would:
+        return None
+    return transition.open_for
 
 
 class _Gate:
