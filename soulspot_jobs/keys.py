@@ -3,8 +3,9 @@
 :class:`Keys` is the one place key names are built. Each component is handed the ``Keys`` of its
 deployment (``SOULSPOT_KEY_PREFIX``, default ``soulspot``) and asks it for names; none formats a
 key of its own. Two components lay out keys under a namespace ``Keys`` gives them, as libraries
-do: the breakers' Redis backend (``<breakers>:<service>`` and the channel ``<breakers>:events``)
-and Dramatiq's Redis broker (its queues, delay queues, ack sets and dead letters).
+do: the breakers' Redis backend (``<breakers>:<service>`` and the channel ``<breakers>:events``;
+the peer breakers' ``<breakers>:peer:<user>`` and ``<breakers>:peer:events``) and Dramatiq's Redis
+broker (its queues, delay queues, ack sets and dead letters).
 
 :data:`LAYOUT` lists every key family with its owner and lifetime (``docs/architecture.md``'s *Redis
 keys* table says the same). Each key either carries a TTL, or is deleted by its owner, or is one
@@ -28,6 +29,7 @@ class Keys:
     __slots__ = (
         "prefix",
         "breakers",
+        "peer_breakers",
         "dramatiq",
         "deferred_services",
         "deferral_totals",
@@ -44,6 +46,8 @@ class Keys:
         #: The breakers' namespace (a library's layout under it): one hash per breaker, and the
         #: channel of view changes.
         self.breakers = f"{prefix}:breaker"
+        #: The per-peer breakers' namespace (Soulseek peers): one hash per slskd user name.
+        self.peer_breakers = f"{self.breakers}:peer"
         #: The namespace of Dramatiq's Redis broker (its queues, ack sets, dead letters).
         self.dramatiq = f"{prefix}:dramatiq"
         #: Set of the services with a deferred hash.
@@ -86,6 +90,11 @@ class Keys:
         """The demo's tally of deferrals by ``service``: message id -> highest count seen."""
         return f"{self.prefix}:demo:deferrals:{service}"
 
+    def demo_deferred_runs(self, service: str) -> str:
+        """The demo's record of when messages deferred by ``service`` started to run: a sorted
+        set of ``<message id>:<deferrals>`` scored by epoch seconds of the Redis server."""
+        return f"{self.prefix}:demo:deferred-runs:{service}"
+
     def family_of(self, key: str) -> KeyFamily | None:
         """The first family of :data:`LAYOUT` that ``key`` belongs to, if any."""
         return next((family for family in LAYOUT if family.matches(key, self.prefix)), None)
@@ -108,6 +117,11 @@ class KeyFamily:
 
 
 LAYOUT: tuple[KeyFamily, ...] = (
+    KeyFamily(
+        "{prefix}:breaker:peer:*",
+        "per-peer breakers (PeerBreakers): one hash per Soulseek peer that failed a job",
+        "each expires SLSKD_PEER_IDLE_EXPIRY after its last write",
+    ),
     KeyFamily(
         "{prefix}:breaker:*",
         "circuit breakers (RedisBackend): one hash per service",

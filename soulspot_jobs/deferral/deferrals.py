@@ -1,7 +1,8 @@
 """``Deferrals``: a held message is replaced by a delayed copy carrying its history.
 
-The copy runs once ``retry_after`` (plus a bounded jitter, never less) has passed, and is listed
-in the deferred index until it runs. A message deferred for longer than its deferral budget
+The copy runs once ``retry_after`` (plus a bounded jitter, never less) has passed, or sooner when
+its service's breaker closes first (:mod:`soulspot_jobs.middleware.release`), and is listed in
+the deferred index until it runs. A message deferred for longer than its deferral budget
 (actor option ``max_deferral``, milliseconds) is not deferred again: :meth:`Deferrals.defer`
 says so, and the project's Retries dead-letters it. Nothing here decides *whether* a message is
 held: :mod:`soulspot_jobs.middleware.retries` does.
@@ -19,7 +20,12 @@ import dramatiq
 import structlog
 
 from soulspot_jobs.deferral.index import DeferredIndex, DeferredJob
-from soulspot_jobs.deferral.options import DEFERRALS, DEFERRED_BY, FIRST_DEFERRED_AT
+from soulspot_jobs.deferral.options import (
+    DEFERRALS,
+    DEFERRED_BY,
+    FIRST_DEFERRED_AT,
+    RELEASE_FROM,
+)
 
 log = structlog.get_logger("soulspot_jobs.middleware")
 
@@ -49,6 +55,10 @@ class Refusal:
     reason: str
     #: The breaker's state when the message was held back (``open``, ``half_open``, ...).
     state: str
+    #: Whether the message waits only for its service to be back, and so may run as soon as
+    #: that service's breaker closes; ``False`` for back-pressure (the service or a rate limit
+    #: asked for the time), which waits for its eta.
+    releasable: bool = True
 
 
 class Deferrals:
@@ -102,6 +112,7 @@ class Deferrals:
             DEFERRALS: deferrals,
             FIRST_DEFERRED_AT: first_deferred_at,
             DEFERRED_BY: refusal.service,
+            RELEASE_FROM: now if refusal.releasable else None,
         }
         broker.enqueue(message.copy(options=history), delay=delay)
         return self.list(message, refusal, delay=delay, now=now, deferrals=deferrals,

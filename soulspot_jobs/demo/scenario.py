@@ -7,7 +7,8 @@ logs go to a file. It imports a Spotify playlist of fifty tracks through the rea
 download job per track: search on slskd, download, poll, MusicBrainz lookup). Once a quarter of
 the downloads are under way slskd goes down long enough for its breaker to open: the slskd jobs
 are deferred, not failed, and all of them finish once slskd is back. A summary ends the run:
-jobs done and failed, deferrals, Dramatiq retries spent, wall time.
+jobs done and failed, deferrals, Dramatiq retries spent, how soon deferred jobs ran once slskd's
+breaker closed, wall time.
 
 Ctrl-C (or SIGTERM) stops everything the demo started: the worker processes (their whole
 process group), the embedded Redis and the fakes; keys it wrote to an external Redis are deleted.
@@ -32,14 +33,15 @@ from types import FrameType
 import redis
 from rich.console import Console
 
-from soulspot_jobs.circuit_breaker import CircuitState
+from soulspot_jobs.circuit_breaker import BreakerStats, CircuitState
 from soulspot_jobs.circuit_breaker.config import CircuitBreakerFields
 from soulspot_jobs.demo.processes import DemoError, WorkerProcesses
-from soulspot_jobs.demo.tally import read_tally
+from soulspot_jobs.demo.tally import deferred_runs, read_tally
 from soulspot_jobs.demo.view import (
     BreakerView,
     LiveView,
     PlainView,
+    Release,
     Snapshot,
     Summary,
     print_summary,
@@ -309,6 +311,9 @@ class _Scenario:
         self.started = started
 
         self.slskd_opened = False
+        #: When the demo first saw slskd's breaker CLOSED after OPEN: the time of that change,
+        #: in epoch seconds of the Redis server (``last_state_change``).
+        self.slskd_closed_at: float | None = None
 
     def play(self) -> Summary:
         self.view.event(f"Importing the Spotify playlist {MIXTAPE_PLAYLIST} ({self.tracks} tracks)")
@@ -367,8 +372,8 @@ class _Scenario:
         breakers = []
         for service in SERVICES:
             stats = self.app.breakers[service].stats
-            if service == "slskd-api" and stats.state is CircuitState.OPEN:
-                self.slskd_opened = True
+            if service == "slskd-api":
+                self._watch_slskd(stats)
             breakers.append(
                 BreakerView(service, stats.state.value, stats.retry_after, stats.total_failures)
             )
@@ -384,10 +389,30 @@ class _Scenario:
             retries=tally["retries"],
         )
 
+    def _watch_slskd(self, stats: BreakerStats) -> None:
+        """Note that slskd's breaker opened, and when it first closed after that."""
+        if stats.state is CircuitState.OPEN:
+            self.slskd_opened = True
+        elif stats.state is CircuitState.CLOSED and self.slskd_opened and not self.slskd_closed_at:
+            self.slskd_closed_at = stats.last_state_change
+
+    def _release(self) -> Release | None:
+        """How soon deferred slskd jobs ran once slskd's breaker closed, as measured: the close
+        the demo saw, and the starts the workers recorded (both by the Redis server's clock)."""
+        if self.slskd_closed_at is None:
+            return None
+        client, closed_at = self.app.broker.client, self.slskd_closed_at
+        starts = deferred_runs(client, self.app.keys, "slskd-api", closed_at)
+        if not starts:
+            return Release(first=None, last=None, messages=0)
+        first, last = starts[0] - closed_at, starts[-1] - closed_at
+        return Release(first=first, last=last, messages=len(starts))
+
     def _summary(self, playlist_id: str, track_ids: list[str], problem: str) -> Summary:
         states = self._states([playlist_id, *track_ids])
         tally = read_tally(self.app.broker.client, self.app.keys, SERVICES)
         slskd = self.app.breakers["slskd-api"].stats
+        self._watch_slskd(slskd)
         jobs = 1 + (len(track_ids) or self.tracks)
         done, failed = states[JobState.DONE], states[JobState.FAILED]
         return Summary(
@@ -401,6 +426,7 @@ class _Scenario:
             slskd_failures=slskd.total_failures,
             failure_threshold=FAILURE_THRESHOLD,
             slskd_opened=self.slskd_opened,
+            slskd_release=self._release(),
             outage_seconds=self.outage.seconds if self.outage.began is not None else 0.0,
             wall_seconds=time.monotonic() - self.started,
             worker_log=str(self.workers.log_path),

@@ -65,6 +65,18 @@ class Snapshot:
 
 
 @dataclass(frozen=True)
+class Release:
+    """How soon the jobs slskd's breaker had deferred ran once it closed (seconds after)."""
+
+    #: The first deferred job to start after the close; ``None`` if none ran after it.
+    first: float | None
+    #: The last one.
+    last: float | None
+    #: Deferred messages that started after the close.
+    messages: int
+
+
+@dataclass(frozen=True)
 class Summary:
     """How the demo ended; ``as_dict()`` is what ``--json`` prints."""
 
@@ -85,6 +97,9 @@ class Summary:
     failure_threshold: int
     #: Whether the demo saw the slskd breaker OPEN.
     slskd_opened: bool
+    #: From slskd's breaker closing to its deferred jobs running; ``None`` if the demo did not
+    #: see it close after it opened.
+    slskd_release: Release | None
     outage_seconds: float
     wall_seconds: float
     worker_log: str
@@ -118,6 +133,17 @@ def _breaker_text(breaker: BreakerView) -> str:
     if breaker.retry_after is not None:
         text += f" (retry after {breaker.retry_after:.1f} s)"
     return text
+
+
+def _release_text(release: Release | None) -> str:
+    if release is None:
+        return "n/a (not seen closing after it opened)"
+    if release.first is None or release.last is None:
+        return "n/a (no deferred job ran after it)"
+    return (
+        f"{release.first:.3f} s (the last of {release.messages} deferred messages "
+        f"at {release.last:.2f} s)"
+    )
 
 
 def _per_service(values: Mapping[str, int]) -> str:
@@ -240,6 +266,7 @@ def print_summary(console: Console, summary: Summary, *, as_json: bool) -> None:
             f"{summary.slskd_failures} (opens at {summary.failure_threshold})",
         ),
         ("slskd breaker opened", "yes" if summary.slskd_opened else "no"),
+        ("slskd breaker closed → first deferred job running", _release_text(summary.slskd_release)),
         ("slskd outage", f"{summary.outage_seconds:.1f} s"),
         ("wall time", f"{summary.wall_seconds:.1f} s"),
     )

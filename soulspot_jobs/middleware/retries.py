@@ -9,16 +9,18 @@ It takes the place of Dramatiq's :class:`~dramatiq.middleware.Retries` in the pr
   service or a :class:`~soulspot_jobs.errors.RetryLater`; or it ran into an outage of its
   service (:class:`~soulspot_jobs.errors.ServiceOutage`: slskd logged out of Soulseek,
   credentials refused), which its breaker counts but which is no fault of the message. A
-  delayed copy runs after ``retry_after`` (plus jitter); no retry is spent. Past the
-  message's deferral budget (actor option ``max_deferral``) it is dead-lettered instead.
+  delayed copy runs after ``retry_after`` (plus jitter), or as soon as its service's breaker
+  closes if that comes first (:mod:`.release`; not for a ``RetryLater``, whose service or rate
+  limit asked for the time); no retry is spent. Past the message's deferral budget (actor
+  option ``max_deferral``) it is dead-lettered instead.
 * **dead-letter with a reason** -- the message cannot start (wrong arguments, no such job), or
   its deferral budget is spent. The delivery is failed (the broker moves it to its dead letters)
   and the reason is kept beside it (:class:`~soulspot_jobs.deferral.DeadLetterReasons`).
 * **retry** -- anything else: the message ran and failed, which is its own attempt. Dramatiq's
   rules apply unchanged: ``throws``, ``max_retries``, ``retry_when``, ``min_backoff`` and
   ``max_backoff``, a :class:`dramatiq.Retry`'s ``delay``, ``on_retry_exhausted``. When the
-  failure left a breaker OPEN, the retry also waits until that breaker admits trials again and
-  is listed in the deferred index meanwhile.
+  failure left a breaker OPEN, the retry also waits until that breaker admits trials again (or
+  runs as soon as it closes, if that comes first) and is listed in the deferred index meanwhile.
 
 So an outage never spends a retry of a message that did not run, and a message that keeps
 failing -- a poison message, even alone on its service, its failed HALF_OPEN trials included --
@@ -40,9 +42,14 @@ from dramatiq.middleware import Retries
 from dramatiq.middleware.retries import DEFAULT_MAX_BACKOFF
 
 from soulspot_jobs.deferral.deferrals import Deferrals, Refusal, now_ms
-from soulspot_jobs.deferral.options import DEFERRALS, DEFERRED_BY, FIRST_DEFERRED_AT
+from soulspot_jobs.deferral.options import (
+    DEFERRALS,
+    DEFERRED_BY,
+    FIRST_DEFERRED_AT,
+    RELEASE_FROM,
+)
 from soulspot_jobs.deferral.reasons import DeadLetterReasons
-from soulspot_jobs.errors import Failure, HoldBack, classify
+from soulspot_jobs.errors import Failure, HoldBack, RetryLater, classify
 from soulspot_jobs.middleware.fields import message_fields
 
 __all__ = ["DeferringRetries"]
@@ -204,7 +211,14 @@ class DeferringRetries(Retries):
         if waiting is not None:
             delay = max(delay, self.deferrals.delay_ms(waiting.retry_after))
         self.logger.info("Retrying message %r in %d milliseconds.", message.message_id, delay)
-        history = {DEFERRED_BY: waiting.service} if waiting is not None else {}
+        # A retry waiting for a breaker waits for its service (its failure was the service's):
+        # it runs once the breaker closes. Any other retry waits for its eta, whatever an
+        # earlier deferral of it allowed.
+        history: dict[str, Any] = {}
+        if waiting is not None:
+            history = {DEFERRED_BY: waiting.service, RELEASE_FROM: now_ms()}
+        elif options.get(RELEASE_FROM) is not None:
+            history = {RELEASE_FROM: None}
         try:
             broker.enqueue(message.copy(options=history), delay=delay)
         except Exception as exc:  # noqa: BLE001 - whatever the broker raised
@@ -276,6 +290,7 @@ class DeferringRetries(Retries):
             hold.retry_after,
             str(hold),
             state.value if state is not None else self._state_of(hold.service),
+            releasable=not isinstance(hold, RetryLater),
         )
 
     def _outage(self, exc: BaseException) -> Refusal:

@@ -2,11 +2,11 @@
 
     broker = StubBroker(middleware=middleware_stack(breakers, deferrals))
 
-The list is Dramatiq's default middleware with two of them replaced and two added:
+The list is Dramatiq's default middleware with two of them replaced and three added:
 
     (Prometheus), (Recovery), WorkerPresence, AgeLimit, TimeLimit, ShutdownNotifications,
     DeferralAwareCallbacks, Pipelines, DeferringRetries, CircuitBreakerMiddleware,
-    DaemonAsyncIO, ExitGuard
+    DeferredRelease, DaemonAsyncIO, ExitGuard
 
 * :class:`~.retries.DeferringRetries` takes Retries' place: the one decision of what a failed
   or held message becomes.
@@ -18,6 +18,9 @@ The list is Dramatiq's default middleware with two of them replaced and two adde
 * AgeLimit comes before it, so that an expired message is dead-lettered without taking a trial
   slot; Recovery (Redis brokers) first of all, so that it notes each message before any other
   middleware may enqueue on its behalf.
+* :class:`~.release.DeferredRelease` handles no message: on the worker's boot and shutdown it
+  starts and stops the thread that releases a service's deferred messages once its breaker
+  closes, before ExitGuard bounds the shutdown.
 * :class:`~.asyncio.DaemonAsyncIO` runs ``async def`` actors; :class:`~.exit_guard.ExitGuard`
   bounds a worker process's shutdown.
 
@@ -45,6 +48,7 @@ from soulspot_jobs.middleware.asyncio import DaemonAsyncIO
 from soulspot_jobs.middleware.breakers import CircuitBreakerMiddleware
 from soulspot_jobs.middleware.callbacks import DeferralAwareCallbacks
 from soulspot_jobs.middleware.exit_guard import ExitGuard
+from soulspot_jobs.middleware.release import DeferredRelease
 from soulspot_jobs.middleware.retries import DeferringRetries
 
 
@@ -80,6 +84,7 @@ def middleware_stack(
         Pipelines(),
         decision,
         admission,
+        DeferredRelease(breakers=breakers),
         DaemonAsyncIO(),
         ExitGuard(),
     ]

@@ -29,6 +29,7 @@ EXPECTED_ORDER = [
     "Pipelines",
     "DeferringRetries",
     "CircuitBreakerMiddleware",
+    "DeferredRelease",
     "DaemonAsyncIO",
     "ExitGuard",
 ]

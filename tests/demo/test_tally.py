@@ -4,6 +4,7 @@ Worker, a real RedisBroker and a real Redis."""
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterator
 
 import dramatiq
@@ -14,7 +15,7 @@ from dramatiq.brokers.redis import RedisBroker
 
 from soulspot_jobs.broker import build_broker
 from soulspot_jobs.deferral.index import DeferredJob
-from soulspot_jobs.demo.tally import RunTally, read_tally
+from soulspot_jobs.demo.tally import RunTally, deferred_runs, read_tally
 from soulspot_jobs.keys import Keys
 from soulspot_jobs.settings import load_settings
 from tests.polling import wait_until
@@ -94,3 +95,37 @@ def test_the_tally_counts_the_deferrals_of_a_message_held_back_by_an_open_breake
     assert tally == {"retries": 0, "deferrals": {"slskd-api": 0, "spotify-api": len(deferrals)}}
     # and its keys expire
     assert redis_client.ttl(KEYS.demo_deferrals("spotify-api")) > 0
+
+
+def _redis_now(client: redis.Redis) -> float:
+    seconds, microseconds = client.time()
+    return seconds + microseconds / 1_000_000
+
+
+def test_the_tally_records_when_a_deferred_message_started_to_run_by_the_redis_clock(
+    broker: tuple[RedisBroker, list[DeferredJob]], worker: Worker, redis_client: redis.Redis
+) -> None:
+    # Given the spotify-api breaker held OPEN for a moment, and an actor that takes 0.2 s
+    jobs_broker, deferrals = broker
+    spotify = jobs_broker.breakers["spotify-api"]
+    done = threading.Event()
+    began: list[float] = []
+
+    @dramatiq.actor(broker=jobs_broker, service="spotify-api")
+    def import_something() -> None:
+        began.append(_redis_now(redis_client))
+        time.sleep(0.2)
+        done.set()
+
+    # When a message of that service is refused, deferred, and runs once the breaker admits it
+    before = _redis_now(redis_client)
+    spotify.record_failure_sync(spotify.acquire_sync(), hold_open=HOLD_OPEN)
+    import_something.send()
+    assert done.wait(DEADLINE)
+
+    # Then one start is recorded (the refusal is none), when the actor began, not when it ended
+    wait_until(lambda: deferred_runs(redis_client, KEYS, "spotify-api", before), "the start")
+    (started,) = deferred_runs(redis_client, KEYS, "spotify-api", before)
+    assert before + HOLD_OPEN <= started <= began[0] + 0.05
+    assert deferred_runs(redis_client, KEYS, "spotify-api", started + 0.001) == []
+    assert redis_client.ttl(KEYS.demo_deferred_runs("spotify-api")) > 0

@@ -5,12 +5,14 @@ from __future__ import annotations
 import io
 import json
 
+import pytest
 from rich.console import Console
 
 from soulspot_jobs.demo.view import (
     BreakerView,
     LiveView,
     PlainView,
+    Release,
     Snapshot,
     Summary,
     print_summary,
@@ -45,6 +47,7 @@ def summary(**changes: object) -> Summary:
         "slskd_failures": 6,
         "failure_threshold": 2,
         "slskd_opened": True,
+        "slskd_release": Release(first=0.123, last=0.75, messages=13),
         "outage_seconds": 6.0,
         "wall_seconds": 38.04,
         "worker_log": "/tmp/soulspot-demo-x/worker.log",
@@ -102,3 +105,33 @@ def test_the_json_summary_is_the_last_line_and_says_whether_every_job_is_done() 
         assert last["deferrals_total"] == 123
         assert last["wall_seconds"] == 38.0
         assert last["failed"] == result.failed
+
+
+def test_the_summary_says_how_soon_deferred_jobs_ran_once_slskd_was_back() -> None:
+    # Given a run whose deferred slskd jobs ran 0.12 s to 0.75 s after its breaker closed
+    out = io.StringIO()
+
+    # When the summary is printed
+    print_summary(Console(file=out, width=160), summary(), as_json=True)
+
+    # Then the table and the JSON say so
+    text = out.getvalue()
+    assert "slskd breaker closed → first deferred job running" in text
+    assert "0.123 s (the last of 13 deferred messages at 0.75 s)" in text
+    last = json.loads(text.splitlines()[-1])
+    assert last["slskd_release"] == {"first": 0.123, "last": 0.75, "messages": 13}
+
+
+@pytest.mark.parametrize(
+    ("release", "shown"),
+    [
+        (None, "n/a (not seen closing after it opened)"),
+        (Release(first=None, last=None, messages=0), "n/a (no deferred job ran after it)"),
+    ],
+)
+def test_the_summary_says_when_there_was_no_closing_to_measure(
+    release: Release | None, shown: str
+) -> None:
+    out = io.StringIO()
+    print_summary(Console(file=out, width=160), summary(slskd_release=release), as_json=False)
+    assert shown in out.getvalue()
