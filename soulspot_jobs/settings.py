@@ -37,6 +37,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from pydantic_settings import SettingsError as _SourceError
 
 from soulspot_jobs.circuit_breaker.config import CircuitBreakerConfig, CircuitBreakerFields
+from soulspot_jobs.circuit_breaker.peers import peer_config
 from soulspot_jobs.errors import ConfigurationError
 from soulspot_jobs.urls import (
     check_http_url,
@@ -134,6 +135,28 @@ class CircuitBreakerSettings(BaseSettings, CircuitBreakerFields):
     #: HTTP timeout of each service's client (seconds), set by :class:`Settings`.
     _client_timeouts: dict[str, float] = PrivateAttr(default_factory=dict)
 
+    # -- Soulseek's per-peer breakers (``CIRCUIT_BREAKER_SLSKD_PEER__*``) -------------------
+    #: Overrides of the peer breakers' own defaults
+    #: (:data:`~soulspot_jobs.circuit_breaker.peers.PEER_DEFAULTS`), not of the services'
+    #: defaults above; left out of :meth:`config_for` (see :meth:`peer_config`).
+    slskd_peer: CircuitBreakerOverrides = Field(
+        default_factory=CircuitBreakerOverrides, exclude=True
+    )
+
+    @field_validator("slskd_peer")
+    @classmethod
+    def _peer_config_is_consistent(cls, value: BaseModel) -> BaseModel:
+        try:
+            peer_config(**value.model_dump(exclude_none=True))
+        except ConfigurationError as exc:
+            raise ValueError(str(exc)) from None
+        return value
+
+    def peer_config(self) -> CircuitBreakerConfig:
+        """The config of every slskd peer's breaker: the peer defaults with the
+        ``CIRCUIT_BREAKER_SLSKD_PEER__*`` overrides."""
+        return peer_config(**self.slskd_peer.model_dump(exclude_none=True))
+
     def config_for(self, service: str) -> CircuitBreakerConfig:
         """The breaker config of ``service`` (``"slskd-api"``): its overrides on the defaults.
 
@@ -181,6 +204,12 @@ class SlskdSettings(BaseSettings):
     #: Seconds a download may wait in the peer's queue (``Queued, Remotely``) before it is
     #: cancelled and the next candidate is tried.
     remote_queue_timeout: float = Field(3600.0, gt=0)
+    # -- Soulseek's per-peer breakers (``SLSKD_PEER_*``) ------------------------------------
+    #: Percent of a search's peers that may be skipped because their breaker ejected them;
+    #: the other ejected peers are tried after the healthy ones (one is always left).
+    peer_max_ejection_percent: float = Field(50.0, ge=0, le=100)
+    #: Seconds after its last write that a peer's breaker is forgotten (its key expires).
+    peer_idle_expiry: float = Field(24 * 3600.0, gt=0)
 
 
 class MusicBrainzSettings(BaseSettings):

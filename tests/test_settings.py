@@ -149,6 +149,9 @@ def test_an_unknown_service_gets_the_defaults(monkeypatch: pytest.MonkeyPatch) -
         ("CIRCUIT_BREAKER_TIMEOUT_MULTIPLIER", "0.5", "greater than or equal to 1"),
         ("CIRCUIT_BREAKER_SLSKD_API__TIMEOUT", "-1", "greater than 0"),
         ("CIRCUIT_BREAKER_ON_BACKEND_ERROR", "maybe", "'allow' or 'reject'"),
+        ("CIRCUIT_BREAKER_SLSKD_PEER__TIMEOUT", "0", "greater than 0"),
+        ("SLSKD_PEER_MAX_EJECTION_PERCENT", "150", "less than or equal to 100"),
+        ("SLSKD_PEER_IDLE_EXPIRY", "-1", "greater than 0"),
         ("LOG_LEVEL", "LOUD", "'DEBUG'"),
         ("LOG_FORMAT", "xml", "'auto', 'json' or 'console'"),
     ],
@@ -482,3 +485,44 @@ def test_the_cli_reports_a_bad_url_in_one_line_with_the_password_hidden() -> Non
         "error: invalid setting REDIS_URL='redis://:***@:6379/0': has no host: "
         "redis://[:password@]host[:port][/db], rediss://... or unix:///path/to/socket"
     ]
+
+
+def test_the_peer_breakers_have_their_own_defaults_and_overrides(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Given a peer override, a shared breaker default, and the peers' own settings
+    monkeypatch.setenv("CIRCUIT_BREAKER_SLSKD_PEER__FAILURE_THRESHOLD", "4")
+    monkeypatch.setenv("CIRCUIT_BREAKER_TIMEOUT", "30")
+    monkeypatch.setenv("SLSKD_PEER_MAX_EJECTION_PERCENT", "25")
+    monkeypatch.setenv("SLSKD_PEER_IDLE_EXPIRY", "3600")
+
+    # When the settings are loaded
+    settings = load_settings()
+    breakers = settings.observability.circuit_breaker
+
+    # Then the peers take their override on the peer defaults, not the services' defaults
+    peer = breakers.peer_config()
+    assert (peer.failure_threshold, peer.timeout, peer.max_timeout) == (4, 600.0, 21600.0)
+    assert breakers.config_for("slskd-api").failure_threshold == 5
+    assert breakers.config_for("slskd-api").timeout == 30.0
+    assert (settings.slskd.peer_max_ejection_percent, settings.slskd.peer_idle_expiry) == (
+        25.0,
+        3600.0,
+    )
+
+
+def test_contradicting_timeouts_of_the_peers_are_refused_naming_their_variable(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Given a peer max_timeout below the peers' timeout (600 s)
+    monkeypatch.setenv("CIRCUIT_BREAKER_SLSKD_PEER__MAX_TIMEOUT", "60")
+
+    # When the settings are loaded
+    with pytest.raises(SettingsError) as raised:
+        load_settings()
+
+    # Then one line names the peers' variable and the rule
+    message = str(raised.value)
+    assert message.startswith("invalid setting CIRCUIT_BREAKER_SLSKD_PEER")
+    assert "must not be below timeout (600.0)" in message
+    assert "\n" not in message

@@ -3,7 +3,8 @@
 One runtime per worker process. Clients are built on first use (after Dramatiq forked the
 process) and guarded by the deployment's breakers (the broker's ``breakers``), the very ones the
 middleware admits messages through, so a client guarded by its actor's own service recognises
-the permit the message already holds.
+the permit the message already holds. The per-peer breakers of Soulseek (``peers``) live on the
+same store as those breakers: their Redis, or this process's memory when they have none.
 """
 
 from __future__ import annotations
@@ -13,7 +14,8 @@ from functools import cached_property
 
 import redis
 
-from soulspot_jobs.circuit_breaker import Breakers
+from soulspot_jobs.circuit_breaker import Breakers, RedisBackend
+from soulspot_jobs.circuit_breaker.peers import PeerBreakers
 from soulspot_jobs.clients.musicbrainz import (
     CircuitBreakerMusicBrainzClient,
     MusicBrainzClient,
@@ -48,6 +50,21 @@ class Runtime:
             )
 
     @cached_property
+    def peers(self) -> PeerBreakers:
+        """One breaker per slskd peer, on the service breakers' Redis (else in memory)."""
+        backend = self.breakers.backend
+        client = backend.client if isinstance(backend, RedisBackend) else None
+        slskd = self.settings.slskd
+        with self._lock:
+            return PeerBreakers(
+                config=self.settings.observability.circuit_breaker.peer_config(),
+                client=client,
+                prefix=self.keys.peer_breakers,
+                idle_expiry=slskd.peer_idle_expiry,
+                max_ejection_percent=slskd.peer_max_ejection_percent,
+            )
+
+    @cached_property
     def musicbrainz(self) -> CircuitBreakerMusicBrainzClient:
         settings = self.settings.musicbrainz
         key = self.keys.rate_limit("musicbrainz")
@@ -71,3 +88,6 @@ class Runtime:
             client = self.__dict__.pop(name, None)
             if client is not None:
                 client.client.close()
+        peers = self.__dict__.pop("peers", None)
+        if peers is not None:
+            peers.close()

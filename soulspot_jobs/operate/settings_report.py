@@ -88,11 +88,13 @@ def settings_document(settings: Settings) -> dict[str, Any]:
     """The JSON form: every setting, nested as in :class:`Settings`, secrets hidden.
 
     ``circuit_breakers`` adds each service's effective breaker config (its overrides merged on
-    the defaults), which is what the workers use.
+    the defaults), which is what the workers use, and ``slskd-peer``: that of every slskd
+    peer's breaker (``CIRCUIT_BREAKER_SLSKD_PEER__*`` on the peer defaults).
     """
     document = settings.model_dump(mode="json")
     breakers = settings.observability.circuit_breaker
     document["circuit_breakers"] = {
         service: breakers.config_for(service).model_dump(mode="json") for service in SERVICES
     }
+    document["circuit_breakers"]["slskd-peer"] = breakers.peer_config().model_dump(mode="json")
     return json.loads(redact_url(json.dumps(document)))

@@ -47,10 +47,13 @@ def test_a_playlist_whose_best_peers_are_offline_completes_from_other_candidates
     redis_url: str, fakes: Fakes
 ) -> None:
     # Given the two best peers of every track offline (the FLAC one, then the free 320 one),
-    # more peer failures in all than the slskd breaker's threshold
+    # more peer failures in all than the slskd breaker's threshold (and peer breakers that
+    # never eject, so that every job meets both: test_peer_breakers.py shows them skipped)
     fakes.slskd.peers_offline("lossless_lover")
     fakes.slskd.peers_offline("mp3 archive", reason="unreachable")
-    app = SoulspotJobs(settings_for(redis_url, fakes, failure_threshold=3))
+    app = SoulspotJobs(
+        settings_for(redis_url, fakes, failure_threshold=3, slskd_peer={"failure_threshold": 99})
+    )
     breaker = app.breakers["slskd-api"]
     assert 2 * len(CATALOG) > breaker.config.failure_threshold
     # (two worker threads: slskd's limit of two enqueues at once never defers one here)

@@ -15,6 +15,7 @@ from soulspot_jobs.circuit_breaker import (
     CircuitState,
     RedisBackend,
 )
+from soulspot_jobs.circuit_breaker.peers import PeerBreakers, Pick
 from soulspot_jobs.deferral.index import DeferredJob, RedisDeferredIndex
 from soulspot_jobs.errors import ServiceOutage, UnauthorizedError
 from soulspot_jobs.jobs.app import SoulspotJobs
@@ -329,3 +330,20 @@ def test_any_stored_breaker_state_renders_in_status_health_and_metrics(
     assert "Inf" not in metrics and "NaN" not in metrics
     assert 'soulspot_circuit_breaker_retry_after_seconds{service="slskd-api"} 604800.0' in metrics
     assert 'soulspot_circuit_breaker_forced_open{service="spotify-api"} 1.0' in metrics
+
+
+def test_status_counts_the_slskd_peers_skipped_now(cli: Cli, redis_client: redis.Redis) -> None:
+    # Given three slskd peers a worker remembers (they failed), two of them ejected
+    peers = PeerBreakers(client=redis_client, prefix=Keys().peer_breakers)
+    for name in ("gone_peer", "refusing peer"):
+        for _ in range(peers.config.failure_threshold):
+            peers.failed(Pick(name), "offline")
+    peers.failed(Pick("flaky_peer"), "timed out")
+    peers.close()
+
+    # When status runs
+    text = cli("status").stdout
+
+    # Then it says how many peers are skipped now, before the overall verdict
+    lines = text.rstrip().splitlines()
+    assert lines[-2:] == ["slskd peers: 2 skipped now, of 3 remembered", "overall: healthy"]

@@ -223,7 +223,7 @@ class RedisBackend(Backend):
     def stats(self, name: str, config: CircuitBreakerConfig) -> BreakerStats:
         with self._flush_lock:  # no flush may move local counts to Redis in between
             now_text, flat = self._call("snapshot", name, config, None, None)
-            record = _record_from_hash(flat)
+            record = record_from_hash(flat)
             view = self._views.get(name)
             if view is not None:
                 with self._lock:
@@ -270,7 +270,7 @@ class RedisBackend(Backend):
                 raise
         for name, (now_text, flat) in zip(names, replies, strict=False):
             self._offset = float(now_text) - time.monotonic()
-            record = _record_from_hash(flat)
+            record = record_from_hash(flat)
             self._views[name].update(
                 record.state,
                 record.failure_count,
@@ -546,8 +546,9 @@ def _decision_parts(
     return verdict, retry_after, _transition(reply), state
 
 
-def _record_from_hash(flat: list[Any]) -> BreakerRecord:
-    """Build a :class:`BreakerRecord` from a breaker hash as HGETALL returns it.
+def record_from_hash(flat: list[Any] | dict[Any, Any]) -> BreakerRecord:
+    """Build a :class:`BreakerRecord` from a breaker hash as HGETALL returns it (a flat list of
+    fields and values from a script, a dict from redis-py).
 
     Whatever the hash holds (an older version's fields, a hand edit), it is read as the Lua
     scripts read it (``load_record`` in ``lua/_lib.lua``): a number that does not parse, or is
@@ -555,7 +556,8 @@ def _record_from_hash(flat: list[Any]) -> BreakerRecord:
     An infinite ``open_until`` stays infinite: an OPEN period without end, until a reset.
     """
     record = BreakerRecord()
-    for field, value in zip(flat[::2], flat[1::2], strict=True):
+    pairs = flat.items() if isinstance(flat, dict) else zip(flat[::2], flat[1::2], strict=True)
+    for field, value in pairs:
         field, value = _text(field), _text(value)
         if field.startswith("trial:"):
             record.trials[field[6:]] = _number(value)
@@ -573,12 +575,12 @@ def _record_from_hash(flat: list[Any]) -> BreakerRecord:
 
 
 def _state(text: str) -> CircuitState:
-    """The state named ``text``; CLOSED for a name no script writes (see ``_record_from_hash``)."""
+    """The state named ``text``; CLOSED for a name no script writes (see ``record_from_hash``)."""
     return _STATES.get(text, _CLOSED)
 
 
 def _number(text: str) -> float:
-    """``text`` as a float; 0.0 when it is not a number or is NaN (see ``_record_from_hash``)."""
+    """``text`` as a float; 0.0 when it is not a number or is NaN (see ``record_from_hash``)."""
     try:
         value = float(text)
     except ValueError:

@@ -76,7 +76,7 @@ local function num(x)
 end
 
 -- A stored number as the scripts use it: one that does not parse (a hand edit) or is NaN counts
--- as 0, as the Python side reads it (RedisBackend's _record_from_hash); inf stays inf.
+-- as 0, as the Python side reads it (RedisBackend's record_from_hash); inf stays inf.
 local function number(text)
   local value = tonumber(text)
   if value == nil or value ~= value then return 0 end

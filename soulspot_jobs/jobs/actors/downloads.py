@@ -30,19 +30,28 @@ Two things real slskd does are handled here:
 * A peer's queue (``Queued, Remotely``) can hold a download for hours: past
   ``SLSKD_REMOTE_QUEUE_TIMEOUT`` the download is cancelled in slskd and the next candidate is
   tried.
+
+What one job learns of a peer, every job knows: each peer has a breaker
+(:class:`~soulspot_jobs.circuit_breaker.peers.PeerBreakers`, ``runtime.peers``). The candidates
+are chosen with the peers' breakers in view (:func:`~soulspot_jobs.jobs.candidates.choose`: an
+ejected peer is skipped, within ``SLSKD_PEER_MAX_EJECTION_PERCENT``); a peer is *picked* when
+its download is enqueued (a HALF_OPEN peer's pick is its trial) and its outcome reported when
+the transfer ends: a success, the peer's failure (offline, refused, a failed transfer, too long
+in its queue), or neither (slskd's own failures, its shutdown, a cancellation).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from typing import Any
 
 import dramatiq
 import structlog
 
-from soulspot_jobs.clients.slskd import Candidate, Search, Transfer, choose_best
+from soulspot_jobs.circuit_breaker.peers import Pick
+from soulspot_jobs.clients.slskd import Candidate, Search, Transfer
 from soulspot_jobs.errors import NotFoundError, PeerUnavailableError
+from soulspot_jobs.jobs import candidates as choice
 from soulspot_jobs.jobs.records import JobState
 from soulspot_jobs.jobs.runtime import Runtime
 from soulspot_jobs.jobs.steps import BACKOFF, JobFailed, job_step
@@ -69,20 +78,31 @@ def declare(broker: dramatiq.Broker, runtime: Runtime) -> None:
 
     def start_download(job_id: str, start: int) -> None:
         """Enqueue the first candidate from index ``start`` whose peer has not failed this job,
-        and hand over to ``poll_download``; a peer that fails now is remembered and skipped."""
+        and hand over to ``poll_download``; a peer that fails now is remembered and skipped. A
+        peer ejected since the search was ranked is moved to the end, and tried there."""
         details = store.get(job_id).details
-        candidates = details["candidates"]
+        candidates = list(details["candidates"])
         failed_peers: list[str] = list(details.get("failed_peers", []))
         failures: list[str] = list(details.get("download_failures", []))
-        for index in range(start, len(candidates)):
+        forced: list[str] = list(details.get("forced_peers", []))
+        index = start
+        while index < len(candidates):
             candidate = Candidate(**candidates[index])
             if candidate.username in failed_peers:
+                index += 1
+                continue
+            pick = runtime.peers.pick(candidate.username, forced=candidate.username in forced)
+            if pick is None:  # ejected meanwhile: its files go last (index holds the next one)
+                candidates = choice.postpone(candidates, index, candidate.username)
+                forced.append(candidate.username)
+                store.update(job_id, details={"candidates": candidates, "forced_peers": forced})
                 continue
             try:
                 transfer = runtime.slskd.enqueue_download(
                     candidate.username, candidate.filename, candidate.size
                 )
             except PeerUnavailableError as exc:
+                peer_outcome(pick, choice.enqueue_blame(exc))
                 failed_peers.append(candidate.username)
                 failures.append(f"{candidate.username}: {exc.reason}")
                 store.update(
@@ -100,7 +120,11 @@ def declare(broker: dramatiq.Broker, runtime: Runtime) -> None:
                     username=candidate.username,
                     reason=exc.reason,
                 )
+                index += 1
                 continue
+            except BaseException:
+                runtime.peers.released(pick)  # slskd's failure or a hold: not the peer's
+                raise
             store.update(
                 job_id,
                 state=JobState.DOWNLOADING,
@@ -110,6 +134,7 @@ def declare(broker: dramatiq.Broker, runtime: Runtime) -> None:
                     "filename": candidate.filename,
                     "transfer_id": transfer.id,
                     "transfer_state": transfer.state,
+                    "peer_pick": pick.to_json(),
                 },
             )
             broker.get_actor("poll_download").send_with_options(
@@ -138,8 +163,8 @@ def declare(broker: dramatiq.Broker, runtime: Runtime) -> None:
             search_track.send_with_options(args=(job_id,), delay=search_poll_ms)
             return
         responses = runtime.slskd.get_responses(search_id)
-        ranked = choose_best(responses, max_candidates=settings.max_candidates)
-        if not ranked:
+        chosen = choice.choose(responses, runtime.peers, max_candidates=settings.max_candidates)
+        if not chosen.candidates:
             if search.cut_short(settings.search_timeout) and not job.details.get("search_again"):
                 # slskd ended the search as it started again: search once more
                 store.update(job_id, details={"search_id": None, "search_again": search_id})
@@ -155,13 +180,35 @@ def declare(broker: dramatiq.Broker, runtime: Runtime) -> None:
                 search_track.send_with_options(args=(job_id,), delay=search_poll_ms)
                 return
             raise JobFailed(_no_file_reason(job.details["query"], search))
-        candidates = [dataclasses.asdict(candidate) for candidate in ranked]
-        store.update(job_id, details={"candidates": candidates, "search_state": search.state})
+        store.update(job_id, details={**chosen.details(), "search_state": search.state})
+        if chosen.skipped:
+            log.info(
+                f"Job {job_id}: skipping ejected slskd peers: {'; '.join(chosen.skipped)}",
+                event_name="job.peers_skipped",
+                job_id=job_id,
+                peers=chosen.skipped,
+            )
         start_download(job_id, 0)
 
-    def next_candidate(job_id: str, details: dict[str, Any], reason: str) -> None:
-        """The current candidate failed for ``reason``: remember its peer, try the next."""
+    def peer_outcome(pick: Pick, blame: str | None) -> None:
+        """Report a pick whose transfer did not succeed: the peer's failure for ``blame``, or,
+        without one, neither success nor failure."""
+        if blame is None:
+            runtime.peers.released(pick)
+        else:
+            runtime.peers.failed(pick, blame)
+
+    def pick_of(details: dict[str, Any]) -> Pick:
+        """The pick of the job's current candidate (a job from before peers had none)."""
+        return Pick.from_json(details["username"], details.get("peer_pick"))
+
+    def next_candidate(
+        job_id: str, details: dict[str, Any], reason: str, blame: str | None = None
+    ) -> None:
+        """The current candidate failed for ``reason`` (the peer's doing when ``blame`` says
+        so): report it to the peer's breaker, remember its peer, try the next."""
         username = details["username"]
+        peer_outcome(pick_of(details), blame)
         store.update(
             job_id,
             details={
@@ -173,6 +220,7 @@ def declare(broker: dramatiq.Broker, runtime: Runtime) -> None:
                 "transfer_id": None,
                 "queued_remotely_since": None,
                 "same_file_requeues": 0,
+                "peer_pick": None,
             },
         )
         start_download(job_id, details["candidate_index"] + 1)
@@ -193,7 +241,8 @@ def declare(broker: dramatiq.Broker, runtime: Runtime) -> None:
                 candidate.username, candidate.filename, candidate.size
             )
         except PeerUnavailableError as exc:
-            next_candidate(job_id, details, f"{reason}; then {exc.reason}")
+            blame = choice.enqueue_blame(exc)
+            next_candidate(job_id, details, f"{reason}; then {exc.reason}", blame)
             return
         store.update(
             job_id,
@@ -252,6 +301,7 @@ def declare(broker: dramatiq.Broker, runtime: Runtime) -> None:
             },
         )
         if transfer.succeeded:  # removed afterwards or not, the file is on disk
+            runtime.peers.succeeded(pick_of(details))
             store.update(job_id, state=JobState.ENRICHING, service="musicbrainz-api")
             broker.get_actor("enrich_metadata").send(job_id)
             return
@@ -265,13 +315,12 @@ def declare(broker: dramatiq.Broker, runtime: Runtime) -> None:
             if past_remote_deadline(job_id, details, transfer):
                 timeout = settings.remote_queue_timeout
                 reason = f"queued at the peer for more than {timeout:g} s; cancelled"
-                next_candidate(job_id, details, reason)
+                next_candidate(job_id, details, reason, f"queued over {timeout:g} s")
                 return
             poll_download.send_with_options(args=(job_id,), delay=download_poll_ms)
             return
-        next_candidate(
-            job_id, details, f"{transfer.state}: {transfer.exception or 'no reason given'}"
-        )
+        reason = f"{transfer.state}: {transfer.exception or 'no reason given'}"
+        next_candidate(job_id, details, reason, choice.transfer_blame(transfer))
 
 
 def _may_still_come(search: Search, responses: list[Any]) -> bool:

@@ -17,10 +17,13 @@ forced period whose end is no date (an older version's ``inf``) is ``forced inde
 from __future__ import annotations
 
 import time
+from typing import Any
 
+import redis
 import typer
 
 from soulspot_jobs.circuit_breaker import BackendUnavailableError, validate_open_duration
+from soulspot_jobs.circuit_breaker.peers import PeerCensus
 from soulspot_jobs.circuit_breaker.state import BreakerMode
 from soulspot_jobs.operate.commands.common import (
     JSON_OPTION,
@@ -48,12 +51,14 @@ SERVICE_ARGUMENT = typer.Argument(..., help="slskd, spotify or musicbrainz (or s
 
 def status(as_json: bool = JSON_OPTION) -> None:
     """Each service's breaker: state, failures, retry_after, totals and deferred jobs; then,
-    for each breaker that is not CLOSED, why (``slskd: not logged in to Soulseek``).
+    for each breaker that is not CLOSED, why (``slskd: not logged in to Soulseek``); then how
+    many slskd peers are skipped now (their own breakers, :mod:`.circuit_breaker.peers`).
 
     --json prints the health document that GET /health serves.
     """
     with connected() as jobs:
         deferred = jobs.deferred.counts()
+        peers = _peer_census(jobs)
         try:
             stats = read_stats(jobs.breakers)
         except BackendUnavailableError as exc:
@@ -110,7 +115,17 @@ def status(as_json: bool = JSON_OPTION) -> None:
             typer.echo(f"{key}: {stats[name].reason}")
         if stats[name].mode not in (BreakerMode.NORMAL, BreakerMode.FORCED_OPEN):
             typer.echo(f"{key}: mode {describe_mode(stats[name])}")
+    if peers is not None:
+        typer.echo(f"slskd peers: {peers.ejected} skipped now, of {peers.tracked} remembered")
     typer.echo(f"overall: {document['status']}")
+
+
+def _peer_census(jobs: Any) -> PeerCensus | None:
+    """The slskd peers remembered and ejected now (``None`` when their store cannot say)."""
+    try:
+        return jobs.runtime.peers.census()
+    except (redis.RedisError, BackendUnavailableError):
+        return None
 
 
 def describe_mode(stats: object) -> str:
