@@ -8,6 +8,7 @@ what it saw, so the parent can measure how long the cluster took to follow.
 from __future__ import annotations
 
 import contextlib
+import math
 import multiprocessing
 import queue
 import time
@@ -188,15 +189,21 @@ def _cluster(
 
 
 def _crossing(outcomes: list[tuple[float, bool]], fields: dict[str, Any]) -> float:
-    """When the cluster's last calls (or seconds), in time order, first met the opening rule."""
+    """When the cluster's last calls (or seconds), in time order, first met the opening rule.
+
+    A time window counts whole buckets, as the breaker (and Resilience4j) keeps it: the current
+    bucket and the ones before it up to the window's size, so between ``size - width`` and
+    ``size`` seconds back.
+    """
     ordered = sorted(outcomes)
+    config = CircuitBreakerConfig(**fields)
     for i, (at, _) in enumerate(ordered):
-        if fields["sliding_window_type"] == "count":
-            window = [
-                bad for _, bad in ordered[max(0, i + 1 - fields["sliding_window_size"]) : i + 1]
-            ]
+        if config.sliding_window_type == "count":
+            window = [bad for _, bad in ordered[max(0, i + 1 - config.sliding_window_size) : i + 1]]
         else:
-            window = [bad for t, bad in ordered[: i + 1] if t > at - fields["sliding_window_size"]]
+            width = config.bucket_width
+            oldest = math.floor(at / width) - math.ceil(config.sliding_window_size / width)
+            window = [bad for t, bad in ordered[: i + 1] if math.floor(t / width) > oldest]
         threshold = (
             fields.get("slow_call_rate_threshold", 100)
             if fields.get("slow_call_duration")
