@@ -42,6 +42,7 @@ from soulspot_jobs.errors import (
     NotFoundError,
     PeerUnavailableError,
     RetryLater,
+    ServiceOutage,
     ServiceUnavailableError,
     UnauthorizedError,
     UpstreamRequestError,
@@ -538,6 +539,26 @@ def test_an_enqueue_answered_500_for_another_reason_is_a_service_failure(
     with pytest.raises(ServiceUnavailableError) as caught:
         client.enqueue_download(candidate.username, candidate.filename, candidate.size)
     assert caught.value.status == 500 and is_service_failure(caught.value)
+
+
+def test_an_enqueue_while_slskd_is_logged_out_of_soulseek_is_an_slskd_outage_not_the_peers(
+    fake: FakeSlskd, client: SlskdClient
+) -> None:
+    """slskd's enqueue endpoints answer 500 with Soulseek.NET's "The server connection must be
+    connected and logged in to fetch user endpoint" while it is not logged in
+    (``TransfersController.EnqueueAsync``, ``SoulseekClient.GetUserEndPointAsync``)."""
+    # Given a candidate found, then slskd logged out of Soulseek
+    candidate = best_candidate(client)
+    fake.logged_out(True)
+    # When its file is enqueued
+    with pytest.raises(ServiceOutage) as caught:
+        client.enqueue_download(candidate.username, candidate.filename, candidate.size)
+    # Then it is slskd's outage, with its reason, not the peer's failure
+    error = caught.value
+    assert not isinstance(error, PeerUnavailableError)
+    assert (error.status, error.outage) == (500, "not logged in to Soulseek")
+    assert "logged in to fetch user endpoint" in str(error)
+    assert is_service_failure(error)
 
 
 def test_an_enqueue_may_take_longer_than_the_client_timeout_while_slskd_reaches_the_peer(

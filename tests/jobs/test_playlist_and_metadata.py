@@ -40,6 +40,10 @@ def test_a_playlist_import_skips_episodes_local_files_and_removed_tracks_and_cou
 def test_a_playlist_the_app_may_not_read_fails_its_job_saying_which_credential_is_needed(
     redis_url: str, fakes: Fakes
 ) -> None:
+    """Spotify's Web API answers ``403 {"error": {"status": 403, "message": ...}}`` to a
+    playlist the token may not read (Spotify's Web API reference, Get Playlist Items, and its
+    error object): one resource refused, not wrong settings, so the job fails and the breaker
+    counts nothing."""
     # Given a user's playlist, and workers with only the app's client credentials
     fakes.spotify.add_playlist(OWNED, [CATALOG[0]], owner=DEFAULT_USER)
     app = SoulspotJobs(settings_for(redis_url, fakes))

@@ -12,7 +12,7 @@ from structlog.testing import capture_logs
 
 from soulspot_jobs.circuit_breaker import CircuitState
 from soulspot_jobs.fakes.catalog import CATALOG
-from soulspot_jobs.fakes.spotify import DEMO_PLAYLIST
+from soulspot_jobs.fakes.spotify import DEFAULT_CLIENT_SECRET, DEMO_PLAYLIST
 from soulspot_jobs.jobs.app import SoulspotJobs
 from soulspot_jobs.jobs.credentials import check_credentials
 from soulspot_jobs.jobs.records import JobState
@@ -87,12 +87,40 @@ def test_a_wrong_spotify_client_secret_defers_the_playlist_import_naming_the_set
         assert app.job(job_id).state is JobState.DEFERRED
 
 
+def test_a_wrong_spotify_client_secret_shows_unauthorized_in_health_until_it_is_fixed(
+    redis_url: str, fakes: Fakes
+) -> None:
+    """Spotify's accounts service answers a wrong client secret ``400 {"error":
+    "invalid_client"}`` (Spotify's Authorization guide, client-credentials flow): the
+    settings are wrong, not the job, so /health says so and the job waits for the fix."""
+    # Given Spotify expecting another client secret
+    fakes.spotify.client_secret = "another-secret"
+    app = SoulspotJobs(settings_for(redis_url, fakes, timeout=TIMEOUT))
+    with running(app):
+        # When a playlist import is enqueued
+        job_id = app.enqueue_playlist(DEMO_PLAYLIST)
+        wait_until(lambda: _deferred(app, job_id), "the import to be deferred", 15)
+
+        # Then /health's document shows Spotify unauthorized, naming the settings
+        spotify = read_health(app.breakers, app.deferred)["services"]["spotify"]
+        assert spotify["circuit_breaker"] == "open"
+        assert spotify["reason"].startswith("unauthorized")
+        assert "SPOTIFY_CLIENT_SECRET" in spotify["reason"]
+
+        # When the operator fixes the secret, then the deferred import runs to the end
+        fakes.spotify.client_secret = DEFAULT_CLIENT_SECRET
+        [job] = finished(app, [job_id], timeout=30)
+    assert job.state is JobState.DONE, job
+    assert job.details["tracks"] > 0
+    assert not [entry for entry in job.history if entry.get("state") == "failed"]
+
+
 def test_a_peer_queue_past_its_deadline_is_cancelled_in_slskd_and_the_next_candidate_tried(
     redis_url: str, fakes: Fakes
 ) -> None:
     """A download slskd reports ``Queued, Remotely`` waits in the peer's upload queue, which
     can take hours (Soulseek.NET ``TransferStates.Queued | Remotely``)."""
-    # Given transfers that sit in the peer's queue for 2 s, and a deadline of 0.5 s
+    # Given transfers that sit in the peer's queue for several seconds, and a deadline of 0.5 s
     fakes.slskd.transfer_duration = 20.0
     settings = settings_for(redis_url, fakes)
     settings.slskd.remote_queue_timeout = 0.5
@@ -169,6 +197,43 @@ def test_slskd_logged_out_of_soulseek_defers_the_jobs_until_it_logs_in_again(
     assert job.state is JobState.DONE, job
     assert not job.details.get("download_failures")
     assert not [entry for entry in job.history if entry.get("state") == "failed"]
+
+
+def test_slskd_logged_out_after_the_search_defers_the_enqueue_until_it_logs_in_again(
+    redis_url: str, fakes: Fakes
+) -> None:
+    """While slskd is not logged in, its enqueue endpoints answer 500 with Soulseek.NET's
+    "The server connection must be connected and logged in to fetch user endpoint"
+    (``TransfersController.EnqueueAsync`` turns the library's exception into a 500;
+    ``SoulseekClient.GetUserEndPointAsync``): an slskd outage, not the peer's failure."""
+    # Given a search slow enough to log slskd out of Soulseek before it ends
+    fakes.slskd.search_duration = 1.0
+    app = SoulspotJobs(settings_for(redis_url, fakes, timeout=TIMEOUT))
+    with running(app):
+        job_id = app.enqueue_download(QUERY)
+        wait_until(lambda: app.job(job_id).details.get("search_id"), "the search to start", 15)
+        # When slskd loses its Soulseek session while the search runs
+        fakes.slskd.logged_out(True)
+        wait_until(lambda: _deferred(app, job_id), "the enqueue to be deferred", 15)
+
+        # Then the enqueue was deferred (no retry spent, no peer blamed), the breaker says why
+        job = app.job(job_id)
+        assert job.details.get("candidates"), "deferred before the search was ranked"
+        assert "fetch user endpoint" in job.last_error
+        assert not job.details.get("failed_peers")
+        stats = app.breakers["slskd-api"].stats
+        assert (stats.state, stats.reason) == (CircuitState.OPEN, "not logged in to Soulseek")
+        enqueues = [request.status for request in fakes.slskd.enqueue_requests]
+        assert enqueues and all(status == 500 for status in enqueues), enqueues
+
+        # When slskd logs in again, then the job runs to the end from its first candidate
+        fakes.slskd.logged_out(False)
+        [job] = finished(app, [job_id], timeout=30)
+    assert job.state is JobState.DONE, job
+    assert job.details["candidate_index"] == 0
+    assert not job.details.get("download_failures")
+    assert not [entry for entry in job.history if entry.get("state") == "failed"]
+    assert len(fakes.slskd.completed_downloads()) == 1
 
 
 def test_a_restart_of_slskd_mid_download_downloads_each_file_once(
@@ -260,4 +325,83 @@ def test_a_transfer_deleted_for_good_before_it_finished_is_enqueued_again(
     assert job.details["same_file_requeues"] == 1
     assert job.details["transfer_id"] != details["transfer_id"]
     assert not job.details.get("download_failures")
+    assert len(fakes.slskd.completed_downloads()) == 1
+
+
+def _state_of(fakes: Fakes, transfer_id: str) -> str:
+    """The transfer's state as slskd answers it by id."""
+    response = httpx.get(
+        f"{fakes.slskd.url}/api/v0/transfers/downloads/anyone/{transfer_id}",
+        headers={"X-API-Key": fakes.slskd.api_key},
+    )
+    assert response.status_code == 200, response.text
+    return str(response.json()["state"])
+
+
+def test_a_running_transfer_cancelled_and_removed_in_slskd_moves_on_to_the_next_candidate(
+    redis_url: str, fakes: Fakes
+) -> None:
+    """slskd removes only ended downloads (``DownloadService.Remove`` throws "Invalid attempt
+    to remove a download before it is complete"): an operator's ``DELETE ...?remove=true`` of a
+    running one cancels it, and a second one removes it, softly (``TransfersController``)."""
+    # Given downloads of 4 s, and a job looking every 2 s
+    fakes.slskd.transfer_duration = 4.0
+    settings = settings_for(redis_url, fakes)
+    settings.slskd.download_poll_interval = 2.0
+    app = SoulspotJobs(settings)
+    with running(app):
+        job_id = app.enqueue_download(QUERY)
+        wait_until(lambda: app.job(job_id).details.get("transfer_id"), "a transfer", 20)
+        # When the unfinished transfer is cancelled and removed before the job looks again
+        details = app.job(job_id).details
+        _remove(fakes, details["username"], details["transfer_id"])
+        _remove(fakes, details["username"], details["transfer_id"])
+        [job] = finished(app, [job_id], timeout=30)
+        first_peer = app.runtime.peers.stats(details["username"])
+
+    # Then the job went on to the next candidate and is done, never failed
+    assert job.state is JobState.DONE, job
+    assert job.details["username"] != details["username"]
+    assert job.details["download_failures"] == [
+        f"{details['username']}: Completed, Cancelled: Transfer cancelled"
+    ]
+    assert not [entry for entry in job.history if entry.get("state") == "failed"]
+    # And the cancelled file was not downloaded: one file on disk, from the next peer
+    assert fakes.slskd.completed_downloads() == [(job.details["username"], job.details["filename"])]
+    # And the cancellation is not held against the first peer
+    assert first_peer.total_failures == 0
+
+
+def test_a_transfer_removed_after_it_failed_moves_on_to_the_next_candidate(
+    redis_url: str, fakes: Fakes
+) -> None:
+    """A failed download stays ``Completed, Errored`` with its exception when removed: slskd
+    marks the record ``"removed": true`` and still answers it by id (``DownloadService.Remove``,
+    ``TransfersController.GetDownload``)."""
+    # Given the first download failing at once, and a job looking every 3 s
+    fakes.slskd.fail_downloads(1)
+    settings = settings_for(redis_url, fakes)
+    settings.slskd.download_poll_interval = 3.0
+    app = SoulspotJobs(settings)
+    with running(app):
+        job_id = app.enqueue_download(QUERY)
+        wait_until(lambda: app.job(job_id).details.get("transfer_id"), "a transfer", 20)
+        details = app.job(job_id).details
+        wait_until(
+            lambda: _state_of(fakes, details["transfer_id"]) == "Completed, Errored",
+            "the first download to fail",
+            20,
+        )
+        # When the failed transfer is removed before the job looks again
+        _remove(fakes, details["username"], details["transfer_id"])
+        [job] = finished(app, [job_id], timeout=30)
+
+    # Then the job went on to the next candidate and is done, never failed
+    assert job.state is JobState.DONE, job
+    assert job.details["candidate_index"] == 1
+    assert job.details["username"] != details["username"]
+    [failure] = job.details["download_failures"]
+    assert failure.startswith(f"{details['username']}: Completed, Errored: ")
+    assert not job.details.get("same_file_requeues")
+    assert not [entry for entry in job.history if entry.get("state") == "failed"]
     assert len(fakes.slskd.completed_downloads()) == 1

@@ -244,9 +244,7 @@ def test_a_message_dead_lettered_past_its_deferral_budget_fires_on_failure_once(
     # budget, and its breaker OPEN
     stack.callback_actors()
 
-    @dramatiq.actor(
-        broker=stack.broker, queue_name=QUEUE, service="slskd-api", max_deferral=60_000
-    )
+    @dramatiq.actor(broker=stack.broker, queue_name=QUEUE, service="slskd-api", max_deferral=60_000)
     def fetch() -> None:
         stack.note("ran")
 
@@ -416,6 +414,104 @@ def test_a_deferred_message_cancelled_with_dramatiq_abort_never_runs(stack: Stac
     assert _deferred_count(stack) == 0
 
 
+# -- Retries: a poison message, an outage ----------------------------------------------------------
+
+
+@pytest.mark.parametrize("max_retries", [0, 3])
+def test_a_poison_message_alone_on_its_service_is_attempted_at_most_max_retries_plus_one(
+    stack: Stack, max_retries: int
+) -> None:
+    # Given a tagged actor that always fails its service, alone on a breaker that opens at its
+    # first failure and admits a trial 0.3 s later: every HALF_OPEN trial is this message again
+    stack.callback_actors()
+
+    @dramatiq.actor(
+        broker=stack.broker,
+        queue_name=QUEUE,
+        service="slskd-api",
+        max_retries=max_retries,
+        min_backoff=10,
+        max_backoff=10,
+    )
+    def search() -> None:
+        stack.note("ran")
+        raise ServiceUnavailableError("slskd-api", "500 Internal Server Error")
+
+    @dramatiq.actor(broker=stack.broker, queue_name=QUEUE)
+    def on_retry_exhausted(message_data: dict, retry_info: dict) -> None:
+        stack.note("exhausted")
+
+    # When a worker runs it until its retries run out (or it runs once too often)
+    message = search.send_with_options(
+        on_failure="on_failure", on_retry_exhausted="on_retry_exhausted"
+    )
+    stack.start()
+    until(
+        lambda: (
+            stack.seen("exhausted") == 1
+            or stack.seen("ran") > max_retries + 1
+            or _dead_letter_ids(stack)
+        ),
+        "its retries to run out",
+    )
+    assert stack.seen("ran") <= max_retries + 1, f"{stack.seen('ran')} attempts"
+    stack.join()
+
+    # Then each failed trial was one of its own attempts: max_retries + 1 in all, each with its
+    # on_failure; its retries ran out once, it was dead-lettered once and nothing stays deferred
+    attempts = max_retries + 1
+    assert (stack.seen("ran"), stack.seen("on_failure")) == (attempts, attempts)
+    assert (stack.seen("exhausted"), stack.seen("on_success")) == (1, 0)
+    assert _dead_letter_ids(stack) == [message.message_id]
+    assert _deferred_count(stack) == 0
+
+
+@pytest.mark.parametrize("max_retries", [0, 3])
+def test_a_message_refused_by_its_open_breaker_spends_no_retry_before_it_runs(
+    stack: Stack, max_retries: int
+) -> None:
+    # Given a tagged actor whose job always fails on its own (no fault of its service, so its
+    # breaker never counts it), and its breaker OPEN: an outage
+    stack.callback_actors()
+
+    @dramatiq.actor(
+        broker=stack.broker,
+        queue_name=QUEUE,
+        service="slskd-api",
+        max_retries=max_retries,
+        min_backoff=10,
+        max_backoff=10,
+    )
+    def tag() -> None:
+        stack.note("ran")
+        raise ValueError("no such tag")
+
+    @dramatiq.actor(broker=stack.broker, queue_name=QUEUE)
+    def on_retry_exhausted(message_data: dict, retry_info: dict) -> None:
+        stack.note("exhausted")
+
+    stack.breaker().force_open_sync(OPEN_FOR)
+
+    # When it is refused and deferred before it ran, then runs until its retries run out
+    message = tag.send_with_options(
+        on_failure="on_failure", on_retry_exhausted="on_retry_exhausted"
+    )
+    stack.start()
+    until(lambda: stack.seen("exhausted") == 1 or _dead_letter_ids(stack), "its retries to run out")
+    stack.join()
+
+    # Then the refusal spent none of its retries: it ran max_retries + 1 times (with
+    # max_retries=0, once), each failure fired on_failure and its retries ran out once
+    attempts = max_retries + 1
+    assert (stack.seen("ran"), stack.seen("on_failure")) == (attempts, attempts)
+    assert (stack.seen("exhausted"), stack.seen("on_success")) == (1, 0)
+    # And the dead letter is that message, deferred at least once before it ran
+    [letter] = _dead_lettered(stack)
+    assert letter.message_id == message.message_id
+    assert letter.options.get(DEFERRALS, 0) >= 1
+    assert _deferred_count(stack) == 0
+
+
 # -- encoders (build_broker's Redis broker) ------------------------------------------------------
 
 
@@ -544,6 +640,14 @@ def _dead_letter_ids(stack: Stack) -> list[str]:
     if isinstance(stack.broker, StubBroker):
         return [m.message_id for m in stack.broker.dead_letters]
     return [letter.message_id for letter in DeadLetters(stack.broker).list()]
+
+
+def _dead_lettered(stack: Stack) -> list[Any]:
+    """The dead-lettered messages (those whose payload can be read, on Redis)."""
+    if isinstance(stack.broker, StubBroker):
+        return list(stack.broker.dead_letters)
+    letters = DeadLetters(stack.broker).list()
+    return [letter.message for letter in letters if letter.message is not None]
 
 
 def _deferred_count(stack: Stack) -> int:

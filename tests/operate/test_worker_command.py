@@ -22,6 +22,9 @@ from watchdog.events import (
 from soulspot_jobs.embedded import SharedRedis
 from soulspot_jobs.embedded.processes import is_alive, wait_for_exit
 from soulspot_jobs.embedded.server import EmbeddedRedis
+from soulspot_jobs.fakes.musicbrainz import FakeMusicBrainz
+from soulspot_jobs.fakes.slskd import FakeSlskd
+from soulspot_jobs.fakes.spotify import DEFAULT_CLIENT_ID, DEFAULT_CLIENT_SECRET, FakeSpotify
 from soulspot_jobs.operate.source_watch import is_source_change
 from tests.polling import wait_until
 from tests.processes import SOULSPOT_JOBS, Spawned, environment
@@ -199,6 +202,55 @@ def test_the_worker_refuses_to_send_the_real_musicbrainz_a_user_agent_without_a_
     assert len(printed) == 1, printed
     assert printed[0].startswith("error: invalid setting MUSICBRAINZ_CONTACT='soulspot-jobs@")
     assert "set MUSICBRAINZ_CONTACT" in printed[0]
+
+
+def test_the_worker_checks_each_services_credentials_at_start_one_line_per_service(
+    tmp_path: Path, data_dir: Path, redis_url: str
+) -> None:
+    """slskd answers 401, empty, to a request without a valid ``X-API-Key`` (slskd's
+    ``ApiKeyAuthenticationHandler``); Spotify's accounts service gives the right client
+    credentials a token (Spotify's Authorization guide, client-credentials flow)."""
+    # Given the fake slskd expecting another key than the worker's, the fake Spotify and
+    # MusicBrainz as configured
+    with (
+        FakeSlskd(api_key="the-right-key") as slskd,
+        FakeSpotify() as spotify,
+        FakeMusicBrainz() as musicbrainz,
+    ):
+        env = environment(
+            data_dir,
+            REDIS_URL=redis_url,
+            LOG_FORMAT="json",
+            SLSKD_URL=slskd.url,
+            SLSKD_API_KEY="a-wrong-key",
+            SPOTIFY_API_URL=spotify.url,
+            SPOTIFY_ACCOUNTS_URL=spotify.url,
+            SPOTIFY_CLIENT_ID=DEFAULT_CLIENT_ID,
+            SPOTIFY_CLIENT_SECRET=DEFAULT_CLIENT_SECRET,
+            MUSICBRAINZ_URL=musicbrainz.url,
+        )
+
+        # When the worker command starts
+        worker = Spawned([SOULSPOT_JOBS, "worker", "-p", "1", "-t", "1"], env=env, cwd=tmp_path)
+        try:
+            worker.wait_for('"credentials.', count=3, timeout=START_DEADLINE)
+            worker.wait_for(READY, timeout=START_DEADLINE)
+            assert worker.stop(signal.SIGTERM, STOP_DEADLINE) == 0
+        finally:
+            worker.kill_group()
+
+    # Then it logged one line per service: slskd's refused, naming the setting to fix
+    checks = [json.loads(line) for line in worker.lines('"credentials.')]
+    by_service = {check["service"]: check for check in checks}
+    assert len(checks) == len(by_service) == 3, checks
+    slskd_line = by_service["slskd-api"]
+    assert slskd_line["event"] == "credentials.refused"
+    assert slskd_line["reason"] == "unauthorized (check SLSKD_API_KEY)"
+    assert "SLSKD_API_KEY" in slskd_line["message"]
+    assert "a-wrong-key" not in "".join(worker.stderr)
+    assert by_service["spotify-api"]["event"] == "credentials.accepted"
+    assert by_service["musicbrainz-api"]["event"] == "credentials.accepted"
+    assert "Traceback" not in "".join(worker.stderr)
 
 
 @pytest.mark.parametrize(
