@@ -14,6 +14,7 @@ import dramatiq
 import redis
 
 from soulspot_jobs.broker.redis import RecoveringRedisBroker
+from soulspot_jobs.broker.signals import HandledSignals
 from soulspot_jobs.circuit_breaker import Backend, Breakers, CircuitBreaker, RedisBackend
 from soulspot_jobs.deferral.deferrals import (
     DEFAULT_JITTER_RATIO,
@@ -131,8 +132,9 @@ def build_broker(
     return broker
 
 
-class _Shared:
-    """What a soulspot-jobs broker carries besides its messages (set by :func:`build_broker`)."""
+class _Shared(HandledSignals):
+    """What a soulspot-jobs broker carries besides its messages (set by :func:`build_broker`);
+    it emits each signal only to the middleware that handle it (:mod:`.signals`)."""
 
     keys: Keys
     breakers: Breakers
