@@ -13,8 +13,10 @@ with Dramatiq's error handling (a :class:`~dramatiq.middleware.MiddlewareError` 
 ``before_*`` hook propagates, as :class:`~dramatiq.middleware.SkipMessage` must; any other
 exception is logged at CRITICAL and the next middleware runs). What runs is exactly what
 Dramatiq runs, less the no-ops. The lists are rebuilt when a middleware is added through
-``add_middleware`` or the middleware list changes length; a signal the base class does not know
-(a program's own) reaches every middleware, as in Dramatiq.
+``add_middleware`` or the middleware list changes length; a hook assigned on a middleware
+instance after the broker emitted that signal is not seen until then (set it before the worker
+starts). A signal the base class does not know (a program's own) reaches every middleware, as in
+Dramatiq.
 """
 
 from __future__ import annotations
