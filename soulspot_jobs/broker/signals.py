@@ -12,8 +12,8 @@ hook, and calls only those: in the broker's order (reversed for ``after_*``, as 
 with Dramatiq's error handling (a :class:`~dramatiq.middleware.MiddlewareError` raised by a
 ``before_*`` hook propagates, as :class:`~dramatiq.middleware.SkipMessage` must; any other
 exception is logged at CRITICAL and the next middleware runs). What runs is exactly what
-Dramatiq runs, less the no-ops. The lists are rebuilt when a middleware is added through
-``add_middleware`` or the middleware list changes length; a hook assigned on a middleware
+Dramatiq runs, less the no-ops. The lists are rebuilt whenever the middleware list changes
+length (``add_middleware`` adds to it); a hook assigned on a middleware
 instance after the broker emitted that signal is not seen until then (set it before the worker
 starts). A signal the base class does not know (a program's own) reaches every middleware, as in
 Dramatiq.
@@ -39,20 +39,25 @@ class HandledSignals:
 
     middleware: list[Middleware]
     logger: logging.Logger
+    #: The length of the middleware list the handlers were found for, and the handlers of each
+    #: hook name; rebuilt when the length changes (this class-level pair is never written to).
+    _signal_cache: tuple[int, dict[str, _Handlers]] = (-1, {})
 
     def emit_before(self, signal: str, *args: Any, **kwargs: Any) -> None:
-        handlers = self._handlers("before_" + signal, reverse=False)
+        name = "before_" + signal
+        handlers = self._handlers(name, reverse=False)
         if handlers is None:
             super().emit_before(signal, *args, **kwargs)  # type: ignore[misc]
         else:
-            self._emit(handlers, "before_" + signal, args, kwargs, passes=MiddlewareError)
+            self._emit(handlers, name, args, kwargs, passes=MiddlewareError)
 
     def emit_after(self, signal: str, *args: Any, **kwargs: Any) -> None:
-        handlers = self._handlers("after_" + signal, reverse=True)
+        name = "after_" + signal
+        handlers = self._handlers(name, reverse=True)
         if handlers is None:
             super().emit_after(signal, *args, **kwargs)  # type: ignore[misc]
         else:
-            self._emit(handlers, "after_" + signal, args, kwargs, passes=())
+            self._emit(handlers, name, args, kwargs, passes=())
 
     def _emit(
         self,
@@ -74,17 +79,13 @@ class HandledSignals:
                     "Unexpected failure in %s of %r.", name, middleware, exc_info=True
                 )
 
-    def add_middleware(self, middleware: Middleware, **where: Any) -> None:
-        super().add_middleware(middleware, **where)  # type: ignore[misc]
-        self._signal_handlers: dict[str, _Handlers] = {}
-
     def _handlers(self, name: str, *, reverse: bool) -> _Handlers | None:
         """The middleware that handle the hook ``name``, in the order they are called;
         ``None`` for a hook the base class does not know (every middleware is called)."""
-        cache = getattr(self, "_signal_handlers", None)
-        if cache is None or getattr(self, "_signal_handlers_for", -1) != len(self.middleware):
-            cache = self._signal_handlers = {}
-            self._signal_handlers_for = len(self.middleware)
+        size, cache = self._signal_cache
+        if size != len(self.middleware):
+            cache = {}
+            self._signal_cache = (len(self.middleware), cache)
         handlers = cache.get(name)
         if handlers is None:
             if getattr(Middleware, name, None) is None:
