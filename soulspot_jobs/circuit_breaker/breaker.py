@@ -16,7 +16,7 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
-from contextvars import ContextVar, Token
+from contextvars import ContextVar
 from typing import Any, ParamSpec, TypeVar
 
 import structlog
@@ -54,40 +54,50 @@ STORE_RETRY_AFTER = 5.0
 #: What an operator's force-open records as the breaker's reason.
 FORCED_REASON = "forced open by an operator"
 
-#: Names of the breakers whose permit the caller's context already holds. The Dramatiq
-#: middleware holds the actor's own service for the whole message, so a client guarded by the
-#: same breaker inside the actor neither takes a second permit nor counts its outcome twice.
-_held: ContextVar[frozenset[str]] = ContextVar("soulspot_held_breakers", default=frozenset())
 _monotonic = time.monotonic
+
+
+class Holds:
+    """The breakers whose permit the current context holds: ``held``, their names.
+
+    A call guarded by a held breaker neither takes a second permit nor counts its outcome twice
+    (:func:`holding`). A context variable refers to one ``Holds``; a :func:`holding` block puts
+    a new one in place for its duration. The Dramatiq middleware holds the actor's own service
+    for the whole message without a context change per message: each worker thread puts one
+    ``Holds`` of its own in its context once (:meth:`enter`), and the middleware sets and clears
+    its ``held`` per message (setting and resetting a context variable would cost more than the
+    rest of a healthy message's admission). An async actor runs in a copy of the worker
+    thread's context, which refers to the same object: it sees the hold of the message it runs
+    for.
+    """
+
+    __slots__ = ("held",)
+
+    def __init__(self, held: frozenset[str] = frozenset()) -> None:
+        self.held = held
+
+    def enter(self) -> None:
+        """Make this the current context's holds; from a worker thread itself, outside any
+        copied context, so that the thread keeps it."""
+        _holds.set(self)
+
+
+#: Nothing held.
+NOTHING_HELD: frozenset[str] = frozenset()
+#: The current context's holds. Its default holds nothing and is never changed: only a ``Holds``
+#: put in place by :meth:`Holds.enter` has its ``held`` set, by its owner.
+_holds: ContextVar[Holds] = ContextVar("soulspot_held_breakers", default=Holds())  # noqa: B039
 
 
 @contextmanager
 def holding(name: str) -> Iterator[None]:
     """Within this block, calls guarded by breakers named ``name`` run unguarded: the caller
     holds a permit of that breaker and reports the outcome itself."""
-    token = hold(name)
+    token = _holds.set(Holds(_holds.get().held | {name}))
     try:
         yield
     finally:
-        release_hold(token)
-
-
-def hold(name: str) -> Token[frozenset[str]]:
-    """Start holding ``name``'s permit in the current context (see :func:`holding`); the token
-    ends it with :func:`release_hold`, in the same context."""
-    held = _held.get()
-    return _held.set(held | {name} if held else _only(name))
-
-
-@functools.cache
-def _only(name: str) -> frozenset[str]:
-    """``frozenset({name})``, built once per name (holding one breaker is the common case)."""
-    return frozenset((name,))
-
-
-def release_hold(token: Token[frozenset[str]]) -> None:
-    """End what :func:`hold` started."""
-    _held.reset(token)
+        _holds.reset(token)
 
 
 class Permit:
@@ -141,6 +151,8 @@ class CircuitBreaker:
         is_failure: Callable[[BaseException], bool] | None = None,
     ) -> None:
         self.name = name
+        #: What a context holding this breaker alone holds (:class:`Holds`).
+        self.held_alone = frozenset((name,))
         self.config = config if config is not None else CircuitBreakerConfig()
         self.backend = backend if backend is not None else MemoryBackend()
         self._failure_exceptions = failure_exceptions
@@ -149,6 +161,22 @@ class CircuitBreaker:
         #: This process's own breaker, with the same settings, while the shared store is
         #: unreachable and the policy is "allow" (see :meth:`_standing_in`).
         self._stand_in: MemoryBackend | None = None
+        #: The healthy path of a caller that reports its own outcome (the Dramatiq middleware),
+        #: without a :class:`Permit`, one call each way. ``admit_from_view()``: ``True`` when a
+        #: call was admitted, and counted, from this process's view of a CLOSED breaker (never
+        #: while calls are timed, ``slow_call_duration``, or the breaker stands in for its
+        #: store); ``False``: nothing was decided, ask :meth:`acquire_sync`. Its success:
+        #: ``count_view_success()``, and when that is ``False``
+        #: ``record_success_sync(Permit(None, False))``; any other outcome with a
+        #: ``Permit(None, True)``.
+        self._admit_from_view: Callable[[], bool] = functools.partial(
+            self.backend.admit_from_view, name, self.config
+        )
+        self.admit_from_view = self._admit_from_view
+        self.count_view_success: Callable[[], bool] = functools.partial(
+            self.backend.record_success_locally, name, self.config
+        )
+        self._set_stand_in(None)
         self.backend.listen(name, self._log_transition)
 
     def __repr__(self) -> str:
@@ -345,7 +373,7 @@ class CircuitBreaker:
 
     def call_sync(self, fn: Callable[P, R], /, *args: P.args, **kwargs: P.kwargs) -> R:
         """Run ``fn(*args, **kwargs)`` behind the breaker, from a worker thread."""
-        if self.name in _held.get():
+        if self.name in _holds.get().held:
             return fn(*args, **kwargs)
         permit = self._acquire_logged()
         try:
@@ -418,7 +446,7 @@ class CircuitBreaker:
         self, fn: Callable[P, Awaitable[R] | R], /, *args: P.args, **kwargs: P.kwargs
     ) -> R:
         """Run ``fn`` behind the breaker, awaiting it when it returns an awaitable."""
-        if self.name in _held.get():
+        if self.name in _holds.get().held:
             result = fn(*args, **kwargs)
             return await result if inspect.isawaitable(result) else result  # type: ignore[return-value]
         try:
@@ -542,7 +570,7 @@ class CircuitBreaker:
             raise
         ended = self.backend.end_outage()
         if self._stand_in is not None or ended:
-            self._stand_in = None
+            self._set_stand_in(None)
             log.info(
                 f"Circuit breaker {self.name} reached its store again; its shared state is "
                 "used from now on.",
@@ -556,8 +584,15 @@ class CircuitBreaker:
         """Under the "allow" policy, start standing in for the store; True if this started it."""
         if self.config.on_backend_error != "allow" or self._stand_in is not None:
             return False
-        self._stand_in = MemoryBackend()
+        self._set_stand_in(MemoryBackend())
         return True
+
+    def _set_stand_in(self, stand_in: MemoryBackend | None) -> None:
+        """Start (a backend) or stop (``None``) standing in for the store; the view path is
+        open only while the store decides and no call is timed."""
+        self._stand_in = stand_in
+        timed = self.config.slow_call_duration is not None
+        self.admit_from_view = _no_view if stand_in is not None or timed else self._admit_from_view
 
     def _log_blocked(self, exc: CircuitBreakerError) -> None:
         log.warning(
@@ -606,6 +641,11 @@ class CircuitBreaker:
                 event_name="circuit_breaker.closed",
                 **fields,
             )
+
+
+def _no_view() -> bool:
+    """``admit_from_view`` of a breaker whose calls must go through :meth:`acquire_sync`."""
+    return False
 
 
 def _service_retry_after(exc: BaseException) -> float | None:

@@ -3,7 +3,12 @@
 An actor tagged ``service="slskd-api"`` (or a message sent with that option) asks that service's
 breaker once per message, in ``before_process_message``, and reports the outcome in
 ``after_process_message``: success, failure (by the breaker's classification), or no outcome (the
-trial slot is given back). Untagged messages cost a dictionary look-up and nothing else.
+trial slot is given back). Untagged messages cost a dictionary look-up and nothing else. The
+healthy path -- the breaker CLOSED in this process's view -- takes no :class:`Permit` and no
+context change: :attr:`~CircuitBreaker.admit_from_view` and
+:attr:`~CircuitBreaker.count_view_success`, and the thread's
+:class:`~soulspot_jobs.circuit_breaker.breaker.Holds` names the breaker while the actor runs
+(a client guarded by the same breaker inside the actor neither asks it again nor counts twice).
 
 A message its breaker refuses must not run, and must not look like a failure or a success to the
 other middleware (Results would store ``None``; Callbacks would fire). So the refusal is raised
@@ -16,7 +21,7 @@ whose arguments do not fit the actor into :class:`~soulspot_jobs.errors.Malforme
 message is dead-lettered at once, where retrying could never help); the arguments are checked only
 when the call raised ``TypeError``, so a healthy message pays nothing for it. A direct Python call
 of an actor's function is the function: the gate acts only on the worker's own call of the
-message it was decided for.
+message it was decided for (while no refusal waits for its gate, a gate does not even look).
 
 The middleware decides nothing about what a message becomes; :class:`.retries.DeferringRetries`
 does, asking :meth:`CircuitBreakerMiddleware.failure_left_open` whether a failure left a breaker
@@ -29,9 +34,9 @@ from __future__ import annotations
 
 import functools
 import inspect
+import sys
 import threading
 from collections.abc import Callable
-from contextvars import Token
 from typing import Any
 
 import dramatiq
@@ -48,7 +53,7 @@ from soulspot_jobs.circuit_breaker import (
     Permit,
     RedisBackend,
 )
-from soulspot_jobs.circuit_breaker.breaker import hold, release_hold
+from soulspot_jobs.circuit_breaker.breaker import NOTHING_HELD, Holds
 from soulspot_jobs.circuit_breaker.state import Transition
 from soulspot_jobs.deferral.deferrals import Refusal
 from soulspot_jobs.errors import Failure, MalformedMessage, classify, is_service_failure
@@ -64,27 +69,69 @@ log = structlog.get_logger("soulspot_jobs.middleware")
 _NO_OUTCOME = frozenset({Failure.HOLD, Failure.MALFORMED, Failure.NEUTRAL})
 
 
-class _Delivery:
-    """What the middleware holds for the message one worker thread processes."""
+class _Delivery(Holds):
+    """What the middleware holds for the message one worker thread processes; as the thread's
+    :class:`Holds`, ``held`` names the admitted message's breaker, which clients guarded by the
+    same breaker inside the actor see."""
 
-    __slots__ = ("actor", "refusal", "admitted", "left_open")
+    __slots__ = ("actor", "refusal", "breaker", "permit", "left_open")
 
     def __init__(self) -> None:
-        #: The actor of the tagged message whose call the gate is waiting for (``None`` once it
-        #: came), and the refusal to raise instead of calling it.
+        super().__init__()
+        self.enter()
+        #: The actor of the tagged message this thread processes (``None`` between messages, and
+        #: once the gate raised its refusal), and the refusal to raise instead of calling it.
         self.actor: str | None = None
         self.refusal: BaseException | None = None
-        #: The admitted message's breaker and permit, and the hold on that breaker.
-        self.admitted: tuple[CircuitBreaker, Permit, Token[frozenset[str]]] | None = None
+        #: The admitted message's breaker, and its permit (``None``: admitted from the
+        #: breaker's view, :meth:`~CircuitBreaker.admit_from_view`, the healthy path).
+        self.breaker: CircuitBreaker | None = None
+        self.permit: Permit | None = None
         #: Set when the message's failure left a breaker OPEN (see ``failure_left_open``).
         self.left_open: Refusal | None = None
 
 
 class _PerThread(threading.local):
-    """Each worker thread's :class:`_Delivery` (one thread-local look-up per hook)."""
+    """Each worker thread's :class:`_Delivery` (one thread-local look-up per hook), made the
+    first time a hook of that thread asks for it."""
 
     def __init__(self) -> None:
         self.delivery = _Delivery()
+
+
+class _Refusals:
+    """The refusals decided for worker threads and not raised by their gate yet.
+
+    ``pending`` counts them: while it is 0, as in the healthy case, a gate calls its function
+    without looking at its thread's delivery.
+    """
+
+    __slots__ = ("pending", "_lock")
+
+    def __init__(self) -> None:
+        self.pending = 0
+        self._lock = threading.Lock()
+
+    def put(self, delivery: _Delivery, refusal: BaseException) -> None:
+        """Have the gate raise ``refusal`` in place of the delivery's call of its actor."""
+        with self._lock:
+            self.pending += 1
+        delivery.refusal = refusal
+
+    def take(self, delivery: _Delivery) -> BaseException | None:
+        """The delivery's refusal not raised yet (``None``: there is none), taken."""
+        refusal = delivery.refusal
+        if refusal is not None:
+            delivery.refusal = None
+            with self._lock:
+                self.pending -= 1
+        return refusal
+
+
+#: The permit :meth:`CircuitBreakerMiddleware.current_permit` shows for a message admitted from
+#: its breaker's view: no trial, and its outcome is the middleware's to report.
+_VIEW_PERMIT = Permit(None, True)
+_VIEW_PERMIT.done = True
 
 
 class CircuitBreakerMiddleware(Middleware):
@@ -127,6 +174,7 @@ class CircuitBreakerMiddleware(Middleware):
             )
         self.breakers = breakers
         self._threads = _PerThread()
+        self._refusals = _Refusals()
         #: The breaker of each declared actor's ``service`` option (``None``: untagged).
         self._actor_breakers: dict[str, CircuitBreaker | None] = {}
 
@@ -139,10 +187,14 @@ class CircuitBreakerMiddleware(Middleware):
         return self.breakers[service]
 
     def current_permit(self) -> Permit | None:
-        """The permit of the message the calling worker thread runs (``None``: untagged, or not
-        in a worker); ``permit.is_trial`` tells a HALF_OPEN trial."""
-        admitted = self._threads.delivery.admitted
-        return admitted[1] if admitted is not None else None
+        """The permit of the message the calling worker thread runs (``None``: untagged, refused,
+        or not in a worker); ``permit.is_trial`` tells a HALF_OPEN trial. A message admitted
+        from the breaker's view shows one shared permit, already reported (its outcome is the
+        middleware's to report)."""
+        delivery = self._threads.delivery
+        if delivery.breaker is None:
+            return None
+        return delivery.permit or _VIEW_PERMIT
 
     def failure_left_open(self) -> Refusal | None:
         """For the message the calling worker thread just reported: whether its failure left a
@@ -157,7 +209,7 @@ class CircuitBreakerMiddleware(Middleware):
         service = actor.options.get("service")
         self._actor_breakers[actor.actor_name] = self.breakers[service] if service else None
         if not getattr(actor.fn, "_soulspot_gate", False):
-            actor.fn = _Gate(actor.fn, actor.actor_name, self._threads).wrapper()
+            actor.fn = _Gate(actor.fn, actor.actor_name, self._threads, self._refusals).wrapper()
 
     def before_worker_boot(self, broker: dramatiq.Broker, worker: Any) -> None:
         self.breakers.reopen()
@@ -183,38 +235,45 @@ class CircuitBreakerMiddleware(Middleware):
             breaker = self.breakers[service]
         delivery = self._threads.delivery
         delivery.actor = actor_name
-        try:
-            permit = breaker.acquire_sync()
-        except CircuitBreakerError as refusal:
-            delivery.refusal = refusal
-            return
-        delivery.admitted = (breaker, permit, hold(breaker.name))
+        if not breaker.admit_from_view():
+            try:
+                delivery.permit = breaker.acquire_sync()
+            except CircuitBreakerError as refusal:
+                self._refusals.put(delivery, refusal)
+                return
+        delivery.breaker = breaker
+        delivery.held = breaker.held_alone
 
     def after_process_message(
         self, broker: dramatiq.Broker, message: Any, *, result: Any = None, exception: Any = None
     ) -> None:
         delivery = self._threads.delivery
-        delivery.actor = delivery.refusal = None
-        admitted = delivery.admitted
-        if admitted is None:
+        breaker = delivery.breaker
+        if breaker is None:
+            if delivery.actor is not None:  # refused, and its gate was never called
+                self._refusals.take(delivery)
+                delivery.actor = None
             return
-        delivery.admitted = None
-        breaker, permit, held = admitted
-        release_hold(held)
+        permit = delivery.permit
+        delivery.actor = delivery.breaker = delivery.permit = None
+        delivery.held = NOTHING_HELD
         if exception is None:
-            breaker.record_success_sync(permit)
+            if permit is not None:
+                breaker.record_success_sync(permit)
+            elif not breaker.count_view_success():
+                breaker.record_success_sync(Permit(None, False))
             return
-        delivery.left_open = self._report_failure(breaker, permit, exception)
+        delivery.left_open = self._report_failure(breaker, permit or Permit(None, True), exception)
 
     def after_skip_message(self, broker: dramatiq.Broker, message: Any) -> None:
         """A skipped message never ran to an outcome: give its trial slot back."""
         delivery = self._threads.delivery
-        delivery.actor = delivery.refusal = delivery.left_open = None
-        admitted = delivery.admitted
-        if admitted is not None:
-            delivery.admitted = None
-            breaker, permit, held = admitted
-            release_hold(held)
+        self._refusals.take(delivery)
+        breaker, permit = delivery.breaker, delivery.permit
+        delivery.actor = delivery.left_open = None
+        delivery.breaker = delivery.permit = None
+        delivery.held = NOTHING_HELD
+        if breaker is not None and permit is not None:
             breaker.release_sync(permit)
 
     # -- reporting -----------------------------------------------------------------------
@@ -290,34 +349,39 @@ class _Gate:
     """What stands in for an actor's function: the function, except for the worker's call of a
     tagged message (see the module docstring)."""
 
-    def __init__(self, fn: Callable[..., Any], actor_name: str, threads: _PerThread) -> None:
+    def __init__(
+        self, fn: Callable[..., Any], actor_name: str, threads: _PerThread, refusals: _Refusals
+    ) -> None:
         self.fn = fn
         self.actor_name = actor_name
         self.threads = threads
+        self.refusals = refusals
         self._signature: inspect.Signature | None = None
 
     def wrapper(self) -> Callable[..., Any]:
-        fn, actor_name, threads = self.fn, self.actor_name, self.threads
+        fn, actor_name, threads, refusals = self.fn, self.actor_name, self.threads, self.refusals
 
         @functools.wraps(fn)
         def gate(*args: Any, **kwargs: Any) -> Any:
-            delivery = threads.delivery
-            if delivery.actor != actor_name:
-                return fn(*args, **kwargs)  # untagged, or a direct Python call
-            delivery.actor = None
-            refusal = delivery.refusal
-            if refusal is not None:
-                delivery.refusal = None
-                raise refusal
+            if refusals.pending:
+                delivery = threads.delivery
+                if delivery.actor == actor_name:
+                    refusal = refusals.take(delivery)
+                    if refusal is not None:
+                        delivery.actor = None
+                        raise refusal
             try:
                 return fn(*args, **kwargs)
             except TypeError as exc:
+                if threads.delivery.actor != actor_name or _called_by_a_gate():
+                    raise  # untagged, or a direct Python call
                 problem = self.argument_problem(args, kwargs)
                 if problem is None:
                     raise
                 raise MalformedMessage(problem) from exc
 
         gate._soulspot_gate = True  # type: ignore[attr-defined]
+        _GATE_CODES.add(gate.__code__)
         return gate
 
     def argument_problem(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> str | None:
@@ -332,3 +396,20 @@ class _Gate:
         except TypeError as exc:
             return f"wrong arguments for {self.actor_name}: {exc}"
         return None
+
+
+#: The code of the gates (every gate is a closure of the same code; a set, as a module reloaded
+#: in development makes another).
+_GATE_CODES: set[Any] = set()
+
+
+def _called_by_a_gate() -> bool:
+    """Whether the gate calling this is inside another gate's call: an actor's function called
+    directly from inside an actor (its TypeError is the caller's, not a malformed message).
+    Looked at only when a call raised ``TypeError``."""
+    frame = sys._getframe(2)  # the gate's caller
+    while frame is not None:
+        if frame.f_code in _GATE_CODES:
+            return True
+        frame = frame.f_back
+    return False

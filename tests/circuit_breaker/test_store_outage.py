@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
+import redis
 import structlog
 
 from soulspot_jobs.circuit_breaker import (
@@ -16,6 +17,7 @@ from soulspot_jobs.circuit_breaker import (
 )
 from soulspot_jobs.circuit_breaker.breaker import STORE_RETRY_AFTER
 from soulspot_jobs.embedded.server import EmbeddedRedis
+from tests.polling import wait_until
 from tests.servers import RedisKind
 
 CALLS = 20
@@ -170,4 +172,41 @@ def test_an_unreachable_store_under_allow_keeps_a_breaker_of_this_processs_own(
             assert ran == [2]
             assert not breaker.stats.local and not breaker.standing_in
     finally:
+        backend.close()
+
+
+def test_a_breaker_standing_in_for_its_store_admits_nothing_from_its_view(
+    server: EmbeddedRedis,
+) -> None:
+    # Given a breaker failing open whose local view is live, and whose store answers reads but
+    # stops answering writes (CLIENT PAUSE WRITE), with replies awaited 0.2 s at most
+    backend = RedisBackend(redis.Redis.from_url(server.url, socket_timeout=0.2))
+    backend.store_retry_interval = 0.0  # ask the store on every call, so its return is seen
+    breaker = _breaker(backend, "allow")
+    admin = redis.Redis.from_url(server.url)
+    try:
+        breaker.record_success_sync(breaker.acquire_sync())
+        wait_until(breaker.admit_from_view, timeout=5)
+
+        # When a call's failure cannot be written, so the breaker decides alone from then on
+        admin.execute_command("CLIENT", "PAUSE", 5_000, "WRITE")
+        permit = breaker.acquire_sync()
+        breaker.record_failure_sync(permit)
+
+        # Then, while its view would still admit, the breaker admits nothing from it: each
+        # call goes through acquire_sync and its own breaker
+        assert breaker.standing_in
+        assert backend.admit_from_view("svc", breaker.config)
+        assert not breaker.admit_from_view()
+
+        # When the store answers again and a call reaches it
+        admin.execute_command("CLIENT", "UNPAUSE")
+        breaker.record_success_sync(breaker.acquire_sync())
+
+        # Then the view admits again
+        assert not breaker.standing_in
+        assert breaker.admit_from_view()
+    finally:
+        admin.execute_command("CLIENT", "UNPAUSE")
+        admin.close()
         backend.close()

@@ -415,6 +415,42 @@ def test_a_time_limit_exceeded_counts_as_a_failure_and_opens_the_breaker(
     assert redis_client.zcard(DEAD_LETTERS) == 0
 
 
+def test_slow_successful_messages_open_a_breaker_that_times_calls(
+    harness: Harness, logs: LogWatch
+) -> None:
+    # Given a breaker judging a window of 4 calls, slow from 50 ms, open at a 50 % slow rate,
+    # and an actor that succeeds in 100 ms
+    slskd = harness.breaker(
+        "slskd-api",
+        config(
+            sliding_window_type="count",
+            sliding_window_size=4,
+            minimum_calls=4,
+            slow_call_duration=0.05,
+            slow_call_rate_threshold=50.0,
+            timeout=60.0,
+        ),
+    )
+    broker = harness.broker(slskd)
+    runs = Runs(4)
+
+    @dramatiq.actor(broker=broker, queue_name=QUEUE, service="slskd-api")
+    def download(n: int) -> None:
+        time.sleep(0.1)
+        runs.record()
+
+    # When a worker runs 4 messages of it, one at a time
+    for n in range(4):
+        download.send(n)
+    harness.start_worker(broker, threads=1)
+    runs.wait()
+
+    # Then each message was timed: 4 slow successes opened the breaker
+    (opened,) = logs.wait_for("circuit_breaker.opened")
+    assert opened["circuit_breaker"] == "slskd-api"
+    assert slskd.stats.state is CircuitState.OPEN
+
+
 def test_a_message_past_its_deferral_budget_is_dead_lettered_with_a_reason(
     harness: Harness, logs: LogWatch, redis_client: redis.Redis
 ) -> None:

@@ -452,6 +452,28 @@ def test_an_actor_given_wrong_arguments_is_dead_lettered_at_once(
         assert "wrong arguments" in run.reasons.get(message.message_id)
 
 
+def test_wrong_arguments_of_a_call_inside_the_actor_are_its_own_failure_as_on_dramatiq(
+    broker_kind: str, redis_url: str
+) -> None:
+    # Given a tagged actor with 1 retry whose body calls its own function with wrong arguments
+    def case(run: Run) -> dramatiq.Message:
+        @run.actor(service="slskd-api", max_retries=1, min_backoff=BACKOFF, max_backoff=BACKOFF)
+        def search(job_id: str) -> None:
+            run.attempt()
+            search.fn(job_id, "surplus")
+
+        return search.send("job-1")
+
+    # When it runs without and with the middleware
+    plain, guarded = both(broker_kind, redis_url, case)
+
+    # Then the TypeError is the message's own failure: it ran twice (one retry) and failed with
+    # TypeError, as on plain Dramatiq, and its dead letter is not called malformed
+    assert guarded.comparable() == plain.comparable()
+    assert len(guarded.attempts) == 2 and guarded.dead_letters == 1
+    assert guarded.result == "failure:TypeError"
+
+
 def test_closing_the_broker_stops_the_middlewares_background_threads(redis_url: str) -> None:
     # Given a middleware that built its own Redis backend and a worker that used it
     settings = load_settings(REDIS_URL=redis_url)

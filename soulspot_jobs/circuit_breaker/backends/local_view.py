@@ -95,6 +95,15 @@ class LocalView:
     window_successes: Tally = field(default_factory=Tally)
     #: The config of the breaker whose window successes are counted (what the flush needs).
     config: Any = None
+    #: CLOSED and not disabled: an ordinary call may be admitted from this view (one test on
+    #: the healthy path, kept with ``state`` and ``mode``).
+    admits: bool = field(init=False, default=False)
+
+    def __post_init__(self) -> None:
+        self._judge()
+
+    def _judge(self) -> None:
+        self.admits = self.state is CircuitState.CLOSED and self.mode != "disabled"
 
     def update(
         self,
@@ -110,6 +119,7 @@ class LocalView:
             return
         self.mode = mode
         self.state = state
+        self._judge()
         self.failure_count = failure_count
         self.last_failure_at = last_failure_at
         self.open_until = open_until

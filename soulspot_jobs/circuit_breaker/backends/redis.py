@@ -127,7 +127,16 @@ class RedisBackend(Backend):
 
     # -- the healthy path, answered from the local view ------------------------------------
 
+    def admit_from_view(self, name: str, config: CircuitBreakerConfig) -> bool:
+        view = self._views.get(name)
+        if view is None or not view.admits or _monotonic() >= self._trusted_until:
+            return False
+        view.requests.add_one()
+        return True
+
     def admit_locally(self, name: str, config: CircuitBreakerConfig) -> Decision | None:
+        if self.admit_from_view(name, config):
+            return ADMITTED_LOCALLY
         view = self._views.get(name)
         if view is None:
             return None
@@ -135,11 +144,8 @@ class RedisBackend(Backend):
         if mono >= self._trusted_until:
             return None
         state = view.state
-        if state is _CLOSED:
-            if view.mode == "disabled":
-                return ADMITTED_DISABLED
-            view.requests.add_one()
-            return ADMITTED_LOCALLY
+        if state is _CLOSED:  # disabled, or closed since ``admit_from_view`` looked
+            return ADMITTED_DISABLED if view.mode == "disabled" else None
         now = self._clock() if self._clock else mono + self._offset
         if state is CircuitState.OPEN:
             until = view.open_until
@@ -159,7 +165,7 @@ class RedisBackend(Backend):
             return False
         if _monotonic() >= self._trusted_until:
             return False
-        if config.windowed:
+        if config.sliding_window_type != "consecutive":  # ``config.windowed``, without a call
             view.config = config
             view.window_successes.add_one()
             return True
