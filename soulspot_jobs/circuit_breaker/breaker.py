@@ -375,13 +375,16 @@ class CircuitBreaker:
         """Run ``fn(*args, **kwargs)`` behind the breaker, from a worker thread."""
         if self.name in _holds.get().held:
             return fn(*args, **kwargs)
-        permit = self._acquire_logged()
+        permit = None if self.admit_from_view() else self._acquire_logged()
         try:
             result = fn(*args, **kwargs)
         except BaseException as exc:
-            self.record_outcome_sync(permit, exc)
+            self.record_outcome_sync(permit or Permit(None, True), exc)
             raise
-        self.record_success_sync(permit)
+        if permit is not None:
+            self.record_success_sync(permit)
+        elif not self.count_view_success():
+            self.record_success_sync(Permit(None, False))
         return result
 
     # -- the same, for coroutines ------------------------------------------------------------

@@ -13,12 +13,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable
 
 from soulspot_jobs.circuit_breaker.config import CircuitBreakerConfig
-from soulspot_jobs.circuit_breaker.state import (
-    ADMITTED_LOCALLY,
-    BreakerStats,
-    Decision,
-    Transition,
-)
+from soulspot_jobs.circuit_breaker.state import BreakerStats, Decision, Transition
 
 #: Seconds during which an unreachable store is not asked again after it failed, so that an
 #: outage costs one timeout per interval instead of one per call.
@@ -55,10 +50,10 @@ class Backend(ABC):
         return None
 
     def admit_from_view(self, name: str, config: CircuitBreakerConfig) -> bool:
-        """The healthy path of :meth:`admit_locally`: ``True`` when an ordinary call of a CLOSED
-        breaker (not disabled) was admitted without I/O, and counted; ``False`` otherwise (ask
-        :meth:`admit_locally`). A backend overrides it when it can answer faster."""
-        return self.admit_locally(name, config) is ADMITTED_LOCALLY
+        """The healthy path of :meth:`admit_locally`, on its own: ``True`` when an ordinary call
+        of a CLOSED breaker (not disabled) was admitted without I/O, and counted; ``False``,
+        having counted nothing, otherwise (ask :meth:`admit_locally`)."""
+        return False
 
     def record_success_locally(self, name: str, config: CircuitBreakerConfig) -> bool:
         """Count a success of an ordinary call without I/O; ``False`` when the store must decide."""

@@ -43,14 +43,23 @@ class MemoryBackend(Backend):
             record = self._records.setdefault(name, BreakerRecord())
         return record
 
+    def admit_from_view(self, name: str, config: CircuitBreakerConfig) -> bool:
+        with self._lock:
+            record = self._record(name)
+            if record.state is not CircuitState.CLOSED or record.mode == policy.DISABLED:
+                return False
+            record.total_requests += 1
+            return True
+
     def admit_locally(self, name: str, config: CircuitBreakerConfig) -> Decision | None:
+        if self.admit_from_view(name, config):
+            return ADMITTED_LOCALLY
         with self._lock:
             record = self._record(name)
             if record.mode == policy.DISABLED:
                 return ADMITTED_DISABLED
-            if record.state is CircuitState.CLOSED:
-                record.total_requests += 1
-                return ADMITTED_LOCALLY
+            if record.state is CircuitState.CLOSED:  # closed since ``admit_from_view`` looked
+                return None
             now = self.clock()
             if record.state is CircuitState.OPEN and now < record.open_until:
                 record.total_requests += 1
