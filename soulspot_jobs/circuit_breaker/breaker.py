@@ -56,6 +56,9 @@ FORCED_REASON = "forced open by an operator"
 
 _monotonic = time.monotonic
 
+#: Nothing held.
+NOTHING_HELD: frozenset[str] = frozenset()
+
 
 class Holds:
     """The breakers whose permit the current context holds: ``held``, their names.
@@ -73,7 +76,7 @@ class Holds:
 
     __slots__ = ("held",)
 
-    def __init__(self, held: frozenset[str] = frozenset()) -> None:
+    def __init__(self, held: frozenset[str] = NOTHING_HELD) -> None:
         self.held = held
 
     def enter(self) -> None:
@@ -82,8 +85,6 @@ class Holds:
         _holds.set(self)
 
 
-#: Nothing held.
-NOTHING_HELD: frozenset[str] = frozenset()
 #: The current context's holds. Its default holds nothing and is never changed: only a ``Holds``
 #: put in place by :meth:`Holds.enter` has its ``held`` set, by its owner.
 _holds: ContextVar[Holds] = ContextVar("soulspot_held_breakers", default=Holds())  # noqa: B039
@@ -172,7 +173,6 @@ class CircuitBreaker:
         self._admit_from_view: Callable[[], bool] = functools.partial(
             self.backend.admit_from_view, name, self.config
         )
-        self.admit_from_view = self._admit_from_view
         self.count_view_success: Callable[[], bool] = functools.partial(
             self.backend.record_success_locally, name, self.config
         )
